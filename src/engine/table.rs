@@ -1,0 +1,790 @@
+//! The gateway table: what every address is, programmed by the control plane.
+//!
+//! A [`Table`] is immutable once built. The control plane builds a new one for every change
+//! and hands it to each engine ([`super::Engine::set_table`]) between batches, so the hot path
+//! never takes a lock and never sees a half-applied association.
+
+use crate::alg::AlgPolicy;
+use core::fmt;
+use core::net::Ipv4Addr;
+
+/// Identifies an ENI in the dataplane: a small, stable number the control plane assigns
+/// (the same ENI keeps its id across tables, so counters follow it).
+pub type EniId = u16;
+
+/// Identifies an EIP's counters and policer: stable across tables, like [`EniId`].
+pub type EipSlot = u32;
+
+pub(crate) const NONE: u32 = u32::MAX;
+
+/// How an EIP reaches its ENI (SPEC §1).
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub enum AssociationMode {
+    /// The gateway rewrites EIP <-> private IP; the guest never sees the EIP.
+    Nat,
+    /// Cut-through: the EIP replaces the ENI's primary private IP in the guest.
+    Binded,
+    /// Several EIPs on one secondary ENI, configured in the guest next to its private IP.
+    MultiBinded,
+}
+
+impl AssociationMode {
+    /// The cloud's spelling (`Mode` in AssociateEipAddress).
+    pub fn api_name(self) -> &'static str {
+        match self {
+            AssociationMode::Nat => "NAT",
+            AssociationMode::Binded => "BINDED",
+            AssociationMode::MultiBinded => "MULTI_BINDED",
+        }
+    }
+}
+
+/// What NAT mode does with IP protocols other than TCP, UDP and ICMP (GRE, ESP, SCTP, …).
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Default)]
+pub enum OtherProtocols {
+    /// Translate the IPv4 header only and forward (1:1 NAT needs no ports).
+    #[default]
+    Forward,
+    /// Drop with `unsupported_protocol`.
+    Drop,
+}
+
+/// An ENI as the dataplane needs to know it.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct EniConfig {
+    pub id: EniId,
+    /// The instance it is attached to, if any.
+    pub instance: Option<InstanceRef>,
+    /// Its vSwitch gateway: answers pings and sends ICMP time exceeded to the guest.
+    pub gateway: Option<Ipv4Addr>,
+    /// Its private IPs, primary first, as the cloud records them. A BINDED EIP replaces the
+    /// first one; the table does that itself.
+    pub private_ips: Vec<Ipv4Addr>,
+}
+
+/// The instance an ENI is attached to.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct InstanceRef {
+    /// A number unique per instance (ENIs of one instance share it).
+    pub id: u32,
+    /// Status `Running`; any other status drops its traffic (`instance_stopped`).
+    pub running: bool,
+}
+
+/// An EIP as the dataplane needs to know it.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct EipConfig {
+    pub slot: EipSlot,
+    pub address: Ipv4Addr,
+    /// Maximum bandwidth in Mbit/s, each direction; 0 means unlimited.
+    pub bandwidth_mbps: u32,
+    pub association: Option<EipAssociation>,
+}
+
+/// An EIP's association with an ENI.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct EipAssociation {
+    pub mode: AssociationMode,
+    pub eni: EniId,
+    /// NAT mode: the private IP the EIP maps to (the ENI's primary IP if `None`).
+    pub private_ip: Option<Ipv4Addr>,
+}
+
+/// Why a set of mappings cannot be a table.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum TableError {
+    DuplicateEni(EniId),
+    DuplicateSlot(EipSlot),
+    /// The same address is claimed twice (EIP, private IP or gateway).
+    DuplicateAddress(Ipv4Addr),
+    /// 0.0.0.0 cannot be programmed.
+    UnspecifiedAddress,
+    UnknownEni {
+        eip: Ipv4Addr,
+        eni: EniId,
+    },
+    /// A NAT mapping to an address the ENI does not own.
+    PrivateIpNotOnEni {
+        eip: Ipv4Addr,
+        private_ip: Ipv4Addr,
+        eni: EniId,
+    },
+    /// Two NAT EIPs mapped to one private IP.
+    PrivateIpMappedTwice(Ipv4Addr),
+    /// EIPs of different modes, or two BINDED EIPs, on one ENI.
+    ModeConflict(EniId),
+    /// A BINDED ENI needs a primary private IP to replace.
+    NoPrimaryIp(EniId),
+    BadPrefix {
+        network: Ipv4Addr,
+        len: u8,
+    },
+}
+
+impl fmt::Display for TableError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        use TableError::*;
+        match self {
+            DuplicateEni(e) => write!(f, "ENI {e} is programmed twice"),
+            DuplicateSlot(s) => write!(f, "EIP slot {s} is programmed twice"),
+            DuplicateAddress(a) => write!(f, "address {a} is claimed twice"),
+            UnspecifiedAddress => write!(f, "0.0.0.0 cannot be programmed"),
+            UnknownEni { eip, eni } => write!(f, "EIP {eip} is associated with unknown ENI {eni}"),
+            PrivateIpNotOnEni {
+                eip,
+                private_ip,
+                eni,
+            } => {
+                write!(
+                    f,
+                    "EIP {eip} maps to {private_ip}, which ENI {eni} does not own"
+                )
+            }
+            PrivateIpMappedTwice(a) => write!(f, "private IP {a} has two NAT EIPs"),
+            ModeConflict(e) => write!(f, "ENI {e} carries EIPs of conflicting modes"),
+            NoPrimaryIp(e) => write!(f, "ENI {e} has no primary private IP for a BINDED EIP"),
+            BadPrefix { network, len } => write!(f, "{network}/{len} is not a prefix"),
+        }
+    }
+}
+
+impl std::error::Error for TableError {}
+
+// ---- the address map -------------------------------------------------------------------------
+
+pub(crate) const KIND_EIP: u8 = 1;
+pub(crate) const KIND_PRIVATE: u8 = 2;
+pub(crate) const KIND_VPC_GATEWAY: u8 = 3;
+pub(crate) const KIND_INTERNET_GATEWAY: u8 = 4;
+
+pub(crate) const MODE_NONE: u8 = 0;
+pub(crate) const MODE_NAT: u8 = 1;
+pub(crate) const MODE_BINDED: u8 = 2;
+pub(crate) const MODE_MULTI: u8 = 3;
+
+fn mode_code(m: AssociationMode) -> u8 {
+    match m {
+        AssociationMode::Nat => MODE_NAT,
+        AssociationMode::Binded => MODE_BINDED,
+        AssociationMode::MultiBinded => MODE_MULTI,
+    }
+}
+
+/// One address, 16 bytes so four share a cache line.
+///
+/// - `KIND_EIP`: `slot` = the EIP's slot, `mode` = its association mode (or none), `eni` = its
+///   ENI, `other` = the mapped private IP (NAT mode).
+/// - `KIND_PRIVATE`: `eni` = the owner, `other` = its NAT EIP (0 if none), `slot` = that EIP's slot.
+/// - gateways: the address the gateway itself answers on.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+#[repr(C, align(16))]
+pub(crate) struct Entry {
+    pub key: u32,
+    pub other: u32,
+    pub slot: u32,
+    pub eni: u16,
+    pub kind: u8,
+    pub mode: u8,
+}
+
+/// Open addressing, linear probing, load at most one half; key 0 marks an empty bucket
+/// (0.0.0.0 is never programmed). Fibonacci hashing spreads consecutive addresses, which is
+/// what EIP pools and subnets are.
+#[derive(Clone, Debug)]
+pub(crate) struct AddrMap {
+    buckets: Box<[Entry]>,
+    mask: usize,
+    shift: u32,
+    len: usize,
+}
+
+impl AddrMap {
+    fn with_capacity(n: usize) -> Self {
+        let cap = (n * 2).next_power_of_two().max(16);
+        AddrMap {
+            buckets: vec![Entry::default(); cap].into_boxed_slice(),
+            mask: cap - 1,
+            shift: 32 - cap.trailing_zeros(),
+            len: 0,
+        }
+    }
+
+    #[inline(always)]
+    fn home(&self, key: u32) -> usize {
+        (key.wrapping_mul(0x9E37_79B1) >> self.shift) as usize
+    }
+
+    /// Inserts; returns false if the key is already present.
+    fn insert(&mut self, e: Entry) -> bool {
+        debug_assert!(e.key != 0 && self.len < self.buckets.len() / 2);
+        let mut i = self.home(e.key);
+        loop {
+            let b = &mut self.buckets[i];
+            if b.key == 0 {
+                *b = e;
+                self.len += 1;
+                return true;
+            }
+            if b.key == e.key {
+                return false;
+            }
+            i = (i + 1) & self.mask;
+        }
+    }
+
+    fn get_mut(&mut self, key: u32) -> Option<&mut Entry> {
+        let mut i = self.home(key);
+        loop {
+            let k = self.buckets[i].key;
+            if k == key {
+                return Some(&mut self.buckets[i]);
+            }
+            if k == 0 {
+                return None;
+            }
+            i = (i + 1) & self.mask;
+        }
+    }
+
+    #[inline(always)]
+    pub fn get(&self, key: u32) -> Option<&Entry> {
+        if key == 0 {
+            return None;
+        }
+        let mut i = self.home(key);
+        loop {
+            // SAFETY-free: the mask keeps i in bounds; `get_unchecked` would save a compare
+            // but the bounds check is hoisted well enough.
+            let b = &self.buckets[i];
+            if b.key == key {
+                return Some(b);
+            }
+            if b.key == 0 {
+                return None;
+            }
+            i = (i + 1) & self.mask;
+        }
+    }
+
+    /// Address of the bucket a key starts probing at, for prefetching in batches.
+    #[inline(always)]
+    pub fn bucket_ptr(&self, key: u32) -> *const Entry {
+        let i = self.home(key);
+        // `i <= mask < len`, so this stays inside the allocation.
+        self.buckets[i..].as_ptr()
+    }
+
+    pub fn iter(&self) -> impl Iterator<Item = &Entry> {
+        self.buckets.iter().filter(|e| e.key != 0)
+    }
+}
+
+// ---- ENIs --------------------------------------------------------------------------------------
+
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub(crate) struct EniEntry {
+    pub present: bool,
+    pub running: bool,
+    /// MODE_* of the EIPs on it (MODE_NONE if none).
+    pub mode: u8,
+    /// Instance number, or NONE when detached.
+    pub instance: u32,
+    /// vSwitch gateway, or 0.
+    pub gateway: u32,
+}
+
+impl EniEntry {
+    #[inline(always)]
+    pub fn attached(&self) -> bool {
+        self.instance != NONE
+    }
+}
+
+/// A per-EIP fact the engine copies into its own state when it takes a table.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(crate) struct EipInfo {
+    pub slot: EipSlot,
+    pub address: u32,
+    pub bandwidth_mbps: u32,
+}
+
+/// The programmed gateway. Build with [`TableBuilder`].
+#[derive(Clone, Debug)]
+pub struct Table {
+    pub(crate) map: AddrMap,
+    pub(crate) enis: Vec<EniEntry>,
+    pub(crate) eips: Vec<EipInfo>,
+    /// VPC prefixes as (network, mask).
+    pub(crate) vpc: Vec<(u32, u32)>,
+    /// One bit per /16: set where some EIP lives. Lets the hot path skip the map lookup
+    /// for the internet destinations that cannot be a hairpin.
+    pub(crate) eip_prefix16: Box<[u64; 1024]>,
+    pub(crate) alg: AlgPolicy,
+    pub(crate) source_check: bool,
+    pub(crate) other_protocols: OtherProtocols,
+    pub(crate) internet_gateway: u32,
+    pub(crate) max_slot: Option<EipSlot>,
+}
+
+impl Table {
+    /// An empty table (every packet is dropped for want of a mapping).
+    pub fn empty() -> Table {
+        TableBuilder::new()
+            .build()
+            .expect("an empty table is valid")
+    }
+
+    pub fn alg_policy(&self) -> AlgPolicy {
+        self.alg
+    }
+
+    pub fn source_check(&self) -> bool {
+        self.source_check
+    }
+
+    /// Number of EIPs programmed (associated or not).
+    pub fn eip_count(&self) -> usize {
+        self.eips.len()
+    }
+
+    /// Whether `addr` is inside one of the VPC's prefixes.
+    #[inline(always)]
+    pub fn in_vpc(&self, addr: u32) -> bool {
+        self.vpc.iter().any(|&(n, m)| addr & m == n)
+    }
+
+    #[inline(always)]
+    pub(crate) fn maybe_eip(&self, addr: u32) -> bool {
+        let p = (addr >> 16) as usize;
+        self.eip_prefix16[p >> 6] & (1u64 << (p & 63)) != 0
+    }
+
+    #[inline(always)]
+    pub(crate) fn eni(&self, id: u32) -> Option<&EniEntry> {
+        self.enis.get(id as usize).filter(|e| e.present)
+    }
+
+    /// The EIP mapped to a NAT private IP, if any (for tests and status).
+    pub fn nat_eip_of(&self, private_ip: Ipv4Addr) -> Option<Ipv4Addr> {
+        let e = self.map.get(u32::from(private_ip))?;
+        (e.kind == KIND_PRIVATE && e.other != 0).then(|| Ipv4Addr::from(e.other))
+    }
+
+    /// EIP slots with their addresses and bandwidths.
+    pub fn eips(&self) -> impl Iterator<Item = (EipSlot, Ipv4Addr, u32)> + '_ {
+        self.eips
+            .iter()
+            .map(|e| (e.slot, Ipv4Addr::from(e.address), e.bandwidth_mbps))
+    }
+}
+
+/// Collects ENIs, EIPs and settings, checks them, and builds a [`Table`].
+#[derive(Clone, Debug, Default)]
+pub struct TableBuilder {
+    enis: Vec<EniConfig>,
+    eips: Vec<EipConfig>,
+    vpc: Vec<(Ipv4Addr, u8)>,
+    alg: AlgPolicy,
+    source_check: Option<bool>,
+    other_protocols: OtherProtocols,
+    internet_gateway: Option<Ipv4Addr>,
+}
+
+impl TableBuilder {
+    pub fn new() -> Self {
+        TableBuilder::default()
+    }
+
+    /// A VPC prefix (the VPC's CIDR block, or each vSwitch's).
+    pub fn vpc_prefix(mut self, network: Ipv4Addr, len: u8) -> Self {
+        self.vpc.push((network, len));
+        self
+    }
+
+    pub fn eni(mut self, eni: EniConfig) -> Self {
+        self.enis.push(eni);
+        self
+    }
+
+    pub fn eip(mut self, eip: EipConfig) -> Self {
+        self.eips.push(eip);
+        self
+    }
+
+    pub fn alg_policy(mut self, p: AlgPolicy) -> Self {
+        self.alg = p;
+        self
+    }
+
+    /// D6: drop packets whose source the sending ENI does not own (default on).
+    pub fn source_check(mut self, on: bool) -> Self {
+        self.source_check = Some(on);
+        self
+    }
+
+    pub fn other_protocols(mut self, p: OtherProtocols) -> Self {
+        self.other_protocols = p;
+        self
+    }
+
+    /// The gateway's own address on the internet side: it answers pings there and is the
+    /// source of ICMP time exceeded sent to the internet. Without it, expired packets from
+    /// the internet are dropped silently (still counted).
+    pub fn internet_gateway(mut self, a: Ipv4Addr) -> Self {
+        self.internet_gateway = Some(a);
+        self
+    }
+
+    pub fn build(self) -> Result<Table, TableError> {
+        let mut vpc = Vec::with_capacity(self.vpc.len());
+        for &(net, len) in &self.vpc {
+            if len > 32 {
+                return Err(TableError::BadPrefix { network: net, len });
+            }
+            let mask = if len == 0 { 0 } else { u32::MAX << (32 - len) };
+            let n = u32::from(net);
+            if n & !mask != 0 {
+                return Err(TableError::BadPrefix { network: net, len });
+            }
+            vpc.push((n, mask));
+        }
+
+        let max_eni = self
+            .enis
+            .iter()
+            .map(|e| e.id as usize + 1)
+            .max()
+            .unwrap_or(0);
+        let mut enis = vec![EniEntry::default(); max_eni];
+        let n_addrs: usize = self.enis.iter().map(|e| e.private_ips.len()).sum::<usize>()
+            + self.eips.len()
+            + self.enis.len()
+            + 1;
+        let mut map = AddrMap::with_capacity(n_addrs);
+        let put = |map: &mut AddrMap, e: Entry| {
+            if e.key == 0 {
+                return Err(TableError::UnspecifiedAddress);
+            }
+            if map.insert(e) {
+                Ok(())
+            } else {
+                Err(TableError::DuplicateAddress(Ipv4Addr::from(e.key)))
+            }
+        };
+
+        // Which ENIs carry which mode, and which primary IPs a BINDED EIP replaces.
+        let mut eni_mode = vec![MODE_NONE; max_eni];
+        let mut binded_count = vec![0u32; max_eni];
+        for eip in &self.eips {
+            if let Some(a) = eip.association {
+                let i = a.eni as usize;
+                if i >= max_eni || !self.enis.iter().any(|e| e.id == a.eni) {
+                    return Err(TableError::UnknownEni {
+                        eip: eip.address,
+                        eni: a.eni,
+                    });
+                }
+                let m = mode_code(a.mode);
+                if eni_mode[i] != MODE_NONE && eni_mode[i] != m {
+                    return Err(TableError::ModeConflict(a.eni));
+                }
+                eni_mode[i] = m;
+                if m == MODE_BINDED {
+                    binded_count[i] += 1;
+                    if binded_count[i] > 1 {
+                        return Err(TableError::ModeConflict(a.eni));
+                    }
+                }
+            }
+        }
+
+        for eni in &self.enis {
+            let i = eni.id as usize;
+            if enis[i].present {
+                return Err(TableError::DuplicateEni(eni.id));
+            }
+            enis[i] = EniEntry {
+                present: true,
+                running: eni.instance.map(|r| r.running).unwrap_or(false),
+                mode: eni_mode[i],
+                instance: eni.instance.map(|r| r.id).unwrap_or(NONE),
+                gateway: eni.gateway.map(u32::from).unwrap_or(0),
+            };
+            let skip = if eni_mode[i] == MODE_BINDED {
+                if eni.private_ips.is_empty() {
+                    return Err(TableError::NoPrimaryIp(eni.id));
+                }
+                1
+            } else {
+                0
+            };
+            for ip in eni.private_ips.iter().skip(skip) {
+                put(
+                    &mut map,
+                    Entry {
+                        key: u32::from(*ip),
+                        other: 0,
+                        slot: NONE,
+                        eni: eni.id,
+                        kind: KIND_PRIVATE,
+                        mode: MODE_NONE,
+                    },
+                )?;
+            }
+            if let Some(gw) = eni.gateway {
+                // ENIs of one vSwitch share a gateway: insert it once.
+                if map.get(u32::from(gw)).is_none() {
+                    put(
+                        &mut map,
+                        Entry {
+                            key: u32::from(gw),
+                            kind: KIND_VPC_GATEWAY,
+                            slot: NONE,
+                            ..Entry::default()
+                        },
+                    )?;
+                } else if map.get(u32::from(gw)).map(|e| e.kind) != Some(KIND_VPC_GATEWAY) {
+                    return Err(TableError::DuplicateAddress(gw));
+                }
+            }
+        }
+
+        let mut slots = std::collections::HashSet::with_capacity(self.eips.len());
+        let mut eip_prefix16 = Box::new([0u64; 1024]);
+        let mut eips = Vec::with_capacity(self.eips.len());
+        let mut max_slot = None;
+        for eip in &self.eips {
+            if !slots.insert(eip.slot) {
+                return Err(TableError::DuplicateSlot(eip.slot));
+            }
+            max_slot = max_slot.max(Some(eip.slot));
+            let addr = u32::from(eip.address);
+            let mut e = Entry {
+                key: addr,
+                other: 0,
+                slot: eip.slot,
+                eni: 0,
+                kind: KIND_EIP,
+                mode: MODE_NONE,
+            };
+            if let Some(a) = eip.association {
+                e.mode = mode_code(a.mode);
+                e.eni = a.eni;
+                if a.mode == AssociationMode::Nat {
+                    let eni = self
+                        .enis
+                        .iter()
+                        .find(|x| x.id == a.eni)
+                        .expect("checked above");
+                    let private = a
+                        .private_ip
+                        .or(eni.private_ips.first().copied())
+                        .ok_or(TableError::NoPrimaryIp(a.eni))?;
+                    let p = map.get_mut(u32::from(private));
+                    match p {
+                        Some(p) if p.kind == KIND_PRIVATE && p.eni == a.eni => {
+                            if p.other != 0 {
+                                return Err(TableError::PrivateIpMappedTwice(private));
+                            }
+                            p.other = addr;
+                            p.slot = eip.slot;
+                        }
+                        _ => {
+                            return Err(TableError::PrivateIpNotOnEni {
+                                eip: eip.address,
+                                private_ip: private,
+                                eni: a.eni,
+                            })
+                        }
+                    }
+                    e.other = u32::from(private);
+                }
+            }
+            put(&mut map, e)?;
+            let p = (addr >> 16) as usize;
+            eip_prefix16[p >> 6] |= 1u64 << (p & 63);
+            eips.push(EipInfo {
+                slot: eip.slot,
+                address: addr,
+                bandwidth_mbps: eip.bandwidth_mbps,
+            });
+        }
+
+        let internet_gateway = match self.internet_gateway {
+            Some(a) => {
+                put(
+                    &mut map,
+                    Entry {
+                        key: u32::from(a),
+                        kind: KIND_INTERNET_GATEWAY,
+                        slot: NONE,
+                        ..Entry::default()
+                    },
+                )?;
+                u32::from(a)
+            }
+            None => 0,
+        };
+
+        Ok(Table {
+            map,
+            enis,
+            eips,
+            vpc,
+            eip_prefix16,
+            alg: self.alg,
+            source_check: self.source_check.unwrap_or(true),
+            other_protocols: self.other_protocols,
+            internet_gateway,
+            max_slot,
+        })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn ip(s: &str) -> Ipv4Addr {
+        s.parse().unwrap()
+    }
+
+    fn eni(id: EniId, ips: &[&str]) -> EniConfig {
+        EniConfig {
+            id,
+            instance: Some(InstanceRef {
+                id: 1,
+                running: true,
+            }),
+            gateway: Some(ip("10.0.1.253")),
+            private_ips: ips.iter().map(|s| ip(s)).collect(),
+        }
+    }
+
+    fn nat(slot: EipSlot, addr: &str, eni: EniId, private: Option<&str>) -> EipConfig {
+        EipConfig {
+            slot,
+            address: ip(addr),
+            bandwidth_mbps: 5,
+            association: Some(EipAssociation {
+                mode: AssociationMode::Nat,
+                eni,
+                private_ip: private.map(ip),
+            }),
+        }
+    }
+
+    #[test]
+    fn map_finds_everything_it_holds_and_nothing_else() {
+        let mut m = AddrMap::with_capacity(5000);
+        for k in 1..=5000u32 {
+            assert!(m.insert(Entry {
+                key: k * 7919,
+                slot: k,
+                ..Entry::default()
+            }));
+        }
+        assert!(!m.insert(Entry {
+            key: 7919,
+            ..Entry::default()
+        }));
+        for k in 1..=5000u32 {
+            assert_eq!(m.get(k * 7919).unwrap().slot, k);
+        }
+        assert!(m.get(3).is_none());
+        assert!(m.get(0).is_none());
+        assert_eq!(m.iter().count(), 5000);
+    }
+
+    #[test]
+    fn nat_mapping_is_recorded_both_ways() {
+        let t = TableBuilder::new()
+            .eni(eni(1, &["10.0.1.20", "10.0.1.21"]))
+            .eip(nat(7, "198.51.100.10", 1, Some("10.0.1.21")))
+            .eip(nat(8, "198.51.100.11", 1, None))
+            .build()
+            .unwrap();
+        assert_eq!(t.nat_eip_of(ip("10.0.1.21")), Some(ip("198.51.100.10")));
+        assert_eq!(t.nat_eip_of(ip("10.0.1.20")), Some(ip("198.51.100.11")));
+        let e = t.map.get(u32::from(ip("198.51.100.10"))).unwrap();
+        assert_eq!(
+            (e.kind, e.mode, e.other, e.slot),
+            (KIND_EIP, MODE_NAT, u32::from(ip("10.0.1.21")), 7)
+        );
+        assert!(t.maybe_eip(u32::from(ip("198.51.7.7"))));
+        assert!(!t.maybe_eip(u32::from(ip("203.0.113.1"))));
+    }
+
+    #[test]
+    fn rejects_inconsistent_programming() {
+        let base = || TableBuilder::new().eni(eni(1, &["10.0.1.20", "10.0.1.21"]));
+        assert_eq!(
+            base()
+                .eip(nat(1, "198.51.100.10", 1, Some("10.0.1.99")))
+                .build()
+                .unwrap_err(),
+            TableError::PrivateIpNotOnEni {
+                eip: ip("198.51.100.10"),
+                private_ip: ip("10.0.1.99"),
+                eni: 1
+            }
+        );
+        assert_eq!(
+            base()
+                .eip(nat(1, "198.51.100.10", 1, Some("10.0.1.21")))
+                .eip(nat(2, "198.51.100.11", 1, Some("10.0.1.21")))
+                .build()
+                .unwrap_err(),
+            TableError::PrivateIpMappedTwice(ip("10.0.1.21"))
+        );
+        assert_eq!(
+            base()
+                .eip(nat(1, "198.51.100.10", 1, None))
+                .eip(nat(1, "198.51.100.11", 1, Some("10.0.1.21")))
+                .build()
+                .unwrap_err(),
+            TableError::DuplicateSlot(1)
+        );
+        assert_eq!(
+            base()
+                .eip(nat(1, "198.51.100.10", 9, None))
+                .build()
+                .unwrap_err(),
+            TableError::UnknownEni {
+                eip: ip("198.51.100.10"),
+                eni: 9
+            }
+        );
+        let mut b = nat(2, "198.51.100.11", 1, None);
+        b.association.as_mut().unwrap().mode = AssociationMode::Binded;
+        assert_eq!(
+            base()
+                .eip(nat(1, "198.51.100.10", 1, None))
+                .eip(b)
+                .build()
+                .unwrap_err(),
+            TableError::ModeConflict(1)
+        );
+        assert_eq!(
+            base().eni(eni(2, &["10.0.1.21"])).build().unwrap_err(),
+            TableError::DuplicateAddress(ip("10.0.1.21"))
+        );
+        assert!(matches!(
+            base().vpc_prefix(ip("10.0.1.1"), 24).build(),
+            Err(TableError::BadPrefix { .. })
+        ));
+    }
+
+    #[test]
+    fn binded_eip_replaces_the_primary_private_ip() {
+        let mut b = nat(1, "198.51.100.10", 1, None);
+        b.association.as_mut().unwrap().mode = AssociationMode::Binded;
+        let t = TableBuilder::new()
+            .eni(eni(1, &["10.0.1.30"]))
+            .eip(b)
+            .build()
+            .unwrap();
+        assert!(t.map.get(u32::from(ip("10.0.1.30"))).is_none());
+        assert_eq!(t.eni(1).unwrap().mode, MODE_BINDED);
+    }
+}

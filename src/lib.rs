@@ -1,0 +1,8 @@
+//! eiplab: emulates, packet by packet, how a cloud Elastic IP reaches a guest.
+//!
+//! The pure core (`wire`, `engine`, `alg`) builds with `--no-default-features`: no async
+//! runtime, no libc, no sockets, no clock. Time is passed in as nanoseconds.
+
+pub mod alg;
+pub mod engine;
+pub mod wire;
