@@ -101,6 +101,7 @@ impl FragTable {
         }
     }
 
+    #[cfg(test)]
     pub fn len(&self) -> usize {
         self.map.len()
     }

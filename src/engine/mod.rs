@@ -882,11 +882,11 @@ fn rewrite(
 ) {
     let mut addr = Delta::ZERO;
     if plan.new_src != src {
-        addr = addr.add(Delta::addr(src, plan.new_src));
+        addr = addr + Delta::addr(src, plan.new_src);
         pkt[12..16].copy_from_slice(&plan.new_src.to_be_bytes());
     }
     if plan.new_dst != dst {
-        addr = addr.add(Delta::addr(dst, plan.new_dst));
+        addr = addr + Delta::addr(dst, plan.new_dst);
         pkt[16..20].copy_from_slice(&plan.new_dst.to_be_bytes());
     }
     // TTL shares a 16-bit word with the protocol.
@@ -897,7 +897,7 @@ fn rewrite(
         u16::from_be_bytes([ttl - 1, proto]),
     );
     let c = u16::from_be_bytes([pkt[10], pkt[11]]);
-    pkt[10..12].copy_from_slice(&addr.add(ttl_delta).apply(c).to_be_bytes());
+    pkt[10..12].copy_from_slice(&(addr + ttl_delta).apply(c).to_be_bytes());
 
     let Some(l4) = l4 else { return };
     match proto {
@@ -946,11 +946,11 @@ fn translate_quote(pkt: &mut [u8], q: usize, src: u32, dst: u32, plan: &Plan) ->
     let qsrc = u32::from_be_bytes([pkt[q + 12], pkt[q + 13], pkt[q + 14], pkt[q + 15]]);
     let qdst = u32::from_be_bytes([pkt[q + 16], pkt[q + 17], pkt[q + 18], pkt[q + 19]]);
     if plan.new_dst != dst && qsrc == dst {
-        inner = inner.add(Delta::addr(qsrc, plan.new_dst));
+        inner = inner + Delta::addr(qsrc, plan.new_dst);
         pkt[q + 12..q + 16].copy_from_slice(&plan.new_dst.to_be_bytes());
     }
     if plan.new_src != src && qdst == src {
-        inner = inner.add(Delta::addr(qdst, plan.new_src));
+        inner = inner + Delta::addr(qdst, plan.new_src);
         pkt[q + 16..q + 20].copy_from_slice(&plan.new_src.to_be_bytes());
     }
     if inner == Delta::ZERO {
@@ -961,7 +961,7 @@ fn translate_quote(pkt: &mut [u8], q: usize, src: u32, dst: u32, plan: &Plan) ->
     let old = u16::from_be_bytes([pkt[q + 10], pkt[q + 11]]);
     let new = inner.apply(old);
     pkt[q + 10..q + 12].copy_from_slice(&new.to_be_bytes());
-    icmp_delta = icmp_delta.add(Delta::word(old, new));
+    icmp_delta = icmp_delta + Delta::word(old, new);
     // The quoted transport checksum, when the quote reaches it (its pseudo-header changed).
     let l4 = q + qhl;
     let field = match qproto {
@@ -977,7 +977,7 @@ fn translate_quote(pkt: &mut [u8], q: usize, src: u32, dst: u32, plan: &Plan) ->
             inner.apply(old)
         };
         pkt[at..at + 2].copy_from_slice(&new.to_be_bytes());
-        icmp_delta = icmp_delta.add(Delta::word(old, new));
+        icmp_delta = icmp_delta + Delta::word(old, new);
     }
     icmp_delta
 }

@@ -253,8 +253,6 @@ impl AddrMap {
         }
         let mut i = self.home(key);
         loop {
-            // SAFETY-free: the mask keeps i in bounds; `get_unchecked` would save a compare
-            // but the bounds check is hoisted well enough.
             let b = &self.buckets[i];
             if b.key == key {
                 return Some(b);
@@ -264,18 +262,6 @@ impl AddrMap {
             }
             i = (i + 1) & self.mask;
         }
-    }
-
-    /// Address of the bucket a key starts probing at, for prefetching in batches.
-    #[inline(always)]
-    pub fn bucket_ptr(&self, key: u32) -> *const Entry {
-        let i = self.home(key);
-        // `i <= mask < len`, so this stays inside the allocation.
-        self.buckets[i..].as_ptr()
-    }
-
-    pub fn iter(&self) -> impl Iterator<Item = &Entry> {
-        self.buckets.iter().filter(|e| e.key != 0)
     }
 }
 

@@ -63,6 +63,14 @@ pub fn pseudo_header(src: u32, dst: u32, protocol: u8, l4_len: u32) -> u64 {
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
 pub struct Delta(u64);
 
+impl core::ops::Add for Delta {
+    type Output = Delta;
+    #[inline]
+    fn add(self, other: Delta) -> Delta {
+        Delta(self.0 + other.0)
+    }
+}
+
 impl Delta {
     pub const ZERO: Delta = Delta(0);
 
@@ -81,11 +89,6 @@ impl Delta {
                 + (new >> 16) as u64
                 + (new & 0xffff) as u64,
         )
-    }
-
-    #[inline]
-    pub fn add(self, other: Delta) -> Delta {
-        Delta(self.0 + other.0)
     }
 
     /// Whether the delta changes no checksum (every change was undone by another).
@@ -172,7 +175,7 @@ mod tests {
 
     #[test]
     fn delta_of_undone_change_is_zero() {
-        let d = Delta::addr(0x0a000115, 0xc6336410).add(Delta::addr(0xc6336410, 0x0a000115));
+        let d = Delta::addr(0x0a000115, 0xc6336410) + Delta::addr(0xc6336410, 0x0a000115);
         assert!(d.is_zero());
         assert_eq!(d.apply(0x1234), 0x1234);
         assert!(!Delta::addr(1, 2).is_zero());

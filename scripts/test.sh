@@ -1,0 +1,31 @@
+#!/usr/bin/env bash
+# The whole test suite: set-up, the pure-core build check, lints, unit/property/integration
+# tests, a compile of the benchmarks, and a bounded fuzzing run of every fuzz target.
+#   FUZZ_SECONDS=60 (per target; 0 skips fuzzing)
+set -euo pipefail
+cd "$(dirname "$0")/.."
+
+./scripts/setup.sh
+
+echo "== the pure core builds without the runtime (no tokio, libc, sockets, clock)"
+cargo build --no-default-features --lib
+
+echo "== format and lints"
+cargo fmt --all -- --check
+cargo clippy --all-targets -- -D warnings
+
+echo "== benchmarks compile"
+cargo bench --no-run
+
+echo "== fuzzing (${FUZZ_SECONDS:-60} s per target)"
+if [ "${FUZZ_SECONDS:-60}" != 0 ]; then
+  ./scripts/fuzz.sh "${FUZZ_SECONDS:-60}"
+fi
+
+echo "== tests"
+log=$(mktemp)
+trap 'rm -f "$log"' EXIT
+cargo test --all-features 2>&1 | tee "$log"
+read -r passed failed < <(awk '/^test result:/ { for (i = 1; i <= NF; i++) { if ($(i+1) ~ /^passed/) p += $i; if ($(i+1) ~ /^failed/) f += $i } } END { print p + 0, f + 0 }' "$log")
+echo
+echo "tests: ${passed} passed, ${failed} failed"
