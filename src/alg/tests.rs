@@ -560,3 +560,32 @@ proptest! {
         prop_assert_eq!(classify_ports(t, a, b), classify_ports(t, b, a));
     }
 }
+
+proptest! {
+    /// The cheap first test never turns away a payload the full classifier recognises.
+    #[test]
+    fn prefilter_agrees_with_the_full_classifier(
+        head in prop::sample::select(vec![
+            "INVITE sip:a@b SIP/2.0", "SIP/2.0 200 OK", "ACK sip:x SIP/2.0", "BYE sips:y SIP/2.0",
+            "\r\nOPTIONS sip:z SIP/2.0", "DESCRIBE rtsp://h/s RTSP/1.0", "RTSP/1.0 200 OK",
+            "GET_PARAMETER rtsp://h RTSP/1.0", "PORT 10,0,1,21,4,1", "port 10,0,1,21,4,1",
+            "EPRT |1|10.0.1.21|1025|", "227 Entering Passive Mode (10,0,1,21,4,1)",
+            "229 Entering Extended Passive Mode (|||1025|)", "GET / HTTP/1.1", "",
+        ]),
+        eol in prop::sample::select(vec!["\r\n", "\n", ""]),
+        tail in prop::collection::vec(any::<u8>(), 0..64),
+        tcp in any::<bool>(),
+    ) {
+        let mut p = head.as_bytes().to_vec();
+        p.extend_from_slice(eol.as_bytes());
+        p.extend_from_slice(&tail);
+        let t = if tcp { Tcp } else { Udp };
+        prop_assert_eq!(classify_payload(t, &p), classify_payload_unfiltered(t, &p));
+    }
+
+    #[test]
+    fn prefilter_agrees_on_arbitrary_bytes(p in prop::collection::vec(any::<u8>(), 0..64), tcp in any::<bool>()) {
+        let t = if tcp { Tcp } else { Udp };
+        prop_assert_eq!(classify_payload(t, &p), classify_payload_unfiltered(t, &p));
+    }
+}

@@ -23,7 +23,7 @@ pub use table::{
     OtherProtocols, Table, TableBuilder, TableError,
 };
 
-use crate::alg::{self, AlgAction, Finding, Transport};
+use crate::alg::{self, AlgAction, AlgProtocol, Finding, Transport};
 use crate::wire::checksum::Delta;
 use crate::wire::ipv4::protocol;
 use crate::wire::{icmp, Error as WireError, Ipv4Packet};
@@ -172,6 +172,25 @@ struct Plan {
     hairpin: bool,
     /// The gateway itself is addressed (a vSwitch gateway or its internet-side address).
     to_gateway: bool,
+}
+
+impl Plan {
+    /// Whom a drop after the decision is counted against: the EIP the packet was using
+    /// (its sender's, else its receiver's) and the ENI it came from or was going to.
+    #[inline(always)]
+    fn blame(&self, ingress: Side) -> Blame {
+        Blame {
+            eip: if self.eip_out != NONE {
+                self.eip_out
+            } else {
+                self.eip_in
+            },
+            eni: match ingress {
+                Side::Eni(e) => e as u32,
+                _ => self.eni_to,
+            },
+        }
+    }
 }
 
 /// Drop attribution: the EIP slot and ENI a drop is counted against (NONE for neither).
@@ -357,11 +376,48 @@ impl Engine {
 
     /// Processes a batch of packets that came from one side; each buffer gets its verdict
     /// (and, for a reply, its new length).
+    ///
+    /// With a large table every packet's lookups miss the cache (the map bucket, then the
+    /// EIP's counters and policer), and one after another those misses cost more than the
+    /// whole translation. So the batch runs as a pipeline: the bucket of packet `i + 2D`
+    /// and the EIP state of packet `i + D` are being fetched while packet `i` is processed.
     pub fn process_batch(&mut self, now: u64, ingress: Side, pkts: &mut [PacketBuf]) {
-        for p in pkts.iter_mut() {
-            p.verdict = self.process(now, ingress, &mut p.data, p.len, p.flags);
-            if let Verdict::Reply { len, .. } = p.verdict {
-                p.len = len;
+        const D: usize = PREFETCH_DISTANCE;
+        let n = pkts.len();
+        for i in 0..n + 2 * D {
+            if let Some(p) = pkts.get(i) {
+                self.prefetch_bucket(ingress, p.packet());
+            }
+            if let Some(p) = i.checked_sub(D).and_then(|j| pkts.get(j)) {
+                self.prefetch_state(ingress, p.packet());
+            }
+            if let Some(p) = i.checked_sub(2 * D).and_then(|j| pkts.get_mut(j)) {
+                p.verdict = self.process(now, ingress, &mut p.data, p.len, p.flags);
+                if let Verdict::Reply { len, .. } = p.verdict {
+                    p.len = len;
+                }
+            }
+        }
+    }
+
+    #[inline(always)]
+    fn prefetch_bucket(&self, ingress: Side, pkt: &[u8]) {
+        if let Some(k) = lookup_key(ingress, pkt) {
+            self.table.map.prefetch(k);
+        }
+    }
+
+    #[inline(always)]
+    fn prefetch_state(&self, ingress: Side, pkt: &[u8]) {
+        let Some(e) = lookup_key(ingress, pkt).and_then(|k| self.table.map.get(k)) else {
+            return;
+        };
+        let s = e.slot as usize;
+        if let Some(h) = self.st.eip_hot.get(s) {
+            prefetch(h);
+            prefetch(&self.st.eip_rate[s]);
+            if e.kind == KIND_EIP && e.mode == MODE_NONE {
+                prefetch(&self.st.eip_drops[s][DropReason::EipUnassociated as usize]);
             }
         }
     }
@@ -432,28 +488,15 @@ impl Engine {
                 Err((r, b)) => return st.drop(r, ingress, b),
             },
         };
-        let blame = Blame {
-            eip: if plan.eip_out != NONE {
-                plan.eip_out
-            } else {
-                plan.eip_in
-            },
-            eni: match ingress {
-                Side::Eni(e) => e as u32,
-                _ => plan.eni_to,
-            },
-        };
         if plan.to_gateway {
             // The gateway itself was addressed: only echo requests get an answer.
-            return st.answer_echo(ingress, buf, proto, l4, blame);
+            return st.answer_echo(ingress, buf, proto, l4, plan.blame(ingress));
         }
 
         // ---- D3: ALG-dependent protocols under NAT -----------------------------------
-        if plan.nat.1 != 0
-            && !table.alg.is_all_pass()
-            && matches!(proto, protocol::TCP | protocol::UDP)
+        if plan.nat.1 != 0 && !table.alg_all_pass && matches!(proto, protocol::TCP | protocol::UDP)
         {
-            let key = FragKey {
+            let key = || FragKey {
                 ingress,
                 src,
                 dst,
@@ -465,7 +508,7 @@ impl Engine {
                     let d = st.alg_decide(now, table, &plan, proto, src, dst, &buf[..total], l4);
                     if is_fragment {
                         let mut expired = core::mem::take(&mut st.expired);
-                        let r = st.frags.decide(now, key, d.err(), &mut expired);
+                        let r = st.frags.decide(now, key(), d.err(), &mut expired);
                         st.count_expired(&mut expired);
                         st.expired = expired;
                         match r {
@@ -473,16 +516,16 @@ impl Engine {
                                 Ok(()) => st.released.extend(held),
                                 Err(reason) => {
                                     for h in held {
-                                        st.count_drop(reason, h.ingress, blame);
+                                        st.count_drop(reason, h.ingress, plan.blame(ingress));
                                     }
                                 }
                             },
-                            Err(full) => return st.drop(full, ingress, blame),
+                            Err(full) => return st.drop(full, ingress, plan.blame(ingress)),
                         }
                     }
                     d
                 }
-                None => match st.frags.lookup(&key) {
+                None => match st.frags.lookup(&key()) {
                     Lookup::Pass => Ok(()),
                     Lookup::Drop(r) => Err(r),
                     Lookup::Unknown => {
@@ -492,7 +535,7 @@ impl Engine {
                             data: buf[..len].to_vec(),
                             flags,
                         };
-                        let r = st.frags.hold(now, key, held, &mut expired);
+                        let r = st.frags.hold(now, key(), held, &mut expired);
                         st.count_expired(&mut expired);
                         st.expired = expired;
                         return match r {
@@ -500,19 +543,27 @@ impl Engine {
                                 st.global.held += 1;
                                 Verdict::Held
                             }
-                            Err(full) => st.drop(full, ingress, blame),
+                            Err(full) => st.drop(full, ingress, plan.blame(ingress)),
                         };
                     }
                 },
             };
             if let Err(r) = decision {
-                return st.drop(r, ingress, blame);
+                return st.drop(r, ingress, plan.blame(ingress));
             }
         }
 
         // ---- TTL -----------------------------------------------------------------------
         if ttl <= 1 {
-            return st.time_exceeded(table, ingress, buf, len, proto, frag_offset, blame);
+            return st.time_exceeded(
+                table,
+                ingress,
+                buf,
+                len,
+                proto,
+                frag_offset,
+                plan.blame(ingress),
+            );
         }
 
         // ---- D8: bandwidth -------------------------------------------------------------
@@ -522,7 +573,7 @@ impl Engine {
                 .from_guest_bucket
                 .admit(st.eip_rate[s], now, len)
             {
-                return st.drop(DropReason::BandwidthExceeded, ingress, blame);
+                return st.drop(DropReason::BandwidthExceeded, ingress, plan.blame(ingress));
             }
         }
         if plan.eip_in != NONE {
@@ -536,7 +587,7 @@ impl Engine {
                     ingress,
                     Blame {
                         eip: plan.eip_in,
-                        eni: blame.eni,
+                        eni: plan.blame(ingress).eni,
                     },
                 );
             }
@@ -567,6 +618,36 @@ impl Engine {
         }
         Verdict::Forward(plan.out)
     }
+}
+
+/// How many packets ahead [`Engine::process_batch`] fetches table state.
+const PREFETCH_DISTANCE: usize = 4;
+
+/// Hints the CPU to start loading the cache line that holds `*p`. A hint never faults and
+/// changes nothing, so any address will do; where no hint instruction is known it is a no-op.
+#[inline(always)]
+pub(crate) fn prefetch<T>(p: *const T) {
+    #[cfg(target_arch = "x86_64")]
+    // SAFETY: `prefetcht0` has no architectural effect and cannot fault for any address;
+    // SSE is part of the x86_64 baseline, so the instruction always exists.
+    unsafe {
+        core::arch::x86_64::_mm_prefetch::<{ core::arch::x86_64::_MM_HINT_T0 }>(p.cast())
+    };
+    #[cfg(not(target_arch = "x86_64"))]
+    let _ = p;
+}
+
+/// The address a packet's first lookup uses: its destination when it comes from the
+/// internet or the cloud services, its source when it comes from a guest.
+#[inline(always)]
+fn lookup_key(ingress: Side, pkt: &[u8]) -> Option<u32> {
+    let at = if matches!(ingress, Side::Eni(_)) {
+        12
+    } else {
+        16
+    };
+    let b = pkt.get(at..at + 4)?;
+    Some(u32::from_be_bytes([b[0], b[1], b[2], b[3]]))
 }
 
 fn wire_reason(e: WireError) -> DropReason {
@@ -1014,7 +1095,9 @@ impl State {
         }
     }
 
-    /// D3 for one packet (or first fragment): classify and apply the policy.
+    /// D3 for one packet (or first fragment): classify, and apply the policy to what is
+    /// recognised. Classification is inline (most packets are nothing); the policy is not.
+    #[inline(always)]
     #[allow(clippy::too_many_arguments)]
     fn alg_decide(
         &mut self,
@@ -1036,9 +1119,25 @@ impl State {
             Transport::Udp
         };
         let payload = pkt.get(l4.payload.0..l4.payload.1).unwrap_or(&[]);
-        let Some(p) = alg::classify(transport, sp, dp, payload) else {
-            return Ok(());
-        };
+        match alg::classify(transport, sp, dp, payload) {
+            None => Ok(()),
+            Some(p) => self.alg_policy(now, t, plan, p, src, dst, (sp, dp), payload),
+        }
+    }
+
+    #[inline(never)]
+    #[allow(clippy::too_many_arguments)]
+    fn alg_policy(
+        &mut self,
+        now: u64,
+        t: &Table,
+        plan: &Plan,
+        p: AlgProtocol,
+        src: u32,
+        dst: u32,
+        ports: (u16, u16),
+        payload: &[u8],
+    ) -> Result<(), DropReason> {
         match t.alg.get(p) {
             AlgAction::Drop => Err(DropReason::alg(p)),
             AlgAction::Pass => {
@@ -1052,7 +1151,7 @@ impl State {
                     alg::inspect(p, payload, private.to_be_bytes(), public.to_be_bytes())
                 {
                     self.global.alg_flagged[p.index()] += 1;
-                    self.report(now, plan, src, dst, (sp, dp), f);
+                    self.report(now, plan, src, dst, ports, f);
                 }
                 Ok(())
             }
