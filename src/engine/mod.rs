@@ -355,6 +355,7 @@ impl Engine {
     pub fn poll_released(&mut self, now: u64, buf: &mut [u8]) -> Option<(usize, Verdict)> {
         loop {
             let h = self.st.released.pop_front()?;
+            self.st.global.held -= 1;
             if h.data.len() > buf.len() {
                 // The caller's buffer cannot take it: counted, not silently lost.
                 self.st.count_drop(DropReason::Truncated, h.ingress, NOBODY);
@@ -362,7 +363,7 @@ impl Engine {
             }
             let n = h.data.len();
             buf[..n].copy_from_slice(&h.data);
-            // A held fragment was counted as received when it first arrived.
+            // It was counted as received when it first arrived, and is counted again now.
             self.st.global.received.packets -= 1;
             self.st.global.received.bytes -= n as u64;
             let v = self.process(now, h.ingress, buf, n, h.flags);
@@ -516,6 +517,7 @@ impl Engine {
                                 Ok(()) => st.released.extend(held),
                                 Err(reason) => {
                                     for h in held {
+                                        st.global.held -= 1;
                                         st.count_drop(reason, h.ingress, plan.blame(ingress));
                                     }
                                 }
@@ -1091,6 +1093,7 @@ impl State {
 
     fn count_expired(&mut self, expired: &mut Vec<HeldFragment>) {
         for h in expired.drain(..) {
+            self.global.held -= 1;
             self.count_drop(DropReason::FragmentTimeout, h.ingress, NOBODY);
         }
     }
@@ -1273,7 +1276,7 @@ impl State {
             0,
         ) {
             Some(n) => {
-                self.global.replied.add(n);
+                self.global.icmp_errors_sent += 1;
                 Verdict::Reply {
                     to: ingress,
                     len: n,

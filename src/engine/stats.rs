@@ -273,16 +273,21 @@ impl EniCounters {
     }
 }
 
-/// Engine-wide counters: every packet ends in exactly one of `forwarded`, `replied`, `held`
-/// or `drops` (a held fragment later ends in one of the others as well, when released).
+/// Engine-wide counters. At any moment every packet received is in exactly one of
+/// `forwarded`, `replied`, `held` or `drops`: `received == forwarded + replied + held + drops`.
+/// A held fragment leaves `held` when it is released (and processed again: `received` counts
+/// it once), dropped with its datagram, or timed out.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct GlobalCounters {
     pub received: Counter,
     pub forwarded: Counter,
-    /// ICMP answers the gateway made (echo replies, time exceeded).
+    /// Echo requests to the gateway's own addresses, answered.
     pub replied: Counter,
-    /// Fragments kept until their first fragment decides.
+    /// Fragments waiting for their first fragment now (a gauge, not a total).
     pub held: u64,
+    /// ICMP time exceeded messages sent (the expired packets themselves are `ttl_exceeded`
+    /// drops).
+    pub icmp_errors_sent: u64,
     pub drops: DropCounts,
     /// NAT-mode packets of ALG-dependent protocols passed (`pass` or `inspect`), by protocol.
     pub alg_passed: [u64; AlgProtocol::COUNT],
@@ -301,6 +306,7 @@ impl Default for GlobalCounters {
             forwarded: Counter::default(),
             replied: Counter::default(),
             held: 0,
+            icmp_errors_sent: 0,
             drops: [0; DropReason::COUNT],
             alg_passed: [0; AlgProtocol::COUNT],
             alg_flagged: [0; AlgProtocol::COUNT],
