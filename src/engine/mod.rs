@@ -382,7 +382,17 @@ impl Engine {
     /// EIP's counters and policer), and one after another those misses cost more than the
     /// whole translation. So the batch runs as a pipeline: the bucket of packet `i + 2D`
     /// and the EIP state of packet `i + D` are being fetched while packet `i` is processed.
+    /// A table small enough to stay in cache skips the pipeline, which would only cost.
     pub fn process_batch(&mut self, now: u64, ingress: Side, pkts: &mut [PacketBuf]) {
+        if !self.table.large {
+            for p in pkts.iter_mut() {
+                p.verdict = self.process(now, ingress, &mut p.data, p.len, p.flags);
+                if let Verdict::Reply { len, .. } = p.verdict {
+                    p.len = len;
+                }
+            }
+            return;
+        }
         const D: usize = PREFETCH_DISTANCE;
         let n = pkts.len();
         for i in 0..n + 2 * D {

@@ -17,6 +17,9 @@ pub type EipSlot = u32;
 
 pub(crate) const NONE: u32 = u32::MAX;
 
+/// See [`Table::large`].
+const LARGE_TABLE_BYTES: usize = 512 * 1024;
+
 /// How an EIP reaches its ENI (SPEC §1).
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
 pub enum AssociationMode {
@@ -246,6 +249,11 @@ impl AddrMap {
         }
     }
 
+    /// Bytes of the bucket array.
+    pub fn bytes(&self) -> usize {
+        self.buckets.len() * core::mem::size_of::<Entry>()
+    }
+
     /// Starts fetching the bucket `key` probes first (see [`super::prefetch`]).
     #[inline(always)]
     pub fn prefetch(&self, key: u32) {
@@ -320,6 +328,8 @@ pub struct Table {
     pub(crate) other_protocols: OtherProtocols,
     pub(crate) internet_gateway: u32,
     pub(crate) max_slot: Option<EipSlot>,
+    /// Whether the table's state outgrows the caches, so that batches should prefetch.
+    pub(crate) large: bool,
 }
 
 impl Table {
@@ -622,7 +632,11 @@ impl TableBuilder {
             None => 0,
         };
 
+        // Prefetching pays once the map and the per-EIP state (64 bytes each) stop fitting
+        // in a core's L2 (1 MiB on the machines measured); below that it is pure overhead.
+        let large = map.bytes() + eips.len() * 64 > LARGE_TABLE_BYTES;
         Ok(Table {
+            large,
             map,
             enis,
             eips,

@@ -1273,3 +1273,80 @@ fn every_packet_is_accounted_for() {
         4
     );
 }
+
+#[test]
+fn the_prefetching_pipeline_of_large_tables_changes_no_verdict() {
+    // 20,000 NAT EIPs: a map of 1 MiB, past the size where batches prefetch.
+    let mut b = TableBuilder::new().vpc_prefix(a("10.0.0.0"), 8);
+    for e in 0..400u16 {
+        let ips: Vec<Ipv4Addr> = (0..50u32)
+            .map(|j| Ipv4Addr::from(0x0a00_0000 + (e as u32) * 64 + j + 1))
+            .collect();
+        for (j, ip) in ips.iter().enumerate() {
+            let slot = e as u32 * 50 + j as u32;
+            b = b.eip(EipConfig {
+                slot,
+                address: Ipv4Addr::from(0xc612_0000 + slot),
+                bandwidth_mbps: 0,
+                association: Some(EipAssociation {
+                    mode: AssociationMode::Nat,
+                    eni: e + 1,
+                    private_ip: Some(*ip),
+                }),
+            });
+        }
+        b = b.eni(EniConfig {
+            id: e + 1,
+            instance: Some(InstanceRef {
+                id: e as u32,
+                running: true,
+            }),
+            gateway: None,
+            private_ips: ips,
+        });
+    }
+    let table = Arc::new(b.build().unwrap());
+    assert!(table.large);
+    let pkts: Vec<Vec<u8>> = (0..300u32)
+        .map(|i| match i % 5 {
+            0 => build::udp(client(), 1, Ipv4Addr::from(0xc612_0000 + i * 61), 2, b"x"),
+            1 => build::tcp(
+                client(),
+                1,
+                Ipv4Addr::from(0xc612_0000 + i * 13),
+                80,
+                2,
+                b"",
+            ),
+            2 => build::udp(
+                client(),
+                1,
+                Ipv4Addr::from(0xc612_0000 + 30_000 + i),
+                2,
+                b"",
+            ),
+            3 => build::udp(client(), 1, Ipv4Addr::from(0xc612_0000 + i), 5060, b""),
+            _ => vec![0x45, 0, 0, 20],
+        })
+        .collect();
+    let mut single = Engine::new(table.clone());
+    let mut batched = Engine::new(table);
+    let mut bufs: Vec<PacketBuf> = pkts
+        .iter()
+        .map(|p| {
+            let mut b = PacketBuf::with_capacity(1500);
+            b.set(p);
+            b
+        })
+        .collect();
+    batched.process_batch(T0, Side::Internet, &mut bufs);
+    let mut forwarded = 0;
+    for (p, b) in pkts.iter().zip(&bufs) {
+        let (v, out) = run(&mut single, Side::Internet, p);
+        assert_eq!(v, b.verdict);
+        assert_eq!(&out[..], b.packet());
+        forwarded += matches!(v, Verdict::Forward(_)) as usize;
+    }
+    assert_eq!(forwarded, 120);
+    assert_eq!(single.global_counters(), batched.global_counters());
+}
