@@ -11,10 +11,12 @@
 //! [`Engine::set_table`] between batches; counters and policers of EIPs and ENIs that stay
 //! carry over, because their slots and ids are stable.
 
+mod cell;
 mod frag;
 pub mod stats;
 pub mod table;
 
+pub use cell::TableCell;
 pub use stats::{
     burst_bytes, Counter, DropCounts, DropReason, EipCounters, EniCounters, GlobalCounters,
 };
@@ -235,6 +237,8 @@ struct State {
 #[derive(Debug)]
 pub struct Engine {
     table: Arc<Table>,
+    /// Generation of `table` in the [`TableCell`] it came from (0: set directly).
+    generation: u64,
     st: State,
 }
 
@@ -246,6 +250,7 @@ impl Engine {
     pub fn with_config(table: Arc<Table>, config: EngineConfig) -> Self {
         let mut e = Engine {
             table: Arc::new(Table::empty()),
+            generation: 0,
             st: State {
                 eip_hot: Vec::new(),
                 eip_rate: Vec::new(),
@@ -272,6 +277,7 @@ impl Engine {
     /// Takes a new table. Counters and policers follow stable slots and ENI ids; the rates of
     /// the policers follow the new table. O(number of EIPs): call it between batches.
     pub fn set_table(&mut self, table: Arc<Table>) {
+        self.generation = 0;
         let st = &mut self.st;
         let slots = table.max_slot.map(|s| s as usize + 1).unwrap_or(0);
         if st.eip_hot.len() < slots {
@@ -296,6 +302,19 @@ impl Engine {
             st.eni_drops.resize(enis, [0; DropReason::COUNT]);
         }
         self.table = table;
+    }
+
+    /// Takes the cell's newest table if it is not the one in use; call before each batch.
+    /// Returns whether the table changed.
+    #[inline]
+    pub fn refresh(&mut self, cell: &TableCell) -> bool {
+        if cell.generation() == self.generation {
+            return false;
+        }
+        let (g, t) = cell.load();
+        self.set_table(t);
+        self.generation = g;
+        true
     }
 
     pub fn table(&self) -> &Arc<Table> {
@@ -933,7 +952,7 @@ fn from_eni(t: &Table, eni: EniId, src: u32, dst: u32) -> Decision {
 
 /// Answers from 100.64.0.0/10 go back to the guest that asked, by private address.
 #[inline]
-fn from_cloud_services(t: &Table, _src: u32, dst: u32) -> Decision {
+fn from_cloud_services(t: &Table, src: u32, dst: u32) -> Decision {
     let Some(d) = t.map.get(dst) else {
         return Err((DropReason::VpcUnreachable, NOBODY));
     };
@@ -950,7 +969,7 @@ fn from_cloud_services(t: &Table, _src: u32, dst: u32) -> Decision {
     deliverable(t.eni(d.eni as u32), blame)?;
     Ok(Plan {
         out: Side::Eni(d.eni),
-        new_src: _src,
+        new_src: src,
         new_dst: dst,
         eip_out: NONE,
         eip_in: NONE,
@@ -1220,7 +1239,10 @@ impl State {
             DropReason::VpcUnreachable
         };
         let hl = ((buf[0] & 0x0f) as usize) * 4;
+        // A fragmented request would need reassembly to be answered whole: not done.
+        let fragmented = u16::from_be_bytes([buf[6], buf[7]]) & 0x3fff != 0;
         if proto != protocol::ICMP
+            || fragmented
             || l4.is_none()
             || buf[hl] != icmp::kind::ECHO_REQUEST
             || buf[hl + 1] != 0

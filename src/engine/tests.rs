@@ -1350,3 +1350,90 @@ fn the_prefetching_pipeline_of_large_tables_changes_no_verdict() {
     assert_eq!(forwarded, 120);
     assert_eq!(single.global_counters(), batched.global_counters());
 }
+
+#[test]
+fn tables_published_while_traffic_flows_are_taken_whole_between_batches() {
+    use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+    // Two tables that differ in every EIP: all associated, or all unassociated.
+    let tables = |associated: bool| {
+        let mut b = TableBuilder::new().eni(eni(
+            1,
+            Some((1, true)),
+            &["10.0.1.10", "10.0.1.11", "10.0.1.12", "10.0.1.13"],
+        ));
+        for i in 0..4u32 {
+            b = b.eip(EipConfig {
+                slot: i,
+                address: Ipv4Addr::from(u32::from(a("198.51.100.10")) + i),
+                bandwidth_mbps: 0,
+                association: associated.then(|| EipAssociation {
+                    mode: AssociationMode::Nat,
+                    eni: 1,
+                    private_ip: Some(Ipv4Addr::from(u32::from(a("10.0.1.10")) + i)),
+                }),
+            });
+        }
+        b.build().unwrap()
+    };
+    let cell = Arc::new(TableCell::new(tables(true)));
+    let stop = Arc::new(AtomicBool::new(false));
+    let progress = Arc::new(AtomicU64::new(0));
+    let worker = {
+        let (cell, stop, progress) = (cell.clone(), stop.clone(), progress.clone());
+        std::thread::spawn(move || {
+            let mut e = Engine::new(cell.load().1);
+            let pkts: Vec<Vec<u8>> = (0..64u32)
+                .map(|i| {
+                    build::udp(
+                        client(),
+                        1,
+                        Ipv4Addr::from(u32::from(a("198.51.100.10")) + i % 4),
+                        2,
+                        b"x",
+                    )
+                })
+                .collect();
+            let mut bufs: Vec<PacketBuf> =
+                pkts.iter().map(|_| PacketBuf::with_capacity(600)).collect();
+            let (mut batches, mut changes, mut seen) = (0u64, 0u64, [false; 2]);
+            while !stop.load(Ordering::Relaxed) || batches < 100 {
+                changes += e.refresh(&cell) as u64;
+                for (b, p) in bufs.iter_mut().zip(&pkts) {
+                    b.set(p);
+                }
+                e.process_batch(T0 + batches, Side::Internet, &mut bufs);
+                // One batch, one table: every verdict the same.
+                let first = bufs[0].verdict;
+                assert!(
+                    bufs.iter().all(|b| b.verdict == first),
+                    "a batch saw two tables"
+                );
+                match first {
+                    Verdict::Forward(Side::Eni(1)) => seen[0] = true,
+                    Verdict::Drop(DropReason::EipUnassociated) => seen[1] = true,
+                    v => panic!("unexpected {v:?}"),
+                }
+                batches += 1;
+                progress.store(batches, Ordering::Release);
+            }
+            (batches, changes, seen)
+        })
+    };
+    // Publish while the worker runs, each time letting it process a couple of batches (a
+    // bounded wait, so a stuck worker fails the test instead of hanging it).
+    for i in 0..50 {
+        cell.publish(tables(i % 2 == 1));
+        let (start, t0) = (progress.load(Ordering::Acquire), std::time::Instant::now());
+        while progress.load(Ordering::Acquire) < start + 2 {
+            assert!(t0.elapsed().as_secs() < 10, "the worker stopped");
+            std::thread::yield_now();
+        }
+    }
+    stop.store(true, Ordering::Relaxed);
+    let (batches, changes, seen) = worker.join().unwrap();
+    assert!(
+        changes >= 50,
+        "the worker took {changes} tables in {batches} batches"
+    );
+    assert_eq!(seen, [true, true]);
+}
