@@ -19,7 +19,7 @@ cargo bench --no-run
 
 echo "== fuzzing (${FUZZ_SECONDS:-60} s per target)"
 if [ "${FUZZ_SECONDS:-60}" != 0 ]; then
-  ./scripts/fuzz.sh "${FUZZ_SECONDS:-60}"
+  FUZZ_REPLAY=1 ./scripts/fuzz.sh "${FUZZ_SECONDS:-60}"
 fi
 
 echo "== tests"
