@@ -15,7 +15,7 @@
 //! | 6 | bits 0-2 fragment payload size (8 × (1 + n)); bits 3-4 IP id (0x4240 + n); bits 5-7 piece |
 //! | 7 | bit 0 no IP checksum fix-up; bit 1 no L4 checksum fix-up; bit 2 total length := bytes; bit 3 truncate; bit 4 link padding; bit 5 UDP checksum 0; bit 6 L4 checksum off by one |
 //! | 8 | bits 0-2 number of patches; bits 3-7 bytes to truncate or pad |
-//! | 9 | payload padding size, see [`PADS`] |
+//! | 9 | payload padding size: [`PADS`] by bits 0-2, 0xff for 65,000 bytes |
 //! | 10.. | patches, 2 bytes each (position mod length, value), then the L4 payload |
 
 use crate::fixture::{a, POOL};
@@ -46,7 +46,7 @@ pub fn port_sel(p: u16) -> u8 {
     PORTS.iter().position(|x| *x == p).expect("port in PORTS") as u8
 }
 
-/// Bytes of filler appended to the payload, chosen by byte 9.
+/// Bytes of filler appended to the payload, chosen by byte 9 (0xff: 65,000).
 pub const PADS: [usize; 8] = [0, 0, 0, 16, 200, 1000, 1472, 8000];
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -213,7 +213,7 @@ impl Gen {
         let dst = a(POOL[self.dst as usize % POOL.len()]);
         let (sp, dp) = (port(self.sport), port(self.dport));
         let mut payload = self.payload.clone();
-        let pad = if self.pad >= 0xf8 {
+        let pad = if self.pad == 0xff {
             65_000
         } else {
             PADS[(self.pad & 7) as usize]
@@ -311,14 +311,13 @@ impl Gen {
         let fragmented = is_v4 && frag_sel >= 4;
         if fragmented {
             let step = 8 * (1 + (self.frag & 7) as usize);
-            let pieces = build::fragment(&p, step);
-            let i = match frag_sel {
-                4 => 0,
-                5 => 1,
-                6 => pieces.len() - 1,
-                _ => (self.frag >> 5) as usize,
+            let which = match frag_sel {
+                4 => Piece::Index(0),
+                5 => Piece::Index(1),
+                6 => Piece::Last,
+                _ => Piece::Index((self.frag >> 5) as usize),
             };
-            p = pieces[i % pieces.len()].clone();
+            p = one_fragment(&p, step, which);
         }
 
         for &(pos, val) in &self.patches {
@@ -354,6 +353,35 @@ impl Gen {
         }
         p
     }
+}
+
+enum Piece {
+    /// The n-th piece (mod the number of pieces).
+    Index(usize),
+    Last,
+}
+
+/// One of the pieces `build::fragment(pkt, step)` would cut `pkt` into (`step` a multiple of
+/// 8), without making all of them: tiny steps over 64 KiB datagrams made thousands.
+fn one_fragment(pkt: &[u8], step: usize, which: Piece) -> Vec<u8> {
+    let hl = ((pkt[0] & 0x0f) as usize) * 4;
+    let total = u16::from_be_bytes([pkt[2], pkt[3]]) as usize;
+    let data = &pkt[hl..total];
+    let n = data.len().div_ceil(step).max(1);
+    let i = match which {
+        Piece::Index(i) => i % n,
+        Piece::Last => n - 1,
+    };
+    let off = (i * step).min(data.len());
+    let end = (off + step).min(data.len());
+    let mut f = Vec::with_capacity(hl + end - off);
+    f.extend_from_slice(&pkt[..hl]);
+    f.extend_from_slice(&data[off..end]);
+    let more = if end < data.len() { 0x2000 } else { 0 };
+    f[2..4].copy_from_slice(&((hl + end - off) as u16).to_be_bytes());
+    f[6..8].copy_from_slice(&(more | (off / 8) as u16).to_be_bytes());
+    fill_ip_checksum(&mut f);
+    f
 }
 
 /// Inserts 4 bytes of IP options (NOP NOP NOP EOL) after the fixed header.
@@ -463,4 +491,63 @@ pub fn fill_l4_checksum(p: &mut [u8], partial: bool) {
 /// An address from the pool, for callers that want one.
 pub fn pool_addr(i: u8) -> Ipv4Addr {
     a(POOL[i as usize % POOL.len()])
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn one_fragment_is_the_piece_build_fragment_makes() {
+        let (s, d) = (a([203, 0, 113, 7]), a([198, 51, 100, 10]));
+        for n in [1usize, 7, 8, 9, 63, 64, 65, 300, 1000] {
+            let p = build::udp(s, 1, d, 2, &vec![0x5a; n]);
+            for step in (8..=64).step_by(8) {
+                let all = build::fragment(&p, step);
+                for i in 0..all.len() + 3 {
+                    assert_eq!(one_fragment(&p, step, Piece::Index(i)), all[i % all.len()]);
+                }
+                assert_eq!(&one_fragment(&p, step, Piece::Last), all.last().unwrap());
+            }
+        }
+    }
+
+    #[test]
+    fn generated_packets_are_valid_unless_told_otherwise() {
+        for kind in 0..KINDS as u8 {
+            if kind == Kind::Ipv6 as u8 {
+                continue;
+            }
+            for partial in [false, true] {
+                let g = Gen {
+                    kind,
+                    src: 0,
+                    dst: 2,
+                    payload: b"payload".to_vec(),
+                    ..Gen::default()
+                };
+                let p = g.packet(partial);
+                let ip = eiplab::wire::Ipv4Packet::new_checked(&p[..]).unwrap();
+                assert!(ip.verify_checksum(), "kind {kind}");
+                if !partial || ip.protocol() == 1 {
+                    let (hl, total) = segment(&p).unwrap();
+                    let seg = &p[hl..total];
+                    let ok = match ip.protocol() {
+                        1 => checksum::verify(seg),
+                        6 | 17 => {
+                            let ph = checksum::pseudo_header(
+                                ip.src(),
+                                ip.dst(),
+                                ip.protocol(),
+                                seg.len() as u32,
+                            );
+                            checksum::fold(checksum::sum(ph, seg)) == 0xffff
+                        }
+                        _ => true,
+                    };
+                    assert!(ok, "kind {kind} partial {partial}: L4 checksum");
+                }
+            }
+        }
+    }
 }

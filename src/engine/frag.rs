@@ -157,6 +157,27 @@ impl FragTable {
         Ok(Vec::new())
     }
 
+    /// Fragments waiting under `key`, handed back for release (the datagram passes). Empty
+    /// when nothing waits; cheap when the table is empty.
+    pub fn take_pending(&mut self, key: &FragKey) -> Vec<HeldFragment> {
+        if self.map.is_empty() {
+            return Vec::new();
+        }
+        match self.map.get_mut(key) {
+            Some(e) => match core::mem::replace(&mut e.state, State::Decided(None)) {
+                State::Pending(held) => {
+                    self.held_bytes -= held.iter().map(|h| h.data.len()).sum::<usize>();
+                    held
+                }
+                decided => {
+                    e.state = decided;
+                    Vec::new()
+                }
+            },
+            None => Vec::new(),
+        }
+    }
+
     /// Keeps a copy of a fragment until its first fragment decides.
     pub fn hold(
         &mut self,

@@ -583,15 +583,27 @@ impl Engine {
             if let Err(r) = decision {
                 return st.drop(r, ingress, plan.blame(ingress));
             }
+        } else if is_fragment && l4.is_some() {
+            // No ALG decision is needed now (the table changed since later fragments were
+            // held, or the datagram is not NAT-mode TCP/UDP after all): let them go.
+            let key = FragKey {
+                ingress,
+                src,
+                dst,
+                ident,
+                protocol: proto,
+            };
+            st.released.extend(st.frags.take_pending(&key));
         }
 
         // ---- TTL -----------------------------------------------------------------------
         if ttl <= 1 {
+            // Quote the packet, not link padding after its total length.
             return st.time_exceeded(
                 table,
                 ingress,
                 buf,
-                len,
+                total,
                 proto,
                 frag_offset,
                 plan.blame(ingress),

@@ -1437,3 +1437,48 @@ fn tables_published_while_traffic_flows_are_taken_whole_between_batches() {
     );
     assert_eq!(seen, [true, true]);
 }
+
+#[test]
+fn fragments_held_under_one_table_are_released_when_a_new_one_needs_no_decision() {
+    let mut e = engine();
+    let (_, fs) = frags_to(a("198.51.100.10"), 9000);
+    assert_eq!(run(&mut e, Side::Internet, &fs[2]).0, Verdict::Held);
+    // The ALG policy becomes all-pass: the first fragment is no longer classified.
+    e.set_table(Arc::new(
+        builder()
+            .alg_policy(AlgPolicy::all(AlgAction::Pass))
+            .build()
+            .unwrap(),
+    ));
+    assert_eq!(
+        run(&mut e, Side::Internet, &fs[0]).0,
+        Verdict::Forward(Side::Eni(2))
+    );
+    let mut buf = vec![0u8; 2000];
+    let (_, v) = e
+        .poll_released(T0, &mut buf)
+        .expect("the held fragment is released");
+    assert_eq!(v, Verdict::Forward(Side::Eni(2)));
+    assert_eq!(e.global_counters().held, 0);
+}
+
+#[test]
+fn time_exceeded_quotes_the_packet_not_its_padding() {
+    let mut e = engine();
+    let mut pkt = build::udp(a("10.0.1.21"), 5000, client(), 33434, b"x");
+    pkt[8] = 1;
+    Ipv4Packet::new_checked(&mut pkt[..])
+        .unwrap()
+        .fill_checksum();
+    let n = pkt.len();
+    pkt.extend_from_slice(&[0xee; 10]);
+    let (v, out) = run(&mut e, Side::Eni(2), &pkt);
+    assert_eq!(
+        v,
+        Verdict::Reply {
+            to: Side::Eni(2),
+            len: 28 + n
+        }
+    );
+    assert_eq!(&out[28..], &pkt[..n]);
+}
