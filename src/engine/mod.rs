@@ -406,10 +406,7 @@ impl Engine {
     pub fn process_batch(&mut self, now: u64, ingress: Side, pkts: &mut [PacketBuf]) {
         if !self.table.large {
             for p in pkts.iter_mut() {
-                p.verdict = self.process(now, ingress, &mut p.data, p.len, p.flags);
-                if let Verdict::Reply { len, .. } = p.verdict {
-                    p.len = len;
-                }
+                self.process_buf(now, ingress, p);
             }
             return;
         }
@@ -423,11 +420,17 @@ impl Engine {
                 self.prefetch_state(ingress, p.packet());
             }
             if let Some(p) = i.checked_sub(2 * D).and_then(|j| pkts.get_mut(j)) {
-                p.verdict = self.process(now, ingress, &mut p.data, p.len, p.flags);
-                if let Verdict::Reply { len, .. } = p.verdict {
-                    p.len = len;
-                }
+                self.process_buf(now, ingress, p);
             }
+        }
+    }
+
+    /// One batch entry: its verdict, and its new length when the gateway answers.
+    #[inline(always)]
+    fn process_buf(&mut self, now: u64, ingress: Side, p: &mut PacketBuf) {
+        p.verdict = self.process(now, ingress, &mut p.data, p.len, p.flags);
+        if let Verdict::Reply { len, .. } = p.verdict {
+            p.len = len;
         }
     }
 

@@ -461,6 +461,11 @@ impl TableBuilder {
             .map(|e| e.id as usize + 1)
             .max()
             .unwrap_or(0);
+        // ENI id -> its config, so that associating 100,000 EIPs is not a scan per EIP.
+        let mut eni_config: Vec<Option<&EniConfig>> = vec![None; max_eni];
+        for e in &self.enis {
+            eni_config[e.id as usize] = Some(e);
+        }
         let mut enis = vec![EniEntry::default(); max_eni];
         let n_addrs: usize = self.enis.iter().map(|e| e.private_ips.len()).sum::<usize>()
             + self.eips.len()
@@ -484,7 +489,7 @@ impl TableBuilder {
         for eip in &self.eips {
             if let Some(a) = eip.association {
                 let i = a.eni as usize;
-                if i >= max_eni || !self.enis.iter().any(|e| e.id == a.eni) {
+                if i >= max_eni || eni_config[i].is_none() {
                     return Err(TableError::UnknownEni {
                         eip: eip.address,
                         eni: a.eni,
@@ -577,11 +582,7 @@ impl TableBuilder {
                 e.mode = mode_code(a.mode);
                 e.eni = a.eni;
                 if a.mode == AssociationMode::Nat {
-                    let eni = self
-                        .enis
-                        .iter()
-                        .find(|x| x.id == a.eni)
-                        .expect("checked above");
+                    let eni = eni_config[a.eni as usize].expect("checked above");
                     let private = a
                         .private_ip
                         .or(eni.private_ips.first().copied())
