@@ -6,3 +6,8 @@
 pub mod alg;
 pub mod engine;
 pub mod wire;
+
+#[cfg(feature = "runtime")]
+pub mod api;
+#[cfg(feature = "runtime")]
+pub mod lab;
