@@ -1,0 +1,939 @@
+//! The cloud model (SPEC §3): resources, association rules with the cloud's error codes, and
+//! the EIP state machine. Pure: time comes in as nanoseconds of the lab clock, randomness as
+//! a number the caller draws.
+//!
+//! Built so far: vSwitches, instances, ENIs, EIPs; allocation (random from the pool),
+//! recovery within 7 days, release; association with ECS instances and ENIs in NAT, BINDED
+//! and MULTI_BINDED mode with every rule of SPEC §3 for those; Associating/Unassociating as
+//! timed states; the engine table derived from the state ([`Cloud::table`]).
+//! Not built yet: NAT gateways, HaVips, CLBs, SNAT/DNAT entries, batch association, the ECS
+//! actions (attach/detach/assign/start/stop).
+
+use crate::engine::table::{
+    AssociationMode, EipAssociation, EipConfig, EniConfig, InstanceRef, TableBuilder,
+};
+use core::fmt;
+use core::net::Ipv4Addr;
+use serde::{Deserialize, Serialize};
+use std::collections::BTreeMap;
+
+#[cfg(test)]
+mod tests;
+
+/// Nanoseconds in a day of the lab clock.
+pub const DAY_NS: u64 = 86_400 * 1_000_000_000;
+/// How long a released EIP can be recovered (000, 004).
+pub const RECOVERY_WINDOW_NS: u64 = 7 * DAY_NS;
+/// Bandwidth of a recovered EIP, Mbit/s (004).
+pub const RECOVERED_BANDWIDTH: u32 = 5;
+/// MULTI_BINDED: EIPs per ENI (001).
+pub const MAX_MULTI_BINDED: usize = 10;
+
+/// Regions where cut-through (BINDED) is offered (001's table, by region id).
+pub const BINDED_REGIONS: &[&str] = &[
+    "cn-hangzhou",
+    "cn-shanghai",
+    "cn-qingdao",
+    "cn-beijing",
+    "cn-zhangjiakou",
+    "cn-huhehaote",
+    "cn-shenzhen",
+    "cn-guangzhou",
+    "cn-chengdu",
+    "ap-southeast-1",
+    "ap-southeast-5",
+    "eu-central-1",
+    "eu-west-1",
+    "us-east-1",
+];
+/// Regions where multi-EIP-to-ENI (MULTI_BINDED) is offered (001's table).
+pub const MULTI_BINDED_REGIONS: &[&str] = &[
+    "cn-shenzhen",
+    "cn-shanghai",
+    "cn-beijing",
+    "cn-zhangjiakou",
+    "cn-chengdu",
+    "ap-southeast-1",
+    "eu-central-1",
+    "ap-south-1",
+    "us-east-1",
+    "eu-west-1",
+];
+
+/// A refused call: the cloud's error code, its HTTP status and a message saying what to do.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct CloudError {
+    pub code: &'static str,
+    pub status: u16,
+    pub message: String,
+}
+
+impl CloudError {
+    fn new(code: &'static str, status: u16, message: impl Into<String>) -> Self {
+        CloudError {
+            code,
+            status,
+            message: message.into(),
+        }
+    }
+    fn bad(code: &'static str, message: impl Into<String>) -> Self {
+        Self::new(code, 400, message)
+    }
+}
+
+impl fmt::Display for CloudError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "{} [{}]: {}", self.code, self.status, self.message)
+    }
+}
+
+impl std::error::Error for CloudError {}
+
+/// EIP status as DescribeEipAddresses spells it.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub enum EipStatus {
+    Available,
+    Associating,
+    InUse,
+    Unassociating,
+}
+
+impl EipStatus {
+    pub fn api_name(self) -> &'static str {
+        match self {
+            EipStatus::Available => "Available",
+            EipStatus::Associating => "Associating",
+            EipStatus::InUse => "InUse",
+            EipStatus::Unassociating => "Unassociating",
+        }
+    }
+}
+
+/// Instance status as ECS spells it.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub enum InstanceStatus {
+    Pending,
+    Starting,
+    Running,
+    Stopping,
+    Stopped,
+}
+
+/// AssociateEipAddress `InstanceType`.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub enum BindType {
+    EcsInstance,
+    NetworkInterface,
+    Nat,
+    HaVip,
+    SlbInstance,
+}
+
+impl BindType {
+    pub fn api_name(self) -> &'static str {
+        match self {
+            BindType::EcsInstance => "EcsInstance",
+            BindType::NetworkInterface => "NetworkInterface",
+            BindType::Nat => "Nat",
+            BindType::HaVip => "HaVip",
+            BindType::SlbInstance => "SlbInstance",
+        }
+    }
+}
+
+/// Parses a `Mode` parameter.
+pub fn parse_mode(s: &str) -> Result<AssociationMode, CloudError> {
+    match s {
+        "NAT" => Ok(AssociationMode::Nat),
+        "BINDED" => Ok(AssociationMode::Binded),
+        "MULTI_BINDED" => Ok(AssociationMode::MultiBinded),
+        _ => Err(CloudError::bad(
+            "InvalidParameter.Mode",
+            format!("Mode {s:?} is not one of NAT, BINDED, MULTI_BINDED"),
+        )),
+    }
+}
+
+/// Parses an `InstanceType` parameter.
+pub fn parse_bind_type(s: &str) -> Result<BindType, CloudError> {
+    match s {
+        "EcsInstance" => Ok(BindType::EcsInstance),
+        "NetworkInterface" => Ok(BindType::NetworkInterface),
+        "Nat" => Ok(BindType::Nat),
+        "HaVip" => Ok(BindType::HaVip),
+        "SlbInstance" => Ok(BindType::SlbInstance),
+        _ => Err(CloudError::bad(
+            "InvalidInstanceType.ValueNotSupported",
+            format!(
+                "InstanceType {s:?} cannot take an EIP: use EcsInstance, NetworkInterface, Nat, \
+                 HaVip or SlbInstance (ALB and NLB get EIPs from their own consoles)"
+            ),
+        )),
+    }
+}
+
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct VSwitch {
+    pub id: String,
+    pub region: String,
+    pub zone: String,
+    pub network: Ipv4Addr,
+    pub prefix_len: u8,
+    pub gateway: Ipv4Addr,
+}
+
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Instance {
+    pub id: String,
+    pub region: String,
+    pub instance_type: String,
+    pub status: InstanceStatus,
+    /// `false`: a classic-network instance (cannot take an EIP).
+    pub vpc: bool,
+    /// A fixed (system-assigned) public IP.
+    pub public_ip: Option<Ipv4Addr>,
+    pub dhcp: bool,
+    /// Dataplane number of the instance.
+    pub index: u32,
+}
+
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Eni {
+    pub id: String,
+    pub region: String,
+    pub vswitch: String,
+    /// Primary first; the primary is fixed at creation.
+    pub private_ips: Vec<Ipv4Addr>,
+    /// The primary ENI (eth0) of an instance.
+    pub primary: bool,
+    /// Instance it is attached to.
+    pub instance: Option<String>,
+    /// Dataplane id (stable, so counters follow the ENI).
+    pub index: u16,
+}
+
+/// An EIP's binding as AssociateEipAddress recorded it.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Binding {
+    pub bind_type: BindType,
+    /// The id the caller gave (instance, ENI, gateway, …).
+    pub instance_id: String,
+    pub mode: Mode,
+    /// The private IP it maps to (NAT) or that it replaces (BINDED).
+    pub private_ip: Option<Ipv4Addr>,
+}
+
+/// Serializable twin of [`AssociationMode`].
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub enum Mode {
+    Nat,
+    Binded,
+    MultiBinded,
+}
+
+impl From<AssociationMode> for Mode {
+    fn from(m: AssociationMode) -> Self {
+        match m {
+            AssociationMode::Nat => Mode::Nat,
+            AssociationMode::Binded => Mode::Binded,
+            AssociationMode::MultiBinded => Mode::MultiBinded,
+        }
+    }
+}
+
+impl From<Mode> for AssociationMode {
+    fn from(m: Mode) -> Self {
+        match m {
+            Mode::Nat => AssociationMode::Nat,
+            Mode::Binded => AssociationMode::Binded,
+            Mode::MultiBinded => AssociationMode::MultiBinded,
+        }
+    }
+}
+
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Eip {
+    pub allocation_id: String,
+    pub address: Ipv4Addr,
+    pub region: String,
+    pub bandwidth: u32,
+    pub internet_charge_type: String,
+    pub status: EipStatus,
+    /// Lab-clock nanoseconds.
+    pub allocated_at: u64,
+    pub binding: Option<Binding>,
+    /// End of the current Associating/Unassociating state.
+    pub transition_until: Option<u64>,
+    /// Dataplane slot (counters and policer).
+    pub slot: u32,
+}
+
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ReleasedEip {
+    pub allocation_id: String,
+    pub address: Ipv4Addr,
+    pub region: String,
+    pub released_at: u64,
+}
+
+/// What a change does to the dataplane; the shell rebuilds the table and, in the lab,
+/// reconfigures guests.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum Change {
+    EipMapped { allocation_id: String },
+    EipUnmapped { allocation_id: String },
+    EipAllocated { allocation_id: String },
+    EipReleased { allocation_id: String },
+    BandwidthChanged { allocation_id: String },
+}
+
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Settings {
+    pub region: String,
+    /// `[account] multi_binded`.
+    pub multi_binded_allowed: bool,
+    /// How long Associating/Unassociating last.
+    pub transition_ns: u64,
+    /// EIP pool as (network, prefix length).
+    pub eip_pool: Vec<(Ipv4Addr, u8)>,
+}
+
+/// The cloud's state.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Cloud {
+    pub settings: Settings,
+    pub vswitches: BTreeMap<String, VSwitch>,
+    pub instances: BTreeMap<String, Instance>,
+    pub enis: BTreeMap<String, Eni>,
+    pub eips: BTreeMap<String, Eip>,
+    pub released: Vec<ReleasedEip>,
+    next_slot: u32,
+    next_eni_index: u16,
+    next_instance_index: u32,
+    next_eip_serial: u64,
+}
+
+/// AssociateEipAddress's parameters.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Associate {
+    pub allocation_id: String,
+    pub instance_id: String,
+    pub bind_type: BindType,
+    pub mode: AssociationMode,
+    pub private_ip: Option<Ipv4Addr>,
+}
+
+fn not_found_eip(id: &str) -> CloudError {
+    CloudError::new(
+        "InvalidAllocationId.NotFound",
+        404,
+        format!("no EIP {id} in this region: check the AllocationId (DescribeEipAddresses)"),
+    )
+}
+
+fn not_found_instance(id: &str) -> CloudError {
+    CloudError::bad(
+        "InvalidInstanceId.NotFound",
+        format!("no instance or network interface {id}: check InstanceId and InstanceType"),
+    )
+}
+
+fn in_cidr(a: Ipv4Addr, net: Ipv4Addr, len: u8) -> bool {
+    let mask = if len == 0 { 0 } else { u32::MAX << (32 - len) };
+    u32::from(a) & mask == u32::from(net) & mask
+}
+
+impl Cloud {
+    pub fn new(settings: Settings) -> Cloud {
+        Cloud {
+            settings,
+            vswitches: BTreeMap::new(),
+            instances: BTreeMap::new(),
+            enis: BTreeMap::new(),
+            eips: BTreeMap::new(),
+            released: Vec::new(),
+            next_slot: 0,
+            next_eni_index: 0,
+            next_instance_index: 0,
+            next_eip_serial: 0,
+        }
+    }
+
+    pub fn add_vswitch(&mut self, v: VSwitch) {
+        self.vswitches.insert(v.id.clone(), v);
+    }
+
+    /// Adds an instance; `index` is assigned here.
+    pub fn add_instance(&mut self, mut i: Instance) {
+        i.index = self.next_instance_index;
+        self.next_instance_index += 1;
+        self.instances.insert(i.id.clone(), i);
+    }
+
+    /// Adds an ENI; `index` is assigned here.
+    pub fn add_eni(&mut self, mut e: Eni) {
+        e.index = self.next_eni_index;
+        self.next_eni_index += 1;
+        self.enis.insert(e.id.clone(), e);
+    }
+
+    /// Adds an EIP as the lab file declares it (Available).
+    pub fn add_eip(&mut self, now: u64, allocation_id: &str, address: Ipv4Addr, bandwidth: u32) {
+        let slot = self.next_slot;
+        self.next_slot += 1;
+        self.eips.insert(
+            allocation_id.to_string(),
+            Eip {
+                allocation_id: allocation_id.to_string(),
+                address,
+                region: self.settings.region.clone(),
+                bandwidth,
+                internet_charge_type: "PayByTraffic".into(),
+                status: EipStatus::Available,
+                allocated_at: now,
+                binding: None,
+                transition_until: None,
+                slot,
+            },
+        );
+    }
+
+    fn address_taken(&self, a: Ipv4Addr) -> bool {
+        self.eips.values().any(|e| e.address == a)
+            || self.instances.values().any(|i| i.public_ip == Some(a))
+    }
+
+    /// AllocateEipAddress: a random free address of the pool (`random` drawn by the caller),
+    /// or, with `ip`, the recovery of a released one within 7 days.
+    pub fn allocate(
+        &mut self,
+        now: u64,
+        region: &str,
+        bandwidth: u32,
+        ip: Option<Ipv4Addr>,
+        random: u64,
+    ) -> Result<(String, Vec<Change>), CloudError> {
+        self.expire_released(now);
+        let (address, bandwidth, id) = match ip {
+            Some(a) => {
+                let pos = self
+                    .released
+                    .iter()
+                    .position(|r| r.address == a && r.region == region)
+                    .ok_or_else(|| {
+                        CloudError::new(
+                            "InvalidAllocationId.NotFound",
+                            404,
+                            format!(
+                                "{a} is not a released EIP of {region} that can be recovered: \
+                                 only addresses released in the last 7 days and not taken \
+                                 again come back"
+                            ),
+                        )
+                    })?;
+                if self.address_taken(a) {
+                    return Err(CloudError::new(
+                        "InvalidAllocationId.NotFound",
+                        404,
+                        format!("{a} has been taken again and cannot be recovered"),
+                    ));
+                }
+                let r = self.released.remove(pos);
+                (a, RECOVERED_BANDWIDTH, r.allocation_id)
+            }
+            None => {
+                let a = self.random_free(random).ok_or_else(|| {
+                    CloudError::bad(
+                        "QuotaExceeded.Eip",
+                        "the lab's EIP pool has no free address: release an EIP or widen \
+                         [internet] eip_pool",
+                    )
+                })?;
+                self.next_eip_serial += 1;
+                let id = format!(
+                    "eip-lab{:012x}",
+                    self.next_eip_serial ^ (random & 0xffff_0000)
+                );
+                (a, bandwidth, id)
+            }
+        };
+        let slot = self.next_slot;
+        self.next_slot += 1;
+        self.eips.insert(
+            id.clone(),
+            Eip {
+                allocation_id: id.clone(),
+                address,
+                region: region.to_string(),
+                bandwidth,
+                internet_charge_type: "PayByTraffic".into(),
+                status: EipStatus::Available,
+                allocated_at: now,
+                binding: None,
+                transition_until: None,
+                slot,
+            },
+        );
+        Ok((id.clone(), vec![Change::EipAllocated { allocation_id: id }]))
+    }
+
+    fn random_free(&self, random: u64) -> Option<Ipv4Addr> {
+        let mut candidates = 0u64;
+        for &(_, len) in &self.settings.eip_pool {
+            candidates += 1u64 << (32 - len as u32);
+        }
+        if candidates == 0 {
+            return None;
+        }
+        let start = random % candidates;
+        for k in 0..candidates {
+            let mut i = (start + k) % candidates;
+            for &(net, len) in &self.settings.eip_pool {
+                let size = 1u64 << (32 - len as u32);
+                if i < size {
+                    let a = Ipv4Addr::from(u32::from(net).wrapping_add(i as u32));
+                    // Not the network, broadcast or the pool's gateway (two below broadcast).
+                    let usable = size < 4 || (i != 0 && i + 1 != size && i + 3 != size);
+                    let recoverable = self.released.iter().any(|r| r.address == a);
+                    if usable && !recoverable && !self.address_taken(a) {
+                        return Some(a);
+                    }
+                    break;
+                }
+                i -= size;
+            }
+        }
+        None
+    }
+
+    fn expire_released(&mut self, now: u64) {
+        self.released
+            .retain(|r| now.saturating_sub(r.released_at) <= RECOVERY_WINDOW_NS);
+    }
+
+    fn eip_for_change(&self, id: &str) -> Result<&Eip, CloudError> {
+        let e = self.eips.get(id).ok_or_else(|| not_found_eip(id))?;
+        if matches!(e.status, EipStatus::Associating | EipStatus::Unassociating) {
+            return Err(CloudError::bad(
+                "TaskConflict",
+                format!(
+                    "EIP {id} is {}: only queries are allowed until it settles; poll \
+                     DescribeEipAddresses",
+                    e.status.api_name()
+                ),
+            ));
+        }
+        Ok(e)
+    }
+
+    /// ReleaseEipAddress: only an Available EIP.
+    pub fn release(&mut self, now: u64, id: &str) -> Result<Vec<Change>, CloudError> {
+        let e = self.eip_for_change(id)?;
+        if e.status != EipStatus::Available {
+            return Err(CloudError::bad(
+                "IncorrectEipStatus",
+                format!("EIP {id} is {}: unassociate it first", e.status.api_name()),
+            ));
+        }
+        let e = self.eips.remove(id).expect("checked above");
+        self.released.push(ReleasedEip {
+            allocation_id: e.allocation_id,
+            address: e.address,
+            region: e.region,
+            released_at: now,
+        });
+        Ok(vec![Change::EipReleased {
+            allocation_id: id.to_string(),
+        }])
+    }
+
+    /// ModifyEipAddressAttribute `Bandwidth`: the policer follows at once.
+    pub fn set_bandwidth(&mut self, id: &str, mbps: u32) -> Result<Vec<Change>, CloudError> {
+        if mbps == 0 {
+            return Err(CloudError::bad(
+                "InvalidParameter.Bandwidth",
+                "Bandwidth must be at least 1 Mbit/s",
+            ));
+        }
+        self.eip_for_change(id)?;
+        self.eips.get_mut(id).expect("checked").bandwidth = mbps;
+        Ok(vec![Change::BandwidthChanged {
+            allocation_id: id.to_string(),
+        }])
+    }
+
+    /// EIPs bound to an ENI (by any bind type), with their bindings, settled or not.
+    fn eips_on_eni(&self, eni: &Eni) -> impl Iterator<Item = (&Eip, &Binding)> {
+        let eni_id = eni.id.clone();
+        let instance = eni.instance.clone();
+        let primary = eni.primary;
+        self.eips.values().filter_map(move |e| {
+            let b = e.binding.as_ref()?;
+            let hit = match b.bind_type {
+                BindType::NetworkInterface => b.instance_id == eni_id,
+                BindType::EcsInstance => primary && instance.as_deref() == Some(&b.instance_id),
+                _ => false,
+            };
+            hit.then_some((e, b))
+        })
+    }
+
+    fn primary_eni_of(&self, instance: &str) -> Option<&Eni> {
+        self.enis
+            .values()
+            .find(|e| e.primary && e.instance.as_deref() == Some(instance))
+    }
+
+    /// AssociateEipAddress: checks every rule, then starts Associating.
+    pub fn associate(&mut self, now: u64, req: &Associate) -> Result<Vec<Change>, CloudError> {
+        let binding = self.check_associate(req)?;
+        let e = self.eips.get_mut(&req.allocation_id).expect("checked");
+        e.binding = Some(binding);
+        e.status = EipStatus::Associating;
+        e.transition_until = Some(now + self.settings.transition_ns);
+        Ok(self.handle_timeout(now))
+    }
+
+    fn check_associate(&self, req: &Associate) -> Result<Binding, CloudError> {
+        let eip = self.eip_for_change(&req.allocation_id)?;
+        if eip.status != EipStatus::Available {
+            return Err(CloudError::bad(
+                "IncorrectEipStatus",
+                format!(
+                    "EIP {} is {} (bound to {}): an EIP is bound to one resource at a time; \
+                     unassociate it first",
+                    eip.allocation_id,
+                    eip.status.api_name(),
+                    eip.binding.as_ref().map_or("-", |b| b.instance_id.as_str())
+                ),
+            ));
+        }
+        match req.bind_type {
+            BindType::EcsInstance => self.check_ecs(eip, req),
+            BindType::NetworkInterface => self.check_eni(eip, req),
+            BindType::Nat | BindType::HaVip | BindType::SlbInstance => Err(CloudError::bad(
+                "InvalidInstanceType.ValueNotSupported",
+                format!(
+                    "InstanceType {} is not built in this lab yet",
+                    req.bind_type.api_name()
+                ),
+            )),
+        }
+    }
+
+    fn mismatch(eip: &Eip, what: &str, region: &str) -> CloudError {
+        CloudError::bad(
+            "InvalidParameter.Mismatch",
+            format!(
+                "EIP {} is in {} but {what} is in {region}: an EIP associates only within its \
+                 region (zones may differ)",
+                eip.allocation_id, eip.region
+            ),
+        )
+    }
+
+    fn check_ecs(&self, eip: &Eip, req: &Associate) -> Result<Binding, CloudError> {
+        let i = self
+            .instances
+            .get(&req.instance_id)
+            .ok_or_else(|| not_found_instance(&req.instance_id))?;
+        if i.region != eip.region {
+            return Err(Self::mismatch(eip, &i.id, &i.region));
+        }
+        if !i.vpc {
+            return Err(CloudError::bad(
+                "OperationDenied",
+                format!(
+                    "{} is in the classic network: EIPs go only to VPC instances",
+                    i.id
+                ),
+            ));
+        }
+        if !matches!(i.status, InstanceStatus::Running | InstanceStatus::Stopped) {
+            return Err(CloudError::bad(
+                "IncorrectInstanceStatus",
+                format!("{} is {:?}: it must be Running or Stopped", i.id, i.status),
+            ));
+        }
+        if let Some(p) = i.public_ip {
+            return Err(CloudError::bad(
+                "EIP_CAN_NOT_ASSOCIATE_WITH_PUBLIC_IP",
+                format!(
+                    "{} has the fixed public IP {p}: an instance has one or the other",
+                    i.id
+                ),
+            ));
+        }
+        if req.mode != AssociationMode::Nat {
+            return Err(CloudError::bad(
+                "InvalidParameter.Mode",
+                "an EIP on an ECS instance works in NAT mode only; use NetworkInterface for \
+                 BINDED or MULTI_BINDED",
+            ));
+        }
+        let eni = self.primary_eni_of(&i.id).ok_or_else(|| {
+            CloudError::bad("OperationDenied", format!("{} has no primary ENI", i.id))
+        })?;
+        let primary_ip = eni.private_ips[0];
+        for (other, b) in self.eips_on_eni(eni) {
+            if b.bind_type == BindType::EcsInstance || b.private_ip == Some(primary_ip) {
+                return Err(CloudError::bad(
+                    "InvalidAssociation.Duplicated",
+                    format!(
+                        "{} already has EIP {} on {primary_ip}: an ECS instance takes one EIP; \
+                         use secondary ENIs for more",
+                        i.id, other.allocation_id
+                    ),
+                ));
+            }
+        }
+        Ok(Binding {
+            bind_type: BindType::EcsInstance,
+            instance_id: i.id.clone(),
+            mode: Mode::Nat,
+            private_ip: Some(primary_ip),
+        })
+    }
+
+    fn check_eni(&self, eip: &Eip, req: &Associate) -> Result<Binding, CloudError> {
+        let eni = self
+            .enis
+            .get(&req.instance_id)
+            .ok_or_else(|| not_found_instance(&req.instance_id))?;
+        if eni.region != eip.region {
+            return Err(Self::mismatch(eip, &eni.id, &eni.region));
+        }
+        let mode = Mode::from(req.mode);
+        if mode != Mode::Nat {
+            let regions = if mode == Mode::Binded {
+                BINDED_REGIONS
+            } else {
+                MULTI_BINDED_REGIONS
+            };
+            if !regions.contains(&eni.region.as_str()) {
+                return Err(CloudError::bad(
+                    "OperationUnsupported.EipBindModel",
+                    format!(
+                        "{} is not offered in {}: use NAT mode or one of {}",
+                        req.mode.api_name(),
+                        eni.region,
+                        regions.join(", ")
+                    ),
+                ));
+            }
+            if mode == Mode::MultiBinded && !self.settings.multi_binded_allowed {
+                return Err(CloudError::bad(
+                    "Mode.NotSupport",
+                    "MULTI_BINDED is closed to this account ([account] multi_binded = false)",
+                ));
+            }
+            if eni.primary {
+                return Err(CloudError::bad(
+                    "Invalid.DirectEip.BindType",
+                    format!(
+                        "{} is a primary ENI: cut-through needs a secondary ENI",
+                        eni.id
+                    ),
+                ));
+            }
+        }
+        for (other, b) in self.eips_on_eni(eni) {
+            if b.mode != mode {
+                return Err(CloudError::bad(
+                    "OperationFailed.EipBindModeConflict",
+                    format!(
+                        "{} already carries EIP {} in {} mode: an ENI carries one mode of EIP",
+                        eni.id,
+                        other.allocation_id,
+                        AssociationMode::from(b.mode).api_name()
+                    ),
+                ));
+            }
+        }
+        let existing = self.eips_on_eni(eni).count();
+        match mode {
+            Mode::Nat => {
+                let ip = req.private_ip.unwrap_or(eni.private_ips[0]);
+                if !eni.private_ips.contains(&ip) {
+                    return Err(CloudError::bad(
+                        "InvalidPrivateIpAddress.NotFound",
+                        format!(
+                            "{ip} is not a private IP of {}: it has {:?}",
+                            eni.id, eni.private_ips
+                        ),
+                    ));
+                }
+                if let Some((other, _)) = self
+                    .eips_on_eni(eni)
+                    .find(|(_, b)| b.private_ip == Some(ip))
+                {
+                    return Err(CloudError::bad(
+                        "InvalidEip.EipQuotaExceeded",
+                        format!(
+                            "{ip} on {} already maps EIP {}: one EIP per private IP; assign \
+                             another private IP (AssignPrivateIpAddresses)",
+                            eni.id, other.allocation_id
+                        ),
+                    ));
+                }
+                Ok(Binding {
+                    bind_type: BindType::NetworkInterface,
+                    instance_id: eni.id.clone(),
+                    mode,
+                    private_ip: Some(ip),
+                })
+            }
+            Mode::Binded | Mode::MultiBinded => {
+                if let Some(inst) = &eni.instance {
+                    return Err(CloudError::bad(
+                        "Eni.Attached",
+                        format!(
+                            "{} is attached to {inst}: detach it, associate the EIP, then attach \
+                             it again",
+                            eni.id
+                        ),
+                    ));
+                }
+                if mode == Mode::Binded {
+                    if req.private_ip.is_some_and(|ip| ip != eni.private_ips[0]) {
+                        return Err(CloudError::bad(
+                            "Invalid.DirectEip.BindType",
+                            format!(
+                                "BINDED takes the primary private IP of {} ({}) only",
+                                eni.id, eni.private_ips[0]
+                            ),
+                        ));
+                    }
+                    if eni.private_ips.len() > 1 {
+                        return Err(CloudError::bad(
+                            "Eni.HasSubIp",
+                            format!(
+                                "{} has secondary private IPs: unassign them before BINDED",
+                                eni.id
+                            ),
+                        ));
+                    }
+                    if existing >= 1 {
+                        return Err(CloudError::bad(
+                            "InvalidAssociation.Duplicated",
+                            format!("{} already has its BINDED EIP", eni.id),
+                        ));
+                    }
+                } else if existing >= MAX_MULTI_BINDED {
+                    return Err(CloudError::bad(
+                        "QuotaExceed.MultiBindedEip",
+                        format!(
+                            "{} already has {MAX_MULTI_BINDED} MULTI_BINDED EIPs",
+                            eni.id
+                        ),
+                    ));
+                }
+                Ok(Binding {
+                    bind_type: BindType::NetworkInterface,
+                    instance_id: eni.id.clone(),
+                    mode,
+                    private_ip: (mode == Mode::Binded).then(|| eni.private_ips[0]),
+                })
+            }
+        }
+    }
+
+    /// UnassociateEipAddress: starts Unassociating.
+    pub fn unassociate(&mut self, now: u64, id: &str) -> Result<Vec<Change>, CloudError> {
+        let e = self.eip_for_change(id)?;
+        if e.status != EipStatus::InUse {
+            return Err(CloudError::bad(
+                "IncorrectEipStatus",
+                format!("EIP {id} is {}: it is not associated", e.status.api_name()),
+            ));
+        }
+        let e = self.eips.get_mut(id).expect("checked");
+        e.status = EipStatus::Unassociating;
+        e.transition_until = Some(now + self.settings.transition_ns);
+        Ok(self.handle_timeout(now))
+    }
+
+    /// The next time a transition ends.
+    pub fn poll_timeout(&self) -> Option<u64> {
+        self.eips.values().filter_map(|e| e.transition_until).min()
+    }
+
+    /// Ends every transition due at `now`.
+    pub fn handle_timeout(&mut self, now: u64) -> Vec<Change> {
+        let mut changes = Vec::new();
+        for e in self.eips.values_mut() {
+            if e.transition_until.is_some_and(|t| t <= now) {
+                e.transition_until = None;
+                let allocation_id = e.allocation_id.clone();
+                match e.status {
+                    EipStatus::Associating => {
+                        e.status = EipStatus::InUse;
+                        changes.push(Change::EipMapped { allocation_id });
+                    }
+                    EipStatus::Unassociating => {
+                        e.status = EipStatus::Available;
+                        e.binding = None;
+                        changes.push(Change::EipUnmapped { allocation_id });
+                    }
+                    _ => {}
+                }
+            }
+        }
+        self.expire_released(now);
+        changes
+    }
+
+    /// The engine table this state implies: every ENI, every EIP, mapped where InUse or
+    /// Unassociating (the mapping goes when the EIP is Available again).
+    pub fn table(&self) -> TableBuilder {
+        let mut b = TableBuilder::new();
+        for v in self.vswitches.values() {
+            b = b.vpc_prefix(v.network, v.prefix_len);
+        }
+        for eni in self.enis.values() {
+            let instance = eni.instance.as_ref().and_then(|i| self.instances.get(i));
+            b = b.eni(EniConfig {
+                id: eni.index,
+                instance: instance.map(|i| InstanceRef {
+                    id: i.index,
+                    running: i.status == InstanceStatus::Running,
+                }),
+                gateway: self.vswitches.get(&eni.vswitch).map(|v| v.gateway),
+                private_ips: eni.private_ips.clone(),
+            });
+        }
+        for e in self.eips.values() {
+            let mapped = matches!(e.status, EipStatus::InUse | EipStatus::Unassociating);
+            let association = e.binding.as_ref().filter(|_| mapped).and_then(|bd| {
+                let eni = match bd.bind_type {
+                    BindType::NetworkInterface => self.enis.get(&bd.instance_id)?,
+                    BindType::EcsInstance => self.primary_eni_of(&bd.instance_id)?,
+                    _ => return None,
+                };
+                Some(EipAssociation {
+                    mode: bd.mode.into(),
+                    eni: eni.index,
+                    private_ip: if bd.mode == Mode::Nat {
+                        bd.private_ip
+                    } else {
+                        None
+                    },
+                })
+            });
+            b = b.eip(EipConfig {
+                slot: e.slot,
+                address: e.address,
+                bandwidth_mbps: e.bandwidth,
+                association,
+            });
+        }
+        b
+    }
+
+    /// Whether `ip` sits in `vswitch`'s CIDR.
+    pub fn vswitch_contains(&self, vswitch: &str, ip: Ipv4Addr) -> bool {
+        self.vswitches
+            .get(vswitch)
+            .is_some_and(|v| in_cidr(ip, v.network, v.prefix_len))
+    }
+}

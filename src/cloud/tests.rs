@@ -1,0 +1,480 @@
+//! One test per SPEC §3 row built so far, each asserting the exact code and status.
+
+use super::*;
+
+const NOW: u64 = 1_000 * 1_000_000_000;
+const MS: u64 = 1_000_000;
+
+fn ip(s: &str) -> Ipv4Addr {
+    s.parse().unwrap()
+}
+
+/// i-web (Running, eth0 10.0.1.10, eth1 10.0.1.20-22), detached eni-spare (10.0.1.30),
+/// eni-sub (detached, 10.0.1.40 + 10.0.1.41), i-classic, i-public, i-pending, eni-far
+/// (cn-beijing); EIPs eip-1..eip-12 Available.
+fn lab() -> Cloud {
+    let mut c = Cloud::new(Settings {
+        region: "cn-shanghai".into(),
+        multi_binded_allowed: true,
+        transition_ns: 100 * MS,
+        eip_pool: vec![(ip("198.51.100.0"), 24)],
+    });
+    c.add_vswitch(VSwitch {
+        id: "vsw-a".into(),
+        region: "cn-shanghai".into(),
+        zone: "cn-shanghai-b".into(),
+        network: ip("10.0.1.0"),
+        prefix_len: 24,
+        gateway: ip("10.0.1.253"),
+    });
+    let inst = |id: &str, status, vpc, public_ip| Instance {
+        id: id.into(),
+        region: "cn-shanghai".into(),
+        instance_type: "ecs.g5.large".into(),
+        status,
+        vpc,
+        public_ip,
+        dhcp: true,
+        index: 0,
+    };
+    c.add_instance(inst("i-web", InstanceStatus::Running, true, None));
+    c.add_instance(inst("i-classic", InstanceStatus::Running, false, None));
+    c.add_instance(inst(
+        "i-public",
+        InstanceStatus::Running,
+        true,
+        Some(ip("198.51.100.200")),
+    ));
+    c.add_instance(inst("i-pending", InstanceStatus::Pending, true, None));
+    let eni = |id: &str, ips: &[&str], primary, instance: Option<&str>, region: &str| Eni {
+        id: id.into(),
+        region: region.into(),
+        vswitch: "vsw-a".into(),
+        private_ips: ips.iter().map(|s| ip(s)).collect(),
+        primary,
+        instance: instance.map(Into::into),
+        index: 0,
+    };
+    c.add_eni(eni(
+        "eni-web0",
+        &["10.0.1.10"],
+        true,
+        Some("i-web"),
+        "cn-shanghai",
+    ));
+    c.add_eni(eni(
+        "eni-web1",
+        &["10.0.1.20", "10.0.1.21", "10.0.1.22"],
+        false,
+        Some("i-web"),
+        "cn-shanghai",
+    ));
+    c.add_eni(eni(
+        "eni-classic0",
+        &["10.0.1.50"],
+        true,
+        Some("i-classic"),
+        "cn-shanghai",
+    ));
+    c.add_eni(eni(
+        "eni-public0",
+        &["10.0.1.51"],
+        true,
+        Some("i-public"),
+        "cn-shanghai",
+    ));
+    c.add_eni(eni(
+        "eni-pending0",
+        &["10.0.1.52"],
+        true,
+        Some("i-pending"),
+        "cn-shanghai",
+    ));
+    c.add_eni(eni("eni-spare", &["10.0.1.30"], false, None, "cn-shanghai"));
+    c.add_eni(eni(
+        "eni-sub",
+        &["10.0.1.40", "10.0.1.41"],
+        false,
+        None,
+        "cn-shanghai",
+    ));
+    c.add_eni(eni("eni-far", &["10.0.1.60"], false, None, "cn-beijing"));
+    for k in 1..=12 {
+        c.add_eip(NOW, &format!("eip-{k}"), ip(&format!("198.51.100.{k}")), 5);
+    }
+    c
+}
+
+fn req(
+    eip: &str,
+    target: &str,
+    bind_type: BindType,
+    mode: AssociationMode,
+    pip: Option<&str>,
+) -> Associate {
+    Associate {
+        allocation_id: eip.into(),
+        instance_id: target.into(),
+        bind_type,
+        mode,
+        private_ip: pip.map(ip),
+    }
+}
+
+fn ecs(eip: &str, inst: &str) -> Associate {
+    req(eip, inst, BindType::EcsInstance, AssociationMode::Nat, None)
+}
+
+fn nat(eip: &str, eni: &str, pip: &str) -> Associate {
+    req(
+        eip,
+        eni,
+        BindType::NetworkInterface,
+        AssociationMode::Nat,
+        Some(pip),
+    )
+}
+
+fn binded(eip: &str, eni: &str) -> Associate {
+    req(
+        eip,
+        eni,
+        BindType::NetworkInterface,
+        AssociationMode::Binded,
+        None,
+    )
+}
+
+fn multi(eip: &str, eni: &str) -> Associate {
+    req(
+        eip,
+        eni,
+        BindType::NetworkInterface,
+        AssociationMode::MultiBinded,
+        None,
+    )
+}
+
+/// Associates and lets the transition finish.
+fn bind(c: &mut Cloud, r: &Associate) {
+    c.associate(NOW, r).unwrap();
+    c.handle_timeout(NOW + 100 * MS);
+    assert_eq!(c.eips[&r.allocation_id].status, EipStatus::InUse);
+}
+
+#[track_caller]
+fn err(r: Result<Vec<Change>, CloudError>, code: &str, status: u16) {
+    let e = r.expect_err("the call should be refused");
+    assert_eq!((e.code, e.status), (code, status), "{e}");
+}
+
+#[test]
+fn unknown_allocation_id_is_404() {
+    let mut c = lab();
+    err(
+        c.associate(NOW, &ecs("eip-nope", "i-web")),
+        "InvalidAllocationId.NotFound",
+        404,
+    );
+    err(
+        c.release(NOW, "eip-nope"),
+        "InvalidAllocationId.NotFound",
+        404,
+    );
+}
+
+#[test]
+fn unknown_instance_or_eni_is_400() {
+    let mut c = lab();
+    err(
+        c.associate(NOW, &ecs("eip-1", "i-nope")),
+        "InvalidInstanceId.NotFound",
+        400,
+    );
+    err(
+        c.associate(NOW, &nat("eip-1", "eni-nope", "10.0.1.20")),
+        "InvalidInstanceId.NotFound",
+        400,
+    );
+}
+
+#[test]
+fn cross_region_is_a_mismatch() {
+    let mut c = lab();
+    err(
+        c.associate(NOW, &binded("eip-1", "eni-far")),
+        "InvalidParameter.Mismatch",
+        400,
+    );
+}
+
+#[test]
+fn an_eip_is_bound_once() {
+    let mut c = lab();
+    bind(&mut c, &ecs("eip-1", "i-web"));
+    err(
+        c.associate(NOW, &binded("eip-1", "eni-spare")),
+        "IncorrectEipStatus",
+        400,
+    );
+}
+
+#[test]
+fn ecs_takes_one_eip_on_its_primary_ip() {
+    let mut c = lab();
+    bind(&mut c, &ecs("eip-1", "i-web"));
+    err(
+        c.associate(NOW, &ecs("eip-2", "i-web")),
+        "InvalidAssociation.Duplicated",
+        400,
+    );
+    // The same private IP by the ENI path is the same EIP slot.
+    err(
+        c.associate(NOW, &nat("eip-2", "eni-web0", "10.0.1.10")),
+        "InvalidEip.EipQuotaExceeded",
+        400,
+    );
+    let t = c.table().build().unwrap();
+    assert_eq!(t.nat_eip_of(ip("10.0.1.10")), Some(ip("198.51.100.1")));
+}
+
+#[test]
+fn fixed_public_ip_classic_and_status() {
+    let mut c = lab();
+    err(
+        c.associate(NOW, &ecs("eip-1", "i-public")),
+        "EIP_CAN_NOT_ASSOCIATE_WITH_PUBLIC_IP",
+        400,
+    );
+    err(
+        c.associate(NOW, &ecs("eip-1", "i-classic")),
+        "OperationDenied",
+        400,
+    );
+    err(
+        c.associate(NOW, &ecs("eip-1", "i-pending")),
+        "IncorrectInstanceStatus",
+        400,
+    );
+}
+
+#[test]
+fn transitions_allow_only_queries() {
+    let mut c = lab();
+    c.associate(NOW, &ecs("eip-1", "i-web")).unwrap();
+    assert_eq!(c.eips["eip-1"].status, EipStatus::Associating);
+    assert_eq!(c.poll_timeout(), Some(NOW + 100 * MS));
+    err(c.unassociate(NOW, "eip-1"), "TaskConflict", 400);
+    err(c.release(NOW, "eip-1"), "TaskConflict", 400);
+    err(c.set_bandwidth("eip-1", 10), "TaskConflict", 400);
+    // Not mapped until InUse.
+    assert_eq!(c.table().build().unwrap().nat_eip_of(ip("10.0.1.10")), None);
+    let ch = c.handle_timeout(NOW + 100 * MS);
+    assert_eq!(
+        ch,
+        vec![Change::EipMapped {
+            allocation_id: "eip-1".into()
+        }]
+    );
+    c.unassociate(NOW + 200 * MS, "eip-1").unwrap();
+    assert_eq!(c.eips["eip-1"].status, EipStatus::Unassociating);
+    err(
+        c.associate(NOW, &ecs("eip-1", "i-web")),
+        "TaskConflict",
+        400,
+    );
+    c.handle_timeout(NOW + 300 * MS);
+    assert_eq!(c.eips["eip-1"].status, EipStatus::Available);
+    assert_eq!(c.table().build().unwrap().nat_eip_of(ip("10.0.1.10")), None);
+    err(c.unassociate(NOW, "eip-1"), "IncorrectEipStatus", 400);
+}
+
+#[test]
+fn nat_one_eip_per_private_ip() {
+    let mut c = lab();
+    bind(&mut c, &nat("eip-1", "eni-web1", "10.0.1.20"));
+    bind(&mut c, &nat("eip-2", "eni-web1", "10.0.1.21"));
+    bind(&mut c, &nat("eip-3", "eni-web1", "10.0.1.22"));
+    err(
+        c.associate(NOW, &nat("eip-4", "eni-web1", "10.0.1.21")),
+        "InvalidEip.EipQuotaExceeded",
+        400,
+    );
+    err(
+        c.associate(NOW, &nat("eip-4", "eni-web1", "10.0.1.99")),
+        "InvalidPrivateIpAddress.NotFound",
+        400,
+    );
+    let t = c.table().build().unwrap();
+    assert_eq!(t.nat_eip_of(ip("10.0.1.22")), Some(ip("198.51.100.3")));
+}
+
+#[test]
+fn binded_rules() {
+    let mut c = lab();
+    err(
+        c.associate(NOW, &binded("eip-1", "eni-web0")),
+        "Invalid.DirectEip.BindType",
+        400,
+    );
+    err(
+        c.associate(NOW, &binded("eip-1", "eni-web1")),
+        "Eni.Attached",
+        400,
+    );
+    err(
+        c.associate(NOW, &binded("eip-1", "eni-sub")),
+        "Eni.HasSubIp",
+        400,
+    );
+    let mut r = binded("eip-1", "eni-spare");
+    r.private_ip = Some(ip("10.0.1.31"));
+    err(c.associate(NOW, &r), "Invalid.DirectEip.BindType", 400);
+    bind(&mut c, &binded("eip-1", "eni-spare"));
+    err(
+        c.associate(NOW, &binded("eip-2", "eni-spare")),
+        "InvalidAssociation.Duplicated",
+        400,
+    );
+    err(
+        c.associate(NOW, &multi("eip-2", "eni-spare")),
+        "OperationFailed.EipBindModeConflict",
+        400,
+    );
+    err(
+        c.associate(NOW, &nat("eip-2", "eni-spare", "10.0.1.30")),
+        "OperationFailed.EipBindModeConflict",
+        400,
+    );
+    assert!(c.table().build().is_ok());
+}
+
+#[test]
+fn multi_binded_rules() {
+    let mut c = lab();
+    err(
+        c.associate(NOW, &multi("eip-1", "eni-web1")),
+        "Eni.Attached",
+        400,
+    );
+    for k in 1..=10 {
+        bind(&mut c, &multi(&format!("eip-{k}"), "eni-sub"));
+    }
+    err(
+        c.associate(NOW, &multi("eip-11", "eni-sub")),
+        "QuotaExceed.MultiBindedEip",
+        400,
+    );
+    assert!(c.table().build().is_ok());
+    let mut closed = lab();
+    closed.settings.multi_binded_allowed = false;
+    err(
+        closed.associate(NOW, &multi("eip-1", "eni-sub")),
+        "Mode.NotSupport",
+        400,
+    );
+}
+
+#[test]
+fn cut_through_only_in_listed_regions() {
+    let mut c = lab();
+    for eni in c.enis.values_mut() {
+        eni.region = "ap-northeast-1".into();
+    }
+    for eip in c.eips.values_mut() {
+        eip.region = "ap-northeast-1".into();
+    }
+    err(
+        c.associate(NOW, &binded("eip-1", "eni-spare")),
+        "OperationUnsupported.EipBindModel",
+        400,
+    );
+    err(
+        c.associate(NOW, &multi("eip-1", "eni-sub")),
+        "OperationUnsupported.EipBindModel",
+        400,
+    );
+    // NAT works everywhere.
+    c.associate(NOW, &nat("eip-1", "eni-web1", "10.0.1.20"))
+        .unwrap();
+}
+
+#[test]
+fn other_bind_types_are_refused_until_built() {
+    let mut c = lab();
+    err(
+        c.associate(
+            NOW,
+            &req("eip-1", "ngw-a", BindType::Nat, AssociationMode::Nat, None),
+        ),
+        "InvalidInstanceType.ValueNotSupported",
+        400,
+    );
+    assert_eq!(
+        parse_bind_type("AlbInstance").unwrap_err().code,
+        "InvalidInstanceType.ValueNotSupported"
+    );
+}
+
+#[test]
+fn release_and_recover_within_seven_days() {
+    let mut c = lab();
+    bind(&mut c, &ecs("eip-1", "i-web"));
+    err(c.release(NOW, "eip-1"), "IncorrectEipStatus", 400);
+    c.set_bandwidth("eip-2", 50).unwrap();
+    c.release(NOW, "eip-2").unwrap();
+    assert!(!c.eips.contains_key("eip-2"));
+    // Random allocation never hands out the recoverable address.
+    for r in 0..300u64 {
+        let (id, _) = c.allocate(NOW, "cn-shanghai", 5, None, r * 7919).unwrap();
+        assert_ne!(c.eips[&id].address, ip("198.51.100.2"));
+        c.release(NOW, &id).unwrap();
+        c.released.retain(|x| x.allocation_id != id);
+    }
+    let (id, _) = c
+        .allocate(
+            NOW + 6 * DAY_NS,
+            "cn-shanghai",
+            100,
+            Some(ip("198.51.100.2")),
+            0,
+        )
+        .unwrap();
+    assert_eq!(id, "eip-2");
+    assert_eq!(c.eips["eip-2"].bandwidth, RECOVERED_BANDWIDTH);
+    c.release(NOW, "eip-2").unwrap();
+    let late = c.allocate(
+        NOW + 8 * DAY_NS,
+        "cn-shanghai",
+        5,
+        Some(ip("198.51.100.2")),
+        0,
+    );
+    assert_eq!(late.unwrap_err().code, "InvalidAllocationId.NotFound");
+}
+
+#[test]
+fn pool_exhaustion_is_reported() {
+    let mut c = lab();
+    c.settings.eip_pool = vec![(ip("198.51.100.0"), 30)];
+    // .1 is eip-1; .0, .3 and .1 (gateway two below broadcast) are not handed out.
+    let e = c.allocate(NOW, "cn-shanghai", 5, None, 0).unwrap_err();
+    assert_eq!(e.code, "QuotaExceeded.Eip");
+}
+
+#[test]
+fn table_follows_every_mode() {
+    let mut c = lab();
+    bind(&mut c, &nat("eip-1", "eni-web1", "10.0.1.21"));
+    bind(&mut c, &binded("eip-2", "eni-spare"));
+    bind(&mut c, &multi("eip-3", "eni-sub"));
+    let t = c.table().build().unwrap();
+    assert_eq!(t.eip_count(), 12);
+    assert_eq!(t.nat_eip_of(ip("10.0.1.21")), Some(ip("198.51.100.1")));
+    #[cfg(feature = "runtime")]
+    {
+        let json = serde_json::to_string(&c).unwrap();
+        let back: Cloud = serde_json::from_str(&json).unwrap();
+        assert_eq!(back, c);
+    }
+}
