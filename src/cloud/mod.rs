@@ -449,11 +449,17 @@ impl Cloud {
                          [internet] eip_pool",
                     )
                 })?;
-                self.next_eip_serial += 1;
-                let id = format!(
-                    "eip-lab{:012x}",
-                    self.next_eip_serial ^ (random & 0xffff_0000)
-                );
+                let mut id;
+                loop {
+                    self.next_eip_serial += 1;
+                    let n = random.rotate_left(23) ^ self.next_eip_serial.wrapping_mul(0x9e37_79b9);
+                    id = format!("eip-{n:016x}");
+                    if !self.eips.contains_key(&id)
+                        && !self.released.iter().any(|r| r.allocation_id == id)
+                    {
+                        break;
+                    }
+                }
                 (a, bandwidth, id)
             }
         };
@@ -883,16 +889,13 @@ impl Cloud {
         changes
     }
 
-    /// The engine table this state implies: every ENI, every EIP, mapped where InUse or
+    /// The dataplane this state implies: every ENI, and every EIP, mapped where InUse or
     /// Unassociating (the mapping goes when the EIP is Available again).
-    pub fn table(&self) -> TableBuilder {
-        let mut b = TableBuilder::new();
-        for v in self.vswitches.values() {
-            b = b.vpc_prefix(v.network, v.prefix_len);
-        }
+    pub fn dataplane(&self) -> (Vec<EniConfig>, Vec<EipConfig>) {
+        let mut enis = Vec::with_capacity(self.enis.len());
         for eni in self.enis.values() {
             let instance = eni.instance.as_ref().and_then(|i| self.instances.get(i));
-            b = b.eni(EniConfig {
+            enis.push(EniConfig {
                 id: eni.index,
                 instance: instance.map(|i| InstanceRef {
                     id: i.index,
@@ -902,14 +905,11 @@ impl Cloud {
                 private_ips: eni.private_ips.clone(),
             });
         }
+        let mut eips = Vec::with_capacity(self.eips.len());
         for e in self.eips.values() {
             let mapped = matches!(e.status, EipStatus::InUse | EipStatus::Unassociating);
             let association = e.binding.as_ref().filter(|_| mapped).and_then(|bd| {
-                let eni = match bd.bind_type {
-                    BindType::NetworkInterface => self.enis.get(&bd.instance_id)?,
-                    BindType::EcsInstance => self.primary_eni_of(&bd.instance_id)?,
-                    _ => return None,
-                };
+                let eni = self.bound_eni(bd)?;
                 Some(EipAssociation {
                     mode: bd.mode.into(),
                     eni: eni.index,
@@ -920,12 +920,37 @@ impl Cloud {
                     },
                 })
             });
-            b = b.eip(EipConfig {
+            eips.push(EipConfig {
                 slot: e.slot,
                 address: e.address,
                 bandwidth_mbps: e.bandwidth,
                 association,
             });
+        }
+        (enis, eips)
+    }
+
+    /// The ENI a binding lands on (ECS and ENI bindings; other types have no ENI).
+    pub fn bound_eni(&self, b: &Binding) -> Option<&Eni> {
+        match b.bind_type {
+            BindType::NetworkInterface => self.enis.get(&b.instance_id),
+            BindType::EcsInstance => self.primary_eni_of(&b.instance_id),
+            _ => None,
+        }
+    }
+
+    /// The engine table of [`Cloud::dataplane`], with the VPC's prefixes.
+    pub fn table(&self) -> TableBuilder {
+        let mut b = TableBuilder::new();
+        for v in self.vswitches.values() {
+            b = b.vpc_prefix(v.network, v.prefix_len);
+        }
+        let (enis, eips) = self.dataplane();
+        for e in enis {
+            b = b.eni(e);
+        }
+        for e in eips {
+            b = b.eip(e);
         }
         b
     }
