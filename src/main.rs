@@ -7,6 +7,7 @@ use clap::{Parser, Subcommand, ValueEnum};
 use eiplab::api::server::{ControlPlane, Options};
 use eiplab::api::sign;
 use std::collections::BTreeMap;
+use std::io::Write;
 use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::process::ExitCode;
@@ -223,7 +224,8 @@ fn run(cmd: Command) -> Result<ExitCode> {
             let pretty = serde_json::from_str::<serde_json::Value>(&body)
                 .map(|v| serde_json::to_string_pretty(&v).unwrap_or(body.clone()))
                 .unwrap_or(body);
-            println!("{pretty}");
+            // A closed pipe (`| head`) is not an error worth a panic.
+            let _ = writeln!(std::io::stdout().lock(), "{pretty}");
             Ok(if (200..300).contains(&status) {
                 ExitCode::SUCCESS
             } else {
@@ -275,12 +277,12 @@ fn print_status(v: &serde_json::Value) {
         v["TableGeneration"]
     );
     println!(
-        "{:<20} {:<16} {:<14} {:<8} {:<18} {:<16} {:>6}",
+        "{:<20} {:<16} {:<14} {:<12} {:<18} {:<16} {:>6}",
         "AllocationId", "IpAddress", "Status", "Mode", "InstanceId", "PrivateIp", "Mbit/s"
     );
     for e in v["Eips"].as_array().into_iter().flatten() {
         println!(
-            "{:<20} {:<16} {:<14} {:<8} {:<18} {:<16} {:>6}",
+            "{:<20} {:<16} {:<14} {:<12} {:<18} {:<16} {:>6}",
             s(&e["AllocationId"]),
             s(&e["IpAddress"]),
             s(&e["Status"]),

@@ -306,6 +306,86 @@ fn addr(p: &BTreeMap<String, String>, name: &str) -> Result<Option<Ipv4Addr>, Ap
         .transpose()
 }
 
+/// A repeated parameter flattened as `Name.1`, `Name.2`, … (or given once as `Name`).
+fn list(p: &BTreeMap<String, String>, name: &str) -> Vec<String> {
+    let mut v: Vec<(u32, String)> = p
+        .iter()
+        .filter_map(|(k, val)| {
+            let n = k.strip_prefix(name)?.strip_prefix('.')?.parse().ok()?;
+            Some((n, val.clone()))
+        })
+        .collect();
+    v.sort();
+    let mut out: Vec<String> = v.into_iter().map(|(_, s)| s).collect();
+    if let Some(one) = get(p, name) {
+        out.extend(one.split(',').map(|s| s.trim().to_string()));
+    }
+    out
+}
+
+fn addr_list(p: &BTreeMap<String, String>, name: &str) -> Result<Vec<Ipv4Addr>, ApiError> {
+    list(p, name)
+        .iter()
+        .map(|s| s.parse().map_err(|_| invalid(name, s, "an IPv4 address")))
+        .collect()
+}
+
+fn describe_eni(c: &Cloud, e: &cloud::Eni) -> Value {
+    let public_of = |ip: Ipv4Addr| {
+        c.eips.values().find(|x| {
+            x.binding.as_ref().is_some_and(|b| {
+                c.bound_eni(b).is_some_and(|be| be.id == e.id)
+                    && (b.private_ip == Some(ip)
+                        || (b.mode == Mode::MultiBinded && ip == e.private_ips[0]))
+            })
+        })
+    };
+    let assoc = |ip: Ipv4Addr| {
+        public_of(ip).map_or(
+            json!({"PublicIpAddress": "", "AllocationId": ""}),
+            |x| json!({"PublicIpAddress": x.address.to_string(), "AllocationId": x.allocation_id}),
+        )
+    };
+    let zone = c
+        .vswitches
+        .get(&e.vswitch)
+        .map_or(String::new(), |v| v.zone.clone());
+    let device_index = e.instance.as_ref().map(|i| {
+        c.enis
+            .values()
+            .filter(|o| o.instance.as_ref() == Some(i) && (o.primary || o.index < e.index))
+            .filter(|o| o.id != e.id)
+            .count()
+    });
+    let mac = format!(
+        "00:16:3e:{:02x}:{:02x}:{:02x}",
+        (e.index >> 8) as u8,
+        e.index as u8,
+        0x10
+    );
+    let mut v = json!({
+        "NetworkInterfaceId": e.id,
+        "Status": if e.instance.is_some() { "InUse" } else { "Available" },
+        "Type": if e.primary { "Primary" } else { "Secondary" },
+        "InstanceId": e.instance.clone().unwrap_or_default(),
+        "VSwitchId": e.vswitch,
+        "VpcId": "vpc-lab",
+        "ZoneId": zone,
+        "PrivateIpAddress": e.private_ips[0].to_string(),
+        "MacAddress": mac,
+        "AssociatedPublicIp": assoc(e.private_ips[0]),
+        "PrivateIpSets": {"PrivateIpSet": e.private_ips.iter().enumerate().map(|(k, ip)| json!({
+            "PrivateIpAddress": ip.to_string(),
+            "Primary": k == 0,
+            "AssociatedPublicIp": assoc(*ip),
+        })).collect::<Vec<_>>()},
+    });
+    if let (Some(i), Some(d)) = (&e.instance, device_index) {
+        v["Attachment"] = json!({"InstanceId": i, "DeviceIndex": d});
+    }
+    v
+}
+
 fn truthy(p: &BTreeMap<String, String>, name: &str) -> bool {
     get(p, name).is_some_and(|s| s.eq_ignore_ascii_case("true"))
 }
@@ -522,6 +602,74 @@ fn action(
             out.insert("Code".into(), json!("200"));
             out.insert("Message".into(), json!("successful"));
             out.insert("EipInfos".into(), json!({"EipInfo": infos}));
+        }
+        "AttachNetworkInterface" => {
+            c.attach_eni(need(p, "NetworkInterfaceId")?, need(p, "InstanceId")?)?;
+        }
+        "DetachNetworkInterface" => {
+            c.detach_eni(need(p, "NetworkInterfaceId")?, need(p, "InstanceId")?)?;
+        }
+        "AssignPrivateIpAddresses" => {
+            let eni = need(p, "NetworkInterfaceId")?;
+            let ips = addr_list(p, "PrivateIpAddress")?;
+            let count = match get(p, "SecondaryPrivateIpAddressCount") {
+                Some(_) => num(p, "SecondaryPrivateIpAddressCount", 1, 50)?,
+                None => 0,
+            };
+            if ips.is_empty() && count == 0 {
+                return Err(missing("PrivateIpAddress"));
+            }
+            let (new, _) = c.assign_private_ips(eni, &ips, count)?;
+            out.insert(
+                "AssignedPrivateIpAddressesSet".into(),
+                json!({
+                    "NetworkInterfaceId": eni,
+                    "PrivateIpSet": {"PrivateIpAddress": new.iter().map(|a| a.to_string()).collect::<Vec<_>>()},
+                }),
+            );
+        }
+        "UnassignPrivateIpAddresses" => {
+            let eni = need(p, "NetworkInterfaceId")?;
+            let ips = addr_list(p, "PrivateIpAddress")?;
+            if ips.is_empty() {
+                return Err(missing("PrivateIpAddress"));
+            }
+            c.unassign_private_ips(eni, &ips)?;
+        }
+        "StartInstance" | "StopInstance" => {
+            c.set_running(now, need(p, "InstanceId")?, action == "StartInstance")?;
+        }
+        "DescribeNetworkInterfaces" => {
+            let ids = list(p, "NetworkInterfaceId");
+            let inst = get(p, "InstanceId");
+            let vsw = get(p, "VSwitchId");
+            let ty = get(p, "Type");
+            let page = num(p, "PageNumber", 1, u32::MAX)?;
+            let size = num(p, "PageSize", 10, 500)?;
+            let all: Vec<&cloud::Eni> = c
+                .enis
+                .values()
+                .filter(|e| e.region == region)
+                .filter(|e| ids.is_empty() || ids.contains(&e.id))
+                .filter(|e| inst.is_none_or(|i| e.instance.as_deref() == Some(i)))
+                .filter(|e| vsw.is_none_or(|v| e.vswitch == v))
+                .filter(|e| ty.is_none_or(|t| t == if e.primary { "Primary" } else { "Secondary" }))
+                .collect();
+            let start = ((page - 1) as usize).saturating_mul(size as usize);
+            let items: Vec<Value> = all
+                .iter()
+                .skip(start)
+                .take(size as usize)
+                .map(|e| describe_eni(c, e))
+                .collect();
+            out.insert("TotalCount".into(), json!(all.len()));
+            out.insert("PageNumber".into(), json!(page));
+            out.insert("PageSize".into(), json!(size));
+            out.insert("NextToken".into(), json!(""));
+            out.insert(
+                "NetworkInterfaceSets".into(),
+                json!({"NetworkInterfaceSet": items}),
+            );
         }
         other => {
             return Err(ApiError {

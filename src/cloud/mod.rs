@@ -195,6 +195,70 @@ pub struct Instance {
     pub dhcp: bool,
     /// Dataplane number of the instance.
     pub index: u32,
+    /// Overrides of the instance type's ENI and private-IP limits (lab file).
+    #[serde(default)]
+    pub max_enis: Option<u32>,
+    #[serde(default)]
+    pub max_private_ips_per_eni: Option<u32>,
+    /// End of the current Starting/Stopping state.
+    #[serde(default)]
+    pub transition_until: Option<u64>,
+}
+
+/// Instance families whose instances can take an ENI with MULTI_BINDED EIPs (001).
+pub const MULTI_BINDED_FAMILIES: &[&str] = &[
+    "ecs.d1ne",
+    "ecs.ebmc4",
+    "ecs.ebmg5",
+    "ecs.ebmhfg5",
+    "ecs.f1",
+    "ecs.gn5i",
+    "ecs.gn6v",
+    "ecs.i2",
+    "ecs.r1",
+    "ecs.re4",
+    "ecs.re4e",
+    "ecs.sccg5",
+    "ecs.sccgn6",
+    "ecs.scch5",
+    "ecs.g5",
+    "ecs.c5",
+    "ecs.r5",
+    "ecs.t5",
+    "ecs.sn2ne",
+    "ecs.se1ne",
+    "ecs.sn1ne",
+];
+
+/// ENIs per instance and private IPs per ENI for an instance type. `.large` sizes of the
+/// current families take 2 ENIs of 6 IPs (002's ecs.c6.large example); bigger sizes more.
+pub fn type_limits(instance_type: &str) -> (u32, u32) {
+    let size = instance_type.rsplit('.').next().unwrap_or("");
+    match size {
+        "small" | "medium" => (1, 2),
+        "large" => (2, 6),
+        "xlarge" => (3, 10),
+        "2xlarge" => (4, 10),
+        _ => (8, 20),
+    }
+}
+
+impl Instance {
+    pub fn limits(&self) -> (u32, u32) {
+        let (e, i) = type_limits(&self.instance_type);
+        (
+            self.max_enis.unwrap_or(e),
+            self.max_private_ips_per_eni.unwrap_or(i),
+        )
+    }
+
+    /// `ecs.g5` of `ecs.g5.large`.
+    pub fn family(&self) -> &str {
+        match self.instance_type.rfind('.') {
+            Some(i) => &self.instance_type[..i],
+            None => &self.instance_type,
+        }
+    }
 }
 
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
@@ -285,6 +349,10 @@ pub enum Change {
     EipAllocated { allocation_id: String },
     EipReleased { allocation_id: String },
     BandwidthChanged { allocation_id: String },
+    EniAttached { eni_id: String },
+    EniDetached { eni_id: String },
+    EniAddresses { eni_id: String },
+    InstanceStatus { instance_id: String },
 }
 
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
@@ -336,6 +404,14 @@ fn not_found_instance(id: &str) -> CloudError {
         "InvalidInstanceId.NotFound",
         format!("no instance or network interface {id}: check InstanceId and InstanceType"),
     )
+}
+
+/// Whether a vSwitch may hand out `ip`: the cloud reserves its first address and its last
+/// three (the gateway, two below broadcast, is one of them unless the lab moves it).
+fn usable_in(v: &VSwitch, ip: Ipv4Addr) -> bool {
+    let size = 1u32 << (32 - v.prefix_len as u32);
+    let k = u32::from(ip).wrapping_sub(u32::from(v.network));
+    k != 0 && k + 3 < size && ip != v.gateway
 }
 
 fn in_cidr(a: Ipv4Addr, net: Ipv4Addr, len: u8) -> bool {
@@ -861,7 +937,9 @@ impl Cloud {
 
     /// The next time a transition ends.
     pub fn poll_timeout(&self) -> Option<u64> {
-        self.eips.values().filter_map(|e| e.transition_until).min()
+        let eips = self.eips.values().filter_map(|e| e.transition_until);
+        let instances = self.instances.values().filter_map(|i| i.transition_until);
+        eips.chain(instances).min()
     }
 
     /// Ends every transition due at `now`.
@@ -885,8 +963,316 @@ impl Cloud {
                 }
             }
         }
+        for i in self.instances.values_mut() {
+            if i.transition_until.is_some_and(|t| t <= now) {
+                i.transition_until = None;
+                i.status = match i.status {
+                    InstanceStatus::Starting | InstanceStatus::Pending => InstanceStatus::Running,
+                    InstanceStatus::Stopping => InstanceStatus::Stopped,
+                    s => s,
+                };
+                changes.push(Change::InstanceStatus {
+                    instance_id: i.id.clone(),
+                });
+            }
+        }
         self.expire_released(now);
         changes
+    }
+
+    fn eni_for_change(&self, id: &str) -> Result<&Eni, CloudError> {
+        let eni = self.enis.get(id).ok_or_else(|| {
+            CloudError::new(
+                "InvalidEniId.NotFound",
+                404,
+                format!("no network interface {id}: check NetworkInterfaceId"),
+            )
+        })?;
+        if let Some((e, _)) = self
+            .eips_on_eni(eni)
+            .find(|(e, _)| e.transition_until.is_some())
+        {
+            return Err(CloudError::bad(
+                "TaskConflict",
+                format!(
+                    "EIP {} on {id} is {}: retry when it settles",
+                    e.allocation_id,
+                    e.status.api_name()
+                ),
+            ));
+        }
+        Ok(eni)
+    }
+
+    fn instance(&self, id: &str) -> Result<&Instance, CloudError> {
+        self.instances.get(id).ok_or_else(|| {
+            CloudError::new(
+                "InvalidInstanceId.NotFound",
+                404,
+                format!("no instance {id}: check InstanceId"),
+            )
+        })
+    }
+
+    /// AttachNetworkInterface: a detached secondary ENI to a Running or Stopped instance of
+    /// its region, within the instance type's ENI limit. Its EIPs follow it (001).
+    pub fn attach_eni(
+        &mut self,
+        eni_id: &str,
+        instance_id: &str,
+    ) -> Result<Vec<Change>, CloudError> {
+        let eni = self.eni_for_change(eni_id)?;
+        let inst = self.instance(instance_id)?;
+        if let Some(other) = &eni.instance {
+            return Err(CloudError::new(
+                "InvalidOperation.InvalidEniState",
+                403,
+                format!("{eni_id} is attached to {other}: detach it first"),
+            ));
+        }
+        if eni.region != inst.region {
+            return Err(CloudError::bad(
+                "InvalidParameter.Mismatch",
+                format!(
+                    "{eni_id} is in {} and {instance_id} in {}",
+                    eni.region, inst.region
+                ),
+            ));
+        }
+        if !matches!(
+            inst.status,
+            InstanceStatus::Running | InstanceStatus::Stopped
+        ) {
+            return Err(CloudError::new(
+                "IncorrectInstanceStatus",
+                403,
+                format!(
+                    "{instance_id} is {:?}: it must be Running or Stopped",
+                    inst.status
+                ),
+            ));
+        }
+        let (max_enis, _) = inst.limits();
+        let attached = self
+            .enis
+            .values()
+            .filter(|e| e.instance.as_deref() == Some(instance_id))
+            .count();
+        if attached as u32 >= max_enis {
+            return Err(CloudError::new(
+                "InvalidOperation.EniCountExceeded",
+                403,
+                format!(
+                    "{instance_id} ({}) takes {max_enis} ENIs and has {attached}: detach one or use a larger type",
+                    inst.instance_type
+                ),
+            ));
+        }
+        if self
+            .eips_on_eni(eni)
+            .any(|(_, b)| b.mode == Mode::MultiBinded)
+        {
+            if !MULTI_BINDED_FAMILIES.contains(&inst.family()) {
+                return Err(CloudError::bad(
+                    "OperationUnsupported.EipBindModel",
+                    format!(
+                        "{eni_id} carries MULTI_BINDED EIPs, which work only on the families {}; {instance_id} is {}",
+                        MULTI_BINDED_FAMILIES.join(", "),
+                        inst.family()
+                    ),
+                ));
+            }
+            if !inst.dhcp {
+                return Err(CloudError::bad(
+                    "OperationUnsupported.EipBindModel",
+                    format!("{eni_id} carries MULTI_BINDED EIPs, which work only with DHCP on; {instance_id} has it off"),
+                ));
+            }
+        }
+        self.enis.get_mut(eni_id).expect("checked").instance = Some(instance_id.to_string());
+        Ok(vec![Change::EniAttached {
+            eni_id: eni_id.to_string(),
+        }])
+    }
+
+    /// DetachNetworkInterface: a secondary ENI from the instance it is attached to.
+    pub fn detach_eni(
+        &mut self,
+        eni_id: &str,
+        instance_id: &str,
+    ) -> Result<Vec<Change>, CloudError> {
+        let eni = self.eni_for_change(eni_id)?;
+        self.instance(instance_id)?;
+        if eni.instance.as_deref() != Some(instance_id) {
+            return Err(CloudError::new(
+                "InvalidOperation.InvalidEniState",
+                403,
+                format!("{eni_id} is not attached to {instance_id}"),
+            ));
+        }
+        if eni.primary {
+            return Err(CloudError::new(
+                "InvalidOperation.DetachPrimaryEniNotAllowed",
+                403,
+                format!("{eni_id} is the primary ENI of {instance_id}: it cannot be detached"),
+            ));
+        }
+        self.enis.get_mut(eni_id).expect("checked").instance = None;
+        Ok(vec![Change::EniDetached {
+            eni_id: eni_id.to_string(),
+        }])
+    }
+
+    /// AssignPrivateIpAddresses: the given addresses, or `count` free ones of the vSwitch.
+    pub fn assign_private_ips(
+        &mut self,
+        eni_id: &str,
+        ips: &[Ipv4Addr],
+        count: u32,
+    ) -> Result<(Vec<Ipv4Addr>, Vec<Change>), CloudError> {
+        let eni = self.eni_for_change(eni_id)?;
+        if self.eips_on_eni(eni).any(|(_, b)| b.mode == Mode::Binded) {
+            return Err(CloudError::bad(
+                "Eni.HasSubIp",
+                format!(
+                    "{eni_id} carries a BINDED EIP: a cut-through ENI has no secondary private IPs"
+                ),
+            ));
+        }
+        let vsw = self.vswitches.get(&eni.vswitch).cloned().ok_or_else(|| {
+            CloudError::bad(
+                "InvalidVSwitchId.NotFound",
+                format!("{eni_id}'s vSwitch {} is gone", eni.vswitch),
+            )
+        })?;
+        let max = eni
+            .instance
+            .as_ref()
+            .and_then(|i| self.instances.get(i))
+            .map_or(type_limits("").1, |i| i.limits().1);
+        let mut new = Vec::new();
+        for &ip in ips {
+            if !in_cidr(ip, vsw.network, vsw.prefix_len)
+                || self.ip_used(ip)
+                || !usable_in(&vsw, ip)
+                || new.contains(&ip)
+            {
+                return Err(CloudError::bad(
+                    "InvalidPrivateIpAddress.Duplicated",
+                    format!(
+                        "{ip} is not a free address of {} ({}/{})",
+                        vsw.id, vsw.network, vsw.prefix_len
+                    ),
+                ));
+            }
+            new.push(ip);
+        }
+        let size = 1u64 << (32 - vsw.prefix_len as u32);
+        let mut k = 1;
+        while (new.len() as u32) < ips.len() as u32 + count && k < size {
+            let ip = Ipv4Addr::from(u32::from(vsw.network) + k as u32);
+            if usable_in(&vsw, ip) && !self.ip_used(ip) && !new.contains(&ip) {
+                new.push(ip);
+            }
+            k += 1;
+        }
+        if (new.len() as u32) < ips.len() as u32 + count {
+            return Err(CloudError::bad(
+                "InvalidVSwitchId.IpNotEnough",
+                format!("{} has no free address left", vsw.id),
+            ));
+        }
+        if eni.private_ips.len() + new.len() > max as usize {
+            return Err(CloudError::new(
+                "QuotaExceeded.PrivateIpAddress",
+                403,
+                format!(
+                    "{eni_id} may carry {max} private IPs and has {}",
+                    eni.private_ips.len()
+                ),
+            ));
+        }
+        self.enis
+            .get_mut(eni_id)
+            .expect("checked")
+            .private_ips
+            .extend(&new);
+        Ok((
+            new,
+            vec![Change::EniAddresses {
+                eni_id: eni_id.to_string(),
+            }],
+        ))
+    }
+
+    /// UnassignPrivateIpAddresses: secondary private IPs without an EIP.
+    pub fn unassign_private_ips(
+        &mut self,
+        eni_id: &str,
+        ips: &[Ipv4Addr],
+    ) -> Result<Vec<Change>, CloudError> {
+        let eni = self.eni_for_change(eni_id)?;
+        for ip in ips {
+            if !eni.private_ips[1..].contains(ip) {
+                return Err(CloudError::bad(
+                    "InvalidIp.NotFound",
+                    format!("{ip} is not a secondary private IP of {eni_id} (the primary cannot be unassigned)"),
+                ));
+            }
+            if let Some((e, _)) = self
+                .eips_on_eni(eni)
+                .find(|(_, b)| b.private_ip == Some(*ip))
+            {
+                return Err(CloudError::bad(
+                    "InvalidOperation.IpHasEip",
+                    format!("{ip} maps EIP {}: unassociate it first", e.allocation_id),
+                ));
+            }
+        }
+        self.enis
+            .get_mut(eni_id)
+            .expect("checked")
+            .private_ips
+            .retain(|a| !ips.contains(a));
+        Ok(vec![Change::EniAddresses {
+            eni_id: eni_id.to_string(),
+        }])
+    }
+
+    fn ip_used(&self, ip: Ipv4Addr) -> bool {
+        self.enis.values().any(|e| e.private_ips.contains(&ip))
+    }
+
+    /// StartInstance / StopInstance: Stopped -> Starting -> Running, Running -> Stopping ->
+    /// Stopped, each taking the transition time.
+    pub fn set_running(
+        &mut self,
+        now: u64,
+        id: &str,
+        run: bool,
+    ) -> Result<Vec<Change>, CloudError> {
+        let t = self.settings.transition_ns;
+        let i = self.instance(id)?;
+        let (from, via) = if run {
+            (InstanceStatus::Stopped, InstanceStatus::Starting)
+        } else {
+            (InstanceStatus::Running, InstanceStatus::Stopping)
+        };
+        if i.status != from {
+            return Err(CloudError::new(
+                "IncorrectInstanceStatus",
+                403,
+                format!("{id} is {:?}: it must be {from:?}", i.status),
+            ));
+        }
+        let i = self.instances.get_mut(id).expect("checked");
+        i.status = via;
+        i.transition_until = Some(now + t);
+        let mut ch = vec![Change::InstanceStatus {
+            instance_id: id.to_string(),
+        }];
+        ch.extend(self.handle_timeout(now));
+        Ok(ch)
     }
 
     /// The dataplane this state implies: every ENI, and every EIP, mapped where InUse or

@@ -36,6 +36,9 @@ fn lab() -> Cloud {
         public_ip,
         dhcp: true,
         index: 0,
+        max_enis: None,
+        max_private_ips_per_eni: None,
+        transition_until: None,
     };
     c.add_instance(inst("i-web", InstanceStatus::Running, true, None));
     c.add_instance(inst("i-classic", InstanceStatus::Running, false, None));
@@ -477,4 +480,115 @@ fn table_follows_every_mode() {
         let back: Cloud = serde_json::from_str(&json).unwrap();
         assert_eq!(back, c);
     }
+}
+
+#[test]
+fn cut_through_procedure_associate_then_attach() {
+    let mut c = lab();
+    bind(&mut c, &binded("eip-1", "eni-spare"));
+    c.attach_eni("eni-spare", "i-web").unwrap_err(); // i-web (large) already has 2 ENIs
+    c.detach_eni("eni-web1", "i-web").unwrap();
+    c.attach_eni("eni-spare", "i-web").unwrap();
+    assert_eq!(c.enis["eni-spare"].instance.as_deref(), Some("i-web"));
+    // The association followed the ENI into the table.
+    let (enis, eips) = c.dataplane();
+    let spare = c.enis["eni-spare"].index;
+    assert!(enis.iter().any(|e| e.id == spare && e.instance.is_some()));
+    assert!(eips
+        .iter()
+        .any(|e| e.association.is_some_and(|a| a.eni == spare)));
+    c.table().build().unwrap();
+}
+
+#[test]
+fn eni_limits_and_states() {
+    let mut c = lab();
+    let e = c.attach_eni("eni-spare", "i-web").unwrap_err();
+    assert_eq!(
+        (e.code, e.status),
+        ("InvalidOperation.EniCountExceeded", 403)
+    );
+    let e = c.detach_eni("eni-web0", "i-web").unwrap_err();
+    assert_eq!(e.code, "InvalidOperation.DetachPrimaryEniNotAllowed");
+    let e = c.detach_eni("eni-spare", "i-web").unwrap_err();
+    assert_eq!(e.code, "InvalidOperation.InvalidEniState");
+    let e = c.attach_eni("eni-nope", "i-web").unwrap_err();
+    assert_eq!((e.code, e.status), ("InvalidEniId.NotFound", 404));
+    let e = c.attach_eni("eni-far", "i-web").unwrap_err();
+    assert_eq!(e.code, "InvalidParameter.Mismatch");
+    let e = c.attach_eni("eni-spare", "i-pending").unwrap_err();
+    assert_eq!(e.code, "IncorrectInstanceStatus");
+}
+
+#[test]
+fn multi_binded_eni_attaches_only_to_listed_families_with_dhcp() {
+    let mut c = lab();
+    bind(&mut c, &multi("eip-1", "eni-sub"));
+    c.detach_eni("eni-web1", "i-web").unwrap();
+    c.instances.get_mut("i-web").unwrap().instance_type = "ecs.g7.large".into();
+    let e = c.attach_eni("eni-sub", "i-web").unwrap_err();
+    assert_eq!(e.code, "OperationUnsupported.EipBindModel");
+    c.instances.get_mut("i-web").unwrap().instance_type = "ecs.g5.large".into();
+    c.instances.get_mut("i-web").unwrap().dhcp = false;
+    let e = c.attach_eni("eni-sub", "i-web").unwrap_err();
+    assert_eq!(e.code, "OperationUnsupported.EipBindModel");
+    c.instances.get_mut("i-web").unwrap().dhcp = true;
+    c.attach_eni("eni-sub", "i-web").unwrap();
+}
+
+#[test]
+fn private_ips_assign_and_unassign() {
+    let mut c = lab();
+    // large: 6 IPs per ENI; eni-web1 has 3.
+    let (new, _) = c
+        .assign_private_ips("eni-web1", &[ip("10.0.1.23")], 2)
+        .unwrap();
+    assert_eq!(new.len(), 3);
+    assert_eq!(c.enis["eni-web1"].private_ips.len(), 6);
+    let e = c.assign_private_ips("eni-web1", &[], 1).unwrap_err();
+    assert_eq!(e.code, "QuotaExceeded.PrivateIpAddress");
+    let e = c
+        .assign_private_ips("eni-web0", &[ip("10.0.1.20")], 0)
+        .unwrap_err();
+    assert_eq!(e.code, "InvalidPrivateIpAddress.Duplicated");
+    let e = c
+        .assign_private_ips("eni-web0", &[ip("10.0.1.253")], 0)
+        .unwrap_err();
+    assert_eq!(e.code, "InvalidPrivateIpAddress.Duplicated");
+    bind(&mut c, &nat("eip-1", "eni-web1", "10.0.1.21"));
+    let e = c
+        .unassign_private_ips("eni-web1", &[ip("10.0.1.21")])
+        .unwrap_err();
+    assert_eq!(e.code, "InvalidOperation.IpHasEip");
+    let e = c
+        .unassign_private_ips("eni-web1", &[ip("10.0.1.20")])
+        .unwrap_err();
+    assert_eq!(e.code, "InvalidIp.NotFound", "the primary stays");
+    c.unassign_private_ips("eni-web1", &[ip("10.0.1.22")])
+        .unwrap();
+    bind(&mut c, &binded("eip-2", "eni-spare"));
+    let e = c.assign_private_ips("eni-spare", &[], 1).unwrap_err();
+    assert_eq!(e.code, "Eni.HasSubIp");
+}
+
+#[test]
+fn stop_and_start_take_time_and_drop_traffic_meanwhile() {
+    let mut c = lab();
+    bind(&mut c, &ecs("eip-1", "i-web"));
+    c.set_running(NOW, "i-web", false).unwrap();
+    assert_eq!(c.instances["i-web"].status, InstanceStatus::Stopping);
+    let e = c.set_running(NOW, "i-web", true).unwrap_err();
+    assert_eq!((e.code, e.status), ("IncorrectInstanceStatus", 403));
+    c.handle_timeout(NOW + 100 * MS);
+    assert_eq!(c.instances["i-web"].status, InstanceStatus::Stopped);
+    let (enis, _) = c.dataplane();
+    let web0 = c.enis["eni-web0"].index;
+    assert!(enis
+        .iter()
+        .any(|e| e.id == web0 && e.instance.is_some_and(|i| !i.running)));
+    // A Stopped instance can still take an EIP (000).
+    bind(&mut c, &nat("eip-2", "eni-web1", "10.0.1.20"));
+    c.set_running(NOW, "i-web", true).unwrap();
+    c.handle_timeout(NOW + 100 * MS);
+    assert_eq!(c.instances["i-web"].status, InstanceStatus::Running);
 }

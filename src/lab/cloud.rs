@@ -45,6 +45,9 @@ pub fn build(lab: &LabFile, now: u64) -> Result<Cloud, String> {
             public_ip: i.public_ip,
             dhcp: i.dhcp,
             index: 0,
+            max_enis: i.max_enis,
+            max_private_ips_per_eni: i.max_private_ips_per_eni,
+            transition_until: None,
         });
         for (k, e) in i.enis.iter().enumerate() {
             c.add_eni(Eni {
