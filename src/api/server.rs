@@ -492,6 +492,19 @@ fn action(
             };
             c.associate(now, &req)?;
         }
+        "AssociateEipAddressBatch" => {
+            let ids = list(p, "InstanceIds");
+            if ids.is_empty() {
+                return Err(missing("InstanceIds"));
+            }
+            c.associate_batch(
+                now,
+                &ids,
+                need(p, "BindedInstanceId")?,
+                cloud::parse_bind_type(need(p, "BindedInstanceType")?)?,
+                cloud::parse_mode(get(p, "Mode").unwrap_or("NAT"))?,
+            )?;
+        }
         "UnassociateEipAddress" => {
             let id = need(p, "AllocationId")?;
             if let (Some(want), Some(e)) = (get(p, "InstanceId"), c.eips.get(id)) {
@@ -505,8 +518,7 @@ fn action(
                     }
                 }
             }
-            let _force = truthy(p, "Force");
-            c.unassociate(now, id)?;
+            c.unassociate(now, id, truthy(p, "Force"))?;
         }
         "ModifyEipAddressAttribute" => {
             let id = need(p, "AllocationId")?;

@@ -2,12 +2,13 @@
 //! the EIP state machine. Pure: time comes in as nanoseconds of the lab clock, randomness as
 //! a number the caller draws.
 //!
-//! Built so far: vSwitches, instances, ENIs, EIPs; allocation (random from the pool),
-//! recovery within 7 days, release; association with ECS instances and ENIs in NAT, BINDED
-//! and MULTI_BINDED mode with every rule of SPEC §3 for those; Associating/Unassociating as
-//! timed states; the engine table derived from the state ([`Cloud::table`]).
-//! Not built yet: NAT gateways, HaVips, CLBs, SNAT/DNAT entries, batch association, the ECS
-//! actions (attach/detach/assign/start/stop).
+//! vSwitches, instances, ENIs, EIPs; allocation (random from the pool), recovery within 7
+//! days, release; association with ECS instances and ENIs in NAT, BINDED and MULTI_BINDED
+//! mode, and batch association; the ECS actions the seeds' procedures need (attach/detach,
+//! private IPs, start/stop); Associating/Unassociating and Starting/Stopping as timed states;
+//! the engine table derived from the state ([`Cloud::table`]).
+//! NAT gateways, HaVips and CLBs: their association rules (their dataplane comes later).
+//! SNAT/DNAT entries come from the lab file only (no API actions for them yet).
 
 use crate::engine::table::{
     AssociationMode, EipAssociation, EipConfig, EniConfig, InstanceRef, TableBuilder,
@@ -340,6 +341,56 @@ pub struct ReleasedEip {
     pub released_at: u64,
 }
 
+/// An Internet NAT gateway (its SNAT/DNAT dataplane comes later; its association rules now).
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct NatGateway {
+    pub id: String,
+    pub region: String,
+    pub vswitch: String,
+    /// Created after 2022-09-19: each EIP takes a private IP of the vSwitch (000, 003).
+    pub eip_takes_private_ip: bool,
+}
+
+/// Maximum EIPs on one NAT gateway (000).
+pub const MAX_NAT_GATEWAY_EIPS: usize = 20;
+
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct SnatEntry {
+    pub id: String,
+    pub nat_gateway: String,
+    pub snat_ips: Vec<Ipv4Addr>,
+}
+
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ForwardEntry {
+    pub id: String,
+    pub nat_gateway: String,
+    pub external_ip: Ipv4Addr,
+    pub internal_ip: Ipv4Addr,
+}
+
+/// A high-availability virtual IP.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct HaVip {
+    pub id: String,
+    pub region: String,
+    pub vswitch: String,
+    pub ip: Ipv4Addr,
+    /// `Available`, `InUse` (the seeds' "Assigned") or another state that refuses EIPs.
+    pub status: String,
+}
+
+/// A load balancer: only an internal (intranet) CLB in a VPC takes an EIP this way.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct LoadBalancer {
+    pub id: String,
+    pub region: String,
+    /// `clb`, `alb` or `nlb`.
+    pub kind: String,
+    pub intranet: bool,
+    pub vpc: bool,
+}
+
 /// What a change does to the dataplane; the shell rebuilds the table and, in the lab,
 /// reconfigures guests.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -375,6 +426,16 @@ pub struct Cloud {
     pub enis: BTreeMap<String, Eni>,
     pub eips: BTreeMap<String, Eip>,
     pub released: Vec<ReleasedEip>,
+    #[serde(default)]
+    pub nat_gateways: BTreeMap<String, NatGateway>,
+    #[serde(default)]
+    pub snat_entries: Vec<SnatEntry>,
+    #[serde(default)]
+    pub forward_entries: Vec<ForwardEntry>,
+    #[serde(default)]
+    pub havips: BTreeMap<String, HaVip>,
+    #[serde(default)]
+    pub load_balancers: BTreeMap<String, LoadBalancer>,
     next_slot: u32,
     next_eni_index: u16,
     next_instance_index: u32,
@@ -428,6 +489,11 @@ impl Cloud {
             enis: BTreeMap::new(),
             eips: BTreeMap::new(),
             released: Vec::new(),
+            nat_gateways: BTreeMap::new(),
+            snat_entries: Vec::new(),
+            forward_entries: Vec::new(),
+            havips: BTreeMap::new(),
+            load_balancers: BTreeMap::new(),
             next_slot: 0,
             next_eni_index: 0,
             next_instance_index: 0,
@@ -693,14 +759,213 @@ impl Cloud {
         match req.bind_type {
             BindType::EcsInstance => self.check_ecs(eip, req),
             BindType::NetworkInterface => self.check_eni(eip, req),
-            BindType::Nat | BindType::HaVip | BindType::SlbInstance => Err(CloudError::bad(
+            BindType::Nat => self.check_nat_gateway(eip, req),
+            BindType::HaVip => self.check_havip(eip, req),
+            BindType::SlbInstance => self.check_slb(eip, req),
+        }
+    }
+
+    /// EIPs bound (or binding) to a resource by id.
+    fn eips_bound_to(&self, id: &str) -> impl Iterator<Item = &Eip> + '_ {
+        let id = id.to_string();
+        self.eips
+            .values()
+            .filter(move |e| e.binding.as_ref().is_some_and(|b| b.instance_id == id))
+    }
+
+    fn only_nat(req: &Associate) -> Result<(), CloudError> {
+        if req.mode != AssociationMode::Nat {
+            return Err(CloudError::bad(
+                "InvalidParameter.Mode",
+                format!("{} takes EIPs in NAT mode only", req.bind_type.api_name()),
+            ));
+        }
+        Ok(())
+    }
+
+    fn check_nat_gateway(&self, eip: &Eip, req: &Associate) -> Result<Binding, CloudError> {
+        let g = self
+            .nat_gateways
+            .get(&req.instance_id)
+            .ok_or_else(|| not_found_instance(&req.instance_id))?;
+        if g.region != eip.region {
+            return Err(Self::mismatch(eip, &g.id, &g.region));
+        }
+        Self::only_nat(req)?;
+        let n = self.eips_bound_to(&g.id).count();
+        if n >= MAX_NAT_GATEWAY_EIPS {
+            return Err(CloudError::bad(
+                "QuotaExceeded.NumberOfEip",
+                format!(
+                    "{} already has {n} EIPs: a NAT gateway takes {MAX_NAT_GATEWAY_EIPS}",
+                    g.id
+                ),
+            ));
+        }
+        let private_ip = if g.eip_takes_private_ip {
+            Some(self.free_ip_of(&g.vswitch).ok_or_else(|| {
+                CloudError::bad(
+                    "OperationDenied.NoAvailablePrivateIp",
+                    format!(
+                        "{}'s vSwitch {} has no free private IP, and gateways created after \
+                         2022-09-19 take one per EIP: free an address or use a larger vSwitch",
+                        g.id, g.vswitch
+                    ),
+                )
+            })?)
+        } else {
+            None
+        };
+        Ok(Binding {
+            bind_type: BindType::Nat,
+            instance_id: g.id.clone(),
+            mode: Mode::Nat,
+            private_ip,
+        })
+    }
+
+    fn check_havip(&self, eip: &Eip, req: &Associate) -> Result<Binding, CloudError> {
+        let h = self
+            .havips
+            .get(&req.instance_id)
+            .ok_or_else(|| not_found_instance(&req.instance_id))?;
+        if h.region != eip.region {
+            return Err(Self::mismatch(eip, &h.id, &h.region));
+        }
+        Self::only_nat(req)?;
+        if h.status != "Available" && h.status != "InUse" {
+            return Err(CloudError::bad(
+                "IncorrectHaVipStatus",
+                format!("{} is {}: it must be Available or InUse", h.id, h.status),
+            ));
+        }
+        if let Some(other) = self.eips_bound_to(&h.id).next() {
+            return Err(CloudError::bad(
+                "InvalidAssociation.Duplicated",
+                format!(
+                    "{} already has EIP {}: a HaVip takes one",
+                    h.id, other.allocation_id
+                ),
+            ));
+        }
+        Ok(Binding {
+            bind_type: BindType::HaVip,
+            instance_id: h.id.clone(),
+            mode: Mode::Nat,
+            private_ip: Some(h.ip),
+        })
+    }
+
+    fn check_slb(&self, eip: &Eip, req: &Associate) -> Result<Binding, CloudError> {
+        let lb = self
+            .load_balancers
+            .get(&req.instance_id)
+            .ok_or_else(|| not_found_instance(&req.instance_id))?;
+        if lb.region != eip.region {
+            return Err(Self::mismatch(eip, &lb.id, &lb.region));
+        }
+        Self::only_nat(req)?;
+        if lb.kind != "clb" || !lb.intranet || !lb.vpc {
+            return Err(CloudError::bad(
                 "InvalidInstanceType.ValueNotSupported",
                 format!(
-                    "InstanceType {} is not built in this lab yet",
-                    req.bind_type.api_name()
+                    "{} is {} {} in {}: only an internal-facing CLB in a VPC takes an EIP this \
+                     way (ALB and NLB become internet-facing from their own consoles)",
+                    lb.id,
+                    if lb.intranet {
+                        "an intranet"
+                    } else {
+                        "an internet-facing"
+                    },
+                    lb.kind.to_uppercase(),
+                    if lb.vpc {
+                        "a VPC"
+                    } else {
+                        "the classic network"
+                    }
                 ),
-            )),
+            ));
         }
+        if let Some(other) = self.eips_bound_to(&lb.id).next() {
+            return Err(CloudError::bad(
+                "InvalidAssociation.Duplicated",
+                format!(
+                    "{} already has EIP {}: a CLB takes one",
+                    lb.id, other.allocation_id
+                ),
+            ));
+        }
+        Ok(Binding {
+            bind_type: BindType::SlbInstance,
+            instance_id: lb.id.clone(),
+            mode: Mode::Nat,
+            private_ip: None,
+        })
+    }
+
+    /// A free address of a vSwitch (lowest first).
+    pub fn free_ip_of(&self, vswitch: &str) -> Option<Ipv4Addr> {
+        let v = self.vswitches.get(vswitch)?;
+        let size = 1u64 << (32 - v.prefix_len as u32);
+        (1..size)
+            .map(|k| Ipv4Addr::from(u32::from(v.network) + k as u32))
+            .find(|&ip| usable_in(v, ip) && !self.ip_used(ip))
+    }
+
+    /// AssociateEipAddressBatch: to a NAT gateway or a secondary ENI; every EIP is checked
+    /// (against the state the earlier ones make) before any is applied.
+    pub fn associate_batch(
+        &mut self,
+        now: u64,
+        allocation_ids: &[String],
+        instance_id: &str,
+        bind_type: BindType,
+        mode: AssociationMode,
+    ) -> Result<Vec<Change>, CloudError> {
+        if !matches!(bind_type, BindType::Nat | BindType::NetworkInterface) {
+            return Err(CloudError::bad(
+                "InvalidInstanceType.ValueNotSupported",
+                "AssociateEipAddressBatch binds to a NAT gateway (Nat) or a secondary ENI \
+                 (NetworkInterface) only",
+            ));
+        }
+        if bind_type == BindType::NetworkInterface
+            && self.enis.get(instance_id).is_some_and(|e| e.primary)
+        {
+            return Err(CloudError::bad(
+                "Invalid.DirectEip.BindType",
+                format!("{instance_id} is a primary ENI: batch association takes a secondary ENI"),
+            ));
+        }
+        let mut trial = self.clone();
+        let mut changes = Vec::new();
+        for id in allocation_ids {
+            let private_ip =
+                if bind_type == BindType::NetworkInterface && mode == AssociationMode::Nat {
+                    // Each EIP takes the next private IP without one.
+                    let eni = trial
+                        .enis
+                        .get(instance_id)
+                        .ok_or_else(|| not_found_instance(instance_id))?;
+                    eni.private_ips.iter().copied().find(|ip| {
+                        !trial
+                            .eips_on_eni(eni)
+                            .any(|(_, b)| b.private_ip == Some(*ip))
+                    })
+                } else {
+                    None
+                };
+            let req = Associate {
+                allocation_id: id.clone(),
+                instance_id: instance_id.to_string(),
+                bind_type,
+                mode,
+                private_ip,
+            };
+            changes.extend(trial.associate(now, &req)?);
+        }
+        *self = trial;
+        Ok(changes)
     }
 
     fn mismatch(eip: &Eip, what: &str, region: &str) -> CloudError {
@@ -751,6 +1016,26 @@ impl Cloud {
                 "InvalidParameter.Mode",
                 "an EIP on an ECS instance works in NAT mode only; use NetworkInterface for \
                  BINDED or MULTI_BINDED",
+            ));
+        }
+        let ips: Vec<Ipv4Addr> = self
+            .enis
+            .values()
+            .filter(|e| e.instance.as_deref() == Some(i.id.as_str()))
+            .flat_map(|e| e.private_ips.iter().copied())
+            .collect();
+        if let Some(f) = self
+            .forward_entries
+            .iter()
+            .find(|f| ips.contains(&f.internal_ip))
+        {
+            return Err(CloudError::bad(
+                "BIND_INSTANCE_HAVE_PORTMAP_OR_BIND_EIP",
+                format!(
+                    "{} is the target of DNAT entry {} on {}: delete the entry first, or use the \
+                     NAT gateway for it",
+                    i.id, f.id, f.nat_gateway
+                ),
             ));
         }
         let eni = self.primary_eni_of(&i.id).ok_or_else(|| {
@@ -921,7 +1206,12 @@ impl Cloud {
     }
 
     /// UnassociateEipAddress: starts Unassociating.
-    pub fn unassociate(&mut self, now: u64, id: &str) -> Result<Vec<Change>, CloudError> {
+    pub fn unassociate(
+        &mut self,
+        now: u64,
+        id: &str,
+        force: bool,
+    ) -> Result<Vec<Change>, CloudError> {
         let e = self.eip_for_change(id)?;
         if e.status != EipStatus::InUse {
             return Err(CloudError::bad(
@@ -929,6 +1219,32 @@ impl Cloud {
                 format!("EIP {id} is {}: it is not associated", e.status.api_name()),
             ));
         }
+        let a = e.address;
+        if !force {
+            if let Some(s) = self.snat_entries.iter().find(|s| s.snat_ips.contains(&a)) {
+                return Err(CloudError::bad(
+                    "InvalidIpStatus.HasBeenUsedBySnatTable",
+                    format!(
+                        "{a} is used by SNAT entry {}: delete it, or pass Force=true",
+                        s.id
+                    ),
+                ));
+            }
+            if let Some(f) = self.forward_entries.iter().find(|f| f.external_ip == a) {
+                return Err(CloudError::bad(
+                    "InvalidIpStatus.HasBeenUsedByForwardEntry",
+                    format!(
+                        "{a} is used by DNAT entry {}: delete it, or pass Force=true",
+                        f.id
+                    ),
+                ));
+            }
+        }
+        for s in &mut self.snat_entries {
+            s.snat_ips.retain(|x| *x != a);
+        }
+        self.snat_entries.retain(|s| !s.snat_ips.is_empty());
+        self.forward_entries.retain(|f| f.external_ip != a);
         let e = self.eips.get_mut(id).expect("checked");
         e.status = EipStatus::Unassociating;
         e.transition_until = Some(now + self.settings.transition_ns);
@@ -1241,6 +1557,12 @@ impl Cloud {
 
     fn ip_used(&self, ip: Ipv4Addr) -> bool {
         self.enis.values().any(|e| e.private_ips.contains(&ip))
+            || self.havips.values().any(|h| h.ip == ip)
+            || self.eips.values().any(|e| {
+                e.binding
+                    .as_ref()
+                    .is_some_and(|b| b.bind_type == BindType::Nat && b.private_ip == Some(ip))
+            })
     }
 
     /// StartInstance / StopInstance: Stopped -> Starting -> Running, Running -> Stopping ->

@@ -267,7 +267,7 @@ fn transitions_allow_only_queries() {
     c.associate(NOW, &ecs("eip-1", "i-web")).unwrap();
     assert_eq!(c.eips["eip-1"].status, EipStatus::Associating);
     assert_eq!(c.poll_timeout(), Some(NOW + 100 * MS));
-    err(c.unassociate(NOW, "eip-1"), "TaskConflict", 400);
+    err(c.unassociate(NOW, "eip-1", false), "TaskConflict", 400);
     err(c.release(NOW, "eip-1"), "TaskConflict", 400);
     err(c.set_bandwidth("eip-1", 10), "TaskConflict", 400);
     // Not mapped until InUse.
@@ -279,7 +279,7 @@ fn transitions_allow_only_queries() {
             allocation_id: "eip-1".into()
         }]
     );
-    c.unassociate(NOW + 200 * MS, "eip-1").unwrap();
+    c.unassociate(NOW + 200 * MS, "eip-1", false).unwrap();
     assert_eq!(c.eips["eip-1"].status, EipStatus::Unassociating);
     err(
         c.associate(NOW, &ecs("eip-1", "i-web")),
@@ -289,7 +289,11 @@ fn transitions_allow_only_queries() {
     c.handle_timeout(NOW + 300 * MS);
     assert_eq!(c.eips["eip-1"].status, EipStatus::Available);
     assert_eq!(c.table().build().unwrap().nat_eip_of(ip("10.0.1.10")), None);
-    err(c.unassociate(NOW, "eip-1"), "IncorrectEipStatus", 400);
+    err(
+        c.unassociate(NOW, "eip-1", false),
+        "IncorrectEipStatus",
+        400,
+    );
 }
 
 #[test]
@@ -402,21 +406,269 @@ fn cut_through_only_in_listed_regions() {
         .unwrap();
 }
 
+/// Adds a NAT gateway on a /29 (five usable addresses after the reserved ones), a HaVip, and
+/// load balancers of each kind.
+fn with_gateways(c: &mut Cloud) {
+    c.add_vswitch(VSwitch {
+        id: "vsw-tiny".into(),
+        region: "cn-shanghai".into(),
+        zone: "cn-shanghai-b".into(),
+        network: ip("10.0.9.0"),
+        prefix_len: 29,
+        gateway: ip("10.0.9.5"),
+    });
+    for (id, new) in [("ngw-new", true), ("ngw-old", false)] {
+        c.nat_gateways.insert(
+            id.into(),
+            NatGateway {
+                id: id.into(),
+                region: "cn-shanghai".into(),
+                vswitch: "vsw-tiny".into(),
+                eip_takes_private_ip: new,
+            },
+        );
+    }
+    for (id, status) in [("havip-a", "Available"), ("havip-busy", "Creating")] {
+        c.havips.insert(
+            id.into(),
+            HaVip {
+                id: id.into(),
+                region: "cn-shanghai".into(),
+                vswitch: "vsw-a".into(),
+                ip: ip(if id == "havip-a" {
+                    "10.0.1.100"
+                } else {
+                    "10.0.1.101"
+                }),
+                status: status.into(),
+            },
+        );
+    }
+    for (id, kind, intranet, vpc) in [
+        ("lb-int", "clb", true, true),
+        ("lb-pub", "clb", false, true),
+        ("lb-classic", "clb", true, false),
+        ("alb-a", "alb", true, true),
+    ] {
+        c.load_balancers.insert(
+            id.into(),
+            LoadBalancer {
+                id: id.into(),
+                region: "cn-shanghai".into(),
+                kind: kind.into(),
+                intranet,
+                vpc,
+            },
+        );
+    }
+}
+
+fn other(eip: &str, id: &str, t: BindType) -> Associate {
+    req(eip, id, t, AssociationMode::Nat, None)
+}
+
 #[test]
-fn other_bind_types_are_refused_until_built() {
+fn nat_gateway_takes_twenty_and_new_ones_take_a_private_ip_each() {
     let mut c = lab();
-    err(
-        c.associate(
+    with_gateways(&mut c);
+    for k in 1..=12 {
+        c.add_eip(
             NOW,
-            &req("eip-1", "ngw-a", BindType::Nat, AssociationMode::Nat, None),
-        ),
-        "InvalidInstanceType.ValueNotSupported",
+            &format!("eip-x{k}"),
+            ip(&format!("198.51.100.{}", 100 + k)),
+            5,
+        );
+    }
+    // /29: .1-.4 usable (.0 network, .5 gateway, .6, .7 reserved): four EIPs, then no IP.
+    for k in 1..=4 {
+        bind(
+            &mut c,
+            &other(&format!("eip-{k}"), "ngw-new", BindType::Nat),
+        );
+    }
+    err(
+        c.associate(NOW, &other("eip-5", "ngw-new", BindType::Nat)),
+        "OperationDenied.NoAvailablePrivateIp",
         400,
     );
+    // Old gateways take no private IP: up to 20.
+    let ids: Vec<String> = (5..=12)
+        .map(|k| format!("eip-{k}"))
+        .chain((1..=12).map(|k| format!("eip-x{k}")))
+        .collect();
+    for id in &ids[..20] {
+        bind(&mut c, &other(id, "ngw-old", BindType::Nat));
+    }
+    err(
+        c.associate(NOW, &other(&ids[19], "ngw-old", BindType::Nat)),
+        "IncorrectEipStatus",
+        400,
+    );
+    c.add_eip(NOW, "eip-21", ip("198.51.100.150"), 5);
+    err(
+        c.associate(NOW, &other("eip-21", "ngw-old", BindType::Nat)),
+        "QuotaExceeded.NumberOfEip",
+        400,
+    );
+    err(
+        c.associate(NOW, &other("eip-21", "ngw-nope", BindType::Nat)),
+        "InvalidInstanceId.NotFound",
+        400,
+    );
+    c.table().build().unwrap();
+}
+
+#[test]
+fn havip_and_clb_take_one_eip() {
+    let mut c = lab();
+    with_gateways(&mut c);
+    bind(&mut c, &other("eip-1", "havip-a", BindType::HaVip));
+    err(
+        c.associate(NOW, &other("eip-2", "havip-a", BindType::HaVip)),
+        "InvalidAssociation.Duplicated",
+        400,
+    );
+    err(
+        c.associate(NOW, &other("eip-2", "havip-busy", BindType::HaVip)),
+        "IncorrectHaVipStatus",
+        400,
+    );
+    bind(&mut c, &other("eip-3", "lb-int", BindType::SlbInstance));
+    err(
+        c.associate(NOW, &other("eip-4", "lb-int", BindType::SlbInstance)),
+        "InvalidAssociation.Duplicated",
+        400,
+    );
+    for lb in ["lb-pub", "lb-classic", "alb-a"] {
+        err(
+            c.associate(NOW, &other("eip-4", lb, BindType::SlbInstance)),
+            "InvalidInstanceType.ValueNotSupported",
+            400,
+        );
+    }
     assert_eq!(
         parse_bind_type("AlbInstance").unwrap_err().code,
         "InvalidInstanceType.ValueNotSupported"
     );
+}
+
+#[test]
+fn snat_and_dnat_entries_guard_unassociation_and_dnat_targets() {
+    let mut c = lab();
+    with_gateways(&mut c);
+    bind(&mut c, &other("eip-1", "ngw-old", BindType::Nat));
+    bind(&mut c, &other("eip-2", "ngw-old", BindType::Nat));
+    c.snat_entries.push(SnatEntry {
+        id: "snat-1".into(),
+        nat_gateway: "ngw-old".into(),
+        snat_ips: vec![ip("198.51.100.1")],
+    });
+    c.forward_entries.push(ForwardEntry {
+        id: "fwd-1".into(),
+        nat_gateway: "ngw-old".into(),
+        external_ip: ip("198.51.100.2"),
+        internal_ip: ip("10.0.1.21"),
+    });
+    err(
+        c.unassociate(NOW, "eip-1", false),
+        "InvalidIpStatus.HasBeenUsedBySnatTable",
+        400,
+    );
+    err(
+        c.unassociate(NOW, "eip-2", false),
+        "InvalidIpStatus.HasBeenUsedByForwardEntry",
+        400,
+    );
+    // i-web owns 10.0.1.21 (eni-web1): a DNAT target takes no EIP.
+    err(
+        c.associate(NOW, &ecs("eip-3", "i-web")),
+        "BIND_INSTANCE_HAVE_PORTMAP_OR_BIND_EIP",
+        400,
+    );
+    c.unassociate(NOW, "eip-1", true).unwrap();
+    c.unassociate(NOW, "eip-2", true).unwrap();
+    assert!(c.snat_entries.is_empty() && c.forward_entries.is_empty());
+    c.handle_timeout(NOW + 100 * MS);
+    bind(&mut c, &ecs("eip-3", "i-web"));
+}
+
+#[test]
+fn batch_is_all_or_nothing() {
+    let mut c = lab();
+    with_gateways(&mut c);
+    bind(&mut c, &ecs("eip-9", "i-web"));
+    let ids: Vec<String> = ["eip-1", "eip-2", "eip-9"]
+        .iter()
+        .map(|s| s.to_string())
+        .collect();
+    err(
+        c.associate_batch(NOW, &ids, "ngw-old", BindType::Nat, AssociationMode::Nat),
+        "IncorrectEipStatus",
+        400,
+    );
+    assert!(c.eips["eip-1"].binding.is_none(), "nothing applied");
+    c.associate_batch(
+        NOW,
+        &ids[..2],
+        "ngw-old",
+        BindType::Nat,
+        AssociationMode::Nat,
+    )
+    .unwrap();
+    assert_eq!(c.eips["eip-2"].status, EipStatus::Associating);
+    // Secondary ENI in NAT mode: each EIP takes the next private IP without one.
+    let ids: Vec<String> = ["eip-3", "eip-4", "eip-5"]
+        .iter()
+        .map(|s| s.to_string())
+        .collect();
+    c.associate_batch(
+        NOW,
+        &ids,
+        "eni-web1",
+        BindType::NetworkInterface,
+        AssociationMode::Nat,
+    )
+    .unwrap();
+    c.handle_timeout(NOW + 100 * MS);
+    assert_eq!(
+        c.eips["eip-5"].binding.as_ref().unwrap().private_ip,
+        Some(ip("10.0.1.22"))
+    );
+    let more: Vec<String> = vec!["eip-6".into()];
+    err(
+        c.associate_batch(
+            NOW,
+            &more,
+            "eni-web1",
+            BindType::NetworkInterface,
+            AssociationMode::Nat,
+        ),
+        "InvalidEip.EipQuotaExceeded",
+        400,
+    );
+    err(
+        c.associate_batch(
+            NOW,
+            &more,
+            "i-web",
+            BindType::EcsInstance,
+            AssociationMode::Nat,
+        ),
+        "InvalidInstanceType.ValueNotSupported",
+        400,
+    );
+    err(
+        c.associate_batch(
+            NOW,
+            &more,
+            "eni-web0",
+            BindType::NetworkInterface,
+            AssociationMode::Nat,
+        ),
+        "Invalid.DirectEip.BindType",
+        400,
+    );
+    c.table().build().unwrap();
 }
 
 #[test]

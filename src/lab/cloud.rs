@@ -3,7 +3,10 @@
 //! API would refuse.
 
 use super::config::{self, LabFile};
-use crate::cloud::{self, Associate, Cloud, Eni, Instance, InstanceStatus, Settings, VSwitch};
+use crate::cloud::{
+    self, Associate, Cloud, Eni, ForwardEntry, HaVip, Instance, InstanceStatus, LoadBalancer,
+    NatGateway, Settings, SnatEntry, VSwitch,
+};
 
 /// Builds the cloud a lab file declares, at lab-clock time `now` (nanoseconds). Associations
 /// are settled (InUse) at once. An error names the `[[association]]` and the cloud's reason.
@@ -78,6 +81,50 @@ pub fn build(lab: &LabFile, now: u64) -> Result<Cloud, String> {
         eip.region = e.region.clone();
         eip.internet_charge_type = e.internet_charge_type.as_str().to_string();
     }
+    for g in &lab.nat_gateway {
+        c.nat_gateways.insert(
+            g.id.clone(),
+            NatGateway {
+                id: g.id.clone(),
+                region: g.region.clone(),
+                vswitch: g.vswitch.clone(),
+                eip_takes_private_ip: g.eip_takes_private_ip(),
+            },
+        );
+    }
+    for (k, h) in lab.havip.iter().enumerate() {
+        let ip = match h.ip_address {
+            Some(ip) => ip,
+            None => c.free_ip_of(&h.vswitch).ok_or_else(|| {
+                format!(
+                    "havip[{k}]: vswitch {} has no free address for it",
+                    h.vswitch
+                )
+            })?,
+        };
+        c.havips.insert(
+            h.id.clone(),
+            HaVip {
+                id: h.id.clone(),
+                region: h.region.clone(),
+                vswitch: h.vswitch.clone(),
+                ip,
+                status: h.status.as_str().to_string(),
+            },
+        );
+    }
+    for lb in &lab.load_balancer {
+        c.load_balancers.insert(
+            lb.id.clone(),
+            LoadBalancer {
+                id: lb.id.clone(),
+                region: lb.region.clone(),
+                kind: lb.r#type.as_str().to_string(),
+                intranet: lb.address_type == config::AddressType::Intranet,
+                vpc: lb.network == config::NetworkType::Vpc,
+            },
+        );
+    }
     for (k, a) in lab.association.iter().enumerate() {
         let req = Associate {
             allocation_id: a.allocation_id.clone(),
@@ -94,6 +141,21 @@ pub fn build(lab: &LabFile, now: u64) -> Result<Cloud, String> {
             )
         })?;
         c.handle_timeout(now.saturating_add(c.settings.transition_ns));
+    }
+    for (k, s) in lab.snat_entry.iter().enumerate() {
+        c.snat_entries.push(SnatEntry {
+            id: s.id.clone().unwrap_or_else(|| format!("snat-{k}")),
+            nat_gateway: s.nat_gateway.clone(),
+            snat_ips: s.snat_ip.clone(),
+        });
+    }
+    for (k, f) in lab.forward_entry.iter().enumerate() {
+        c.forward_entries.push(ForwardEntry {
+            id: f.id.clone().unwrap_or_else(|| format!("fwd-{k}")),
+            nat_gateway: f.nat_gateway.clone(),
+            external_ip: f.external_ip,
+            internal_ip: f.internal_ip,
+        });
     }
     Ok(c)
 }
@@ -118,6 +180,14 @@ mod tests {
     #[test]
     fn nat_and_cut_through_example_is_programmed() {
         let c = example(include_str!("../../examples/nat-and-cut-through.toml")).unwrap();
+        assert!(c.eips.values().any(|e| e.status == EipStatus::InUse));
+        c.table().build().unwrap();
+    }
+
+    #[test]
+    fn nat_gateway_example_is_programmed() {
+        let c = example(include_str!("../../examples/nat-gateway.toml")).unwrap();
+        assert!(!c.nat_gateways.is_empty() && !c.forward_entries.is_empty());
         assert!(c.eips.values().any(|e| e.status == EipStatus::InUse));
         c.table().build().unwrap();
     }
