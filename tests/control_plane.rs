@@ -379,6 +379,13 @@ fn thirty_two_racing_clients_keep_the_rules() {
         mapped,
         all.iter().filter(|e| e["Status"] == "InUse").count()
     );
+    // And the engine table itself (not only the model) maps each NAT private IP to its EIP.
+    for e in table["Eips"].as_array().unwrap() {
+        let a = &e["Association"];
+        if a["Mode"] == "NAT" {
+            assert_eq!(a["NatPrivateIpInTable"], e["Address"], "stale table: {e}");
+        }
+    }
     let dir2 = s.dir.clone();
     drop(s);
     std::fs::remove_dir_all(&dir2).unwrap();

@@ -188,10 +188,16 @@ impl ControlPlane {
                 message: e.message(),
             })?;
         let now = g.lab_now();
-        g.cloud.handle_timeout(now);
+        // Transitions due now end first; they count as a change to save and publish even when
+        // the call itself is a query.
         let before = g.cloud.clone();
+        g.cloud.handle_timeout(now);
+        let settled = g.cloud.clone();
         let result = action(&mut g.cloud, now, &call.action, &call.params);
-        if result.is_ok() && g.cloud != before {
+        if result.is_err() {
+            g.cloud = settled;
+        }
+        if g.cloud != before {
             if let Err(e) = g.save() {
                 g.cloud = before;
                 return Err(e);
