@@ -27,5 +27,19 @@ log=$(mktemp)
 trap 'rm -f "$log"' EXIT
 cargo test --all-features 2>&1 | tee "$log"
 read -r passed failed < <(awk '/^test result:/ { for (i = 1; i <= NF; i++) { if ($(i+1) ~ /^passed/) p += $i; if ($(i+1) ~ /^failed/) f += $i } } END { print p + 0, f + 0 }' "$log")
+
+echo "== SDK compatibility tests (official Alibaba Cloud Python SDKs against eiplab up)"
+cargo build --release
+set +e
+EIPLAB_BIN="$PWD/target/release/eiplab" ./scripts/sdk-tests.sh 2>&1 | tee "$log.sdk"
+sdk_rc=${PIPESTATUS[0]}
+set -e
+# The summary line: "sdk-tests: 40 passed, 1 failed, 2 errors in 30.1s".
+read -r sdk_passed sdk_failed < <(awk '/^sdk-tests: / { for (i = 2; i <= NF; i++) { if ($(i+1) ~ /^passed/) p = $i; if ($(i+1) ~ /^(failed|error|errors)/) f += $i } } END { print p + 0, f + 0 }' "$log.sdk")
+rm -f "$log.sdk"
+passed=$((passed + ${sdk_passed:-0}))
+failed=$((failed + ${sdk_failed:-0}))
+if [ "$sdk_rc" != 0 ] && [ "${sdk_failed:-0}" = 0 ]; then failed=$((failed + 1)); fi
 echo
 echo "tests: ${passed} passed, ${failed} failed"
+[ "$failed" = 0 ]
