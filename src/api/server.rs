@@ -312,6 +312,26 @@ fn addr(p: &BTreeMap<String, String>, name: &str) -> Result<Option<Ipv4Addr>, Ap
         .transpose()
 }
 
+/// One page (1-based `page` of `size`) of `all`, described; writes TotalCount, PageNumber and
+/// PageSize into `out`.
+fn paged<T>(
+    out: &mut serde_json::Map<String, Value>,
+    all: &[T],
+    page: u32,
+    size: u32,
+    describe: impl Fn(&T) -> Value,
+) -> Vec<Value> {
+    out.insert("TotalCount".into(), json!(all.len()));
+    out.insert("PageNumber".into(), json!(page));
+    out.insert("PageSize".into(), json!(size));
+    let start = ((page - 1) as usize).saturating_mul(size as usize);
+    all.iter()
+        .skip(start)
+        .take(size as usize)
+        .map(describe)
+        .collect()
+}
+
 /// A repeated parameter flattened as `Name.1`, `Name.2`, … (or given once as `Name`).
 fn list(p: &BTreeMap<String, String>, name: &str) -> Vec<String> {
     let mut v: Vec<(u32, String)> = p
@@ -578,16 +598,7 @@ fn action(
                     iid.is_none_or(|i| e.binding.as_ref().is_some_and(|b| b.instance_id == i))
                 })
                 .collect();
-            let start = ((page - 1) as usize).saturating_mul(size as usize);
-            let items: Vec<Value> = all
-                .iter()
-                .skip(start)
-                .take(size as usize)
-                .map(|e| describe_eip(c, e))
-                .collect();
-            out.insert("TotalCount".into(), json!(all.len()));
-            out.insert("PageNumber".into(), json!(page));
-            out.insert("PageSize".into(), json!(size));
+            let items = paged(&mut out, &all, page, size, |e| describe_eip(c, e));
             out.insert("EipAddresses".into(), json!({"EipAddress": items}));
         }
         "DescribeEipGatewayInfo" => {
@@ -673,16 +684,7 @@ fn action(
                 .filter(|e| vsw.is_none_or(|v| e.vswitch == v))
                 .filter(|e| ty.is_none_or(|t| t == if e.primary { "Primary" } else { "Secondary" }))
                 .collect();
-            let start = ((page - 1) as usize).saturating_mul(size as usize);
-            let items: Vec<Value> = all
-                .iter()
-                .skip(start)
-                .take(size as usize)
-                .map(|e| describe_eni(c, e))
-                .collect();
-            out.insert("TotalCount".into(), json!(all.len()));
-            out.insert("PageNumber".into(), json!(page));
-            out.insert("PageSize".into(), json!(size));
+            let items = paged(&mut out, &all, page, size, |e| describe_eni(c, e));
             out.insert("NextToken".into(), json!(""));
             out.insert(
                 "NetworkInterfaceSets".into(),

@@ -521,14 +521,20 @@ impl Cloud {
 
     /// Adds an EIP as the lab file declares it (Available).
     pub fn add_eip(&mut self, now: u64, allocation_id: &str, address: Ipv4Addr, bandwidth: u32) {
+        let region = self.settings.region.clone();
+        self.insert_eip(now, allocation_id, address, &region, bandwidth);
+    }
+
+    /// A new Available EIP with the next dataplane slot.
+    fn insert_eip(&mut self, now: u64, id: &str, address: Ipv4Addr, region: &str, bandwidth: u32) {
         let slot = self.next_slot;
         self.next_slot += 1;
         self.eips.insert(
-            allocation_id.to_string(),
+            id.to_string(),
             Eip {
-                allocation_id: allocation_id.to_string(),
+                allocation_id: id.to_string(),
                 address,
-                region: self.settings.region.clone(),
+                region: region.to_string(),
                 bandwidth,
                 internet_charge_type: "PayByTraffic".into(),
                 status: EipStatus::Available,
@@ -605,23 +611,7 @@ impl Cloud {
                 (a, bandwidth, id)
             }
         };
-        let slot = self.next_slot;
-        self.next_slot += 1;
-        self.eips.insert(
-            id.clone(),
-            Eip {
-                allocation_id: id.clone(),
-                address,
-                region: region.to_string(),
-                bandwidth,
-                internet_charge_type: "PayByTraffic".into(),
-                status: EipStatus::Available,
-                allocated_at: now,
-                binding: None,
-                transition_until: None,
-                slot,
-            },
-        );
+        self.insert_eip(now, &id, address, region, bandwidth);
         Ok((id.clone(), vec![Change::EipAllocated { allocation_id: id }]))
     }
 
