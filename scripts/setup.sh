@@ -15,9 +15,20 @@ command -v make >/dev/null || need_apt+=(make)
 if ! python3 -c 'import venv, ensurepip' >/dev/null 2>&1; then
   need_apt+=(python3 python3-venv python3-pip)
 fi
+# The lab's integration tests (root, real namespaces): ip, ping, curl, tcpdump, iperf3, ps/pkill,
+# and python3 for the servers they start inside the instances.
+command -v ip >/dev/null || need_apt+=(iproute2)
+command -v ping >/dev/null || need_apt+=(iputils-ping)
+command -v curl >/dev/null || need_apt+=(curl)
+command -v tcpdump >/dev/null || need_apt+=(tcpdump)
+command -v iperf3 >/dev/null || need_apt+=(iperf3)
+{ command -v ps && command -v pkill; } >/dev/null || need_apt+=(procps)
+command -v python3 >/dev/null || need_apt+=(python3)
 if [ ${#need_apt[@]} -gt 0 ]; then
-  as_root apt-get update
-  as_root env DEBIAN_FRONTEND=noninteractive apt-get install -y "${need_apt[@]}"
+  echo "setup: apt-get install ${need_apt[*]}" >&2
+  as_root apt-get update -qq
+  as_root env DEBIAN_FRONTEND=noninteractive apt-get install -y -qq \
+    -o Dpkg::Use-Pty=0 "${need_apt[@]}" >/dev/null
 fi
 
 command -v cargo >/dev/null || { echo "setup: cargo not found: install Rust with rustup first" >&2; exit 1; }

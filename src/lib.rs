@@ -11,4 +11,6 @@ pub mod wire;
 #[cfg(feature = "runtime")]
 pub mod api;
 #[cfg(feature = "runtime")]
+pub mod io;
+#[cfg(feature = "runtime")]
 pub mod lab;

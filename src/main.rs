@@ -1,10 +1,11 @@
-//! The `eiplab` command: `up` runs the control plane and its API (the lab's namespaces come
-//! with the lab issue), `api` signs and sends one call like the cloud's CLI, `status` shows
-//! the EIPs and the programmed table, `reasons` lists the engine's drop reasons.
+//! The `eiplab` command: `up` builds the lab (namespaces, TUN devices, the gateway, the
+//! built-in services) and serves the API, `down` removes what a killed `up` left, `exec` runs
+//! a command inside a lab namespace, `api` signs and sends one call like the cloud's CLI,
+//! `status` shows the EIPs and the live counters, `reasons` lists the engine's drop reasons.
 
 use anyhow::{bail, Context, Result};
 use clap::{Parser, Subcommand, ValueEnum};
-use eiplab::api::server::{ControlPlane, Options};
+use eiplab::api::server::{ControlPlane, Options, TableExtras};
 use eiplab::api::sign;
 use std::collections::BTreeMap;
 use std::io::Write;
@@ -27,7 +28,7 @@ struct Cli {
 enum Backend {
     /// Control plane, API and engine table only: no hosts (needs no root).
     None,
-    /// Network namespaces and TUN devices (not built yet).
+    /// Network namespaces joined by TUN devices to the gateway (needs root).
     Netns,
     /// In-process hosts (not built yet).
     Sim,
@@ -46,7 +47,7 @@ enum Command {
     /// Run the lab of LAB.toml until SIGINT/SIGTERM.
     Up {
         lab: PathBuf,
-        #[arg(long, value_enum, default_value = "none")]
+        #[arg(long, value_enum, default_value = "netns")]
         backend: Backend,
         /// Keep the control plane's state here; a restart with the same directory restores it.
         #[arg(long)]
@@ -54,14 +55,27 @@ enum Command {
         /// Overrides `[api] listen`.
         #[arg(long)]
         api_listen: Option<SocketAddr>,
+        /// Starts every namespace name: `{prefix}internet`, `{prefix}{instance id}`.
+        #[arg(long, default_value = DEFAULT_PREFIX)]
+        prefix: String,
+        /// Write one pcap file per lab interface into this directory.
         #[arg(long)]
-        prefix: Option<String>,
+        pcap: Option<PathBuf>,
     },
-    /// Remove what a killed `up` left behind (nothing yet: backend none creates nothing).
+    /// Remove what a killed `up` left behind (its namespaces, with their devices and routes).
     Down {
         lab: PathBuf,
-        #[arg(long)]
-        prefix: Option<String>,
+        #[arg(long, default_value = DEFAULT_PREFIX)]
+        prefix: String,
+    },
+    /// Run a command inside a lab namespace: `eiplab exec i-web -- ip addr`.
+    Exec {
+        /// An instance id, `internet` or `cloud`.
+        name: String,
+        #[arg(long, default_value = DEFAULT_PREFIX)]
+        prefix: String,
+        #[arg(last = true, required = true)]
+        command: Vec<String>,
     },
     /// Sign and send one API call: `eiplab api AllocateEipAddress Bandwidth=10`.
     Api {
@@ -84,10 +98,15 @@ enum Command {
     Status {
         #[arg(long, default_value = "127.0.0.1:8700")]
         endpoint: String,
+        /// Print the status document as JSON.
+        #[arg(long)]
+        json: bool,
     },
     /// List the engine's drop reasons with the rule each stands for.
     Reasons,
 }
+
+const DEFAULT_PREFIX: &str = "eiplab-";
 
 const ECS_ACTIONS: &[&str] = &[
     "AttachNetworkInterface",
@@ -124,49 +143,42 @@ fn run(cmd: Command) -> Result<ExitCode> {
             backend,
             state,
             api_listen,
-            prefix: _,
-        } => {
-            if backend != Backend::None {
-                bail!(
-                    "--backend {} is not built yet: this version runs the control plane and the \
-                     engine table only (--backend none); see README, \"Status\"",
-                    if backend == Backend::Netns {
-                        "netns"
-                    } else {
-                        "sim"
-                    }
-                );
-            }
+            prefix,
+            pcap,
+        } => up(lab, backend, state, api_listen, prefix, pcap),
+        Command::Down { lab, prefix } => {
             let file = eiplab::lab::config::load(&lab).map_err(|e| anyhow::anyhow!("{e}"))?;
-            let now = std::time::SystemTime::now()
-                .duration_since(std::time::UNIX_EPOCH)?
-                .as_nanos() as u64;
-            let cloud = eiplab::lab::cloud::build(&file, now)
-                .map_err(|e| anyhow::anyhow!("{}: {e}", lab.display()))?;
-            let opts = Options {
-                listen: api_listen.unwrap_or(file.api.listen),
-                access_keys: file
-                    .api
-                    .access_keys
-                    .iter()
-                    .map(|k| (k.id.clone(), k.secret.clone()))
-                    .collect(),
-                state_dir: state,
-            };
-            let cp = ControlPlane::new(cloud, &opts).map_err(|e| anyhow::anyhow!(e))?;
-            eprintln!("eiplab: backend none: control plane and engine table only (no namespaces)");
-            let rt = tokio::runtime::Builder::new_multi_thread()
-                .worker_threads(2)
-                .enable_all()
-                .build()?;
-            rt.block_on(eiplab::api::serve(cp, opts.listen, shutdown_signal()))
-                .map_err(|e| anyhow::anyhow!(e))?;
-            eprintln!("eiplab: stopped");
+            let removed = eiplab::lab::run::down(&file, &prefix).map_err(|e| anyhow::anyhow!(e))?;
+            if removed.is_empty() {
+                println!("nothing to remove: no namespace of this lab with prefix {prefix:?}");
+            }
+            for ns in removed {
+                println!("removed namespace {ns}");
+            }
             Ok(ExitCode::SUCCESS)
         }
-        Command::Down { .. } => {
-            eprintln!("eiplab: nothing to remove: backend none creates no namespaces or devices");
-            Ok(ExitCode::SUCCESS)
+        Command::Exec {
+            name,
+            prefix,
+            command,
+        } => {
+            use std::os::unix::process::CommandExt;
+            let ns = format!("{prefix}{name}");
+            if !eiplab::lab::netns::exists(&ns) {
+                let labs: Vec<String> = eiplab::lab::netns::list()
+                    .into_iter()
+                    .filter(|n| n.starts_with(&prefix))
+                    .collect();
+                bail!(
+                    "no namespace {ns}: is the lab up with --prefix {prefix:?}? namespaces with that prefix: {}",
+                    if labs.is_empty() { "none".to_string() } else { labs.join(", ") }
+                );
+            }
+            let err = std::process::Command::new("ip")
+                .args(["netns", "exec", &ns])
+                .args(&command)
+                .exec();
+            bail!("cannot run `ip netns exec {ns} …` (install iproute2): {err}")
         }
         Command::Api {
             action,
@@ -232,13 +244,17 @@ fn run(cmd: Command) -> Result<ExitCode> {
                 ExitCode::from(1)
             })
         }
-        Command::Status { endpoint } => {
+        Command::Status { endpoint, json } => {
             let url = format!("http://{endpoint}/_eiplab/status");
             let mut resp = ureq::get(&url)
                 .call()
                 .with_context(|| format!("{url}: is `eiplab up` running there?"))?;
             let v: serde_json::Value = serde_json::from_str(&resp.body_mut().read_to_string()?)?;
-            print_status(&v);
+            if json {
+                println!("{}", serde_json::to_string_pretty(&v)?);
+            } else {
+                print!("{}", eiplab::lab::stats::status_text(&v));
+            }
             Ok(ExitCode::SUCCESS)
         }
         Command::Reasons => {
@@ -269,38 +285,6 @@ fn send(endpoint: &str, req: &sign::OutgoingRequest) -> Result<(u16, String)> {
     Ok((status, resp.body_mut().read_to_string()?))
 }
 
-fn print_status(v: &serde_json::Value) {
-    let s = |x: &serde_json::Value| x.as_str().unwrap_or("").to_string();
-    println!(
-        "lab time {}   engine table generation {}",
-        s(&v["LabTime"]),
-        v["TableGeneration"]
-    );
-    println!(
-        "{:<20} {:<16} {:<14} {:<12} {:<18} {:<16} {:>6}",
-        "AllocationId", "IpAddress", "Status", "Mode", "InstanceId", "PrivateIp", "Mbit/s"
-    );
-    for e in v["Eips"].as_array().into_iter().flatten() {
-        println!(
-            "{:<20} {:<16} {:<14} {:<12} {:<18} {:<16} {:>6}",
-            s(&e["AllocationId"]),
-            s(&e["IpAddress"]),
-            s(&e["Status"]),
-            if s(&e["InstanceId"]).is_empty() {
-                String::new()
-            } else {
-                s(&e["Mode"])
-            },
-            s(&e["InstanceId"]),
-            s(&e["PrivateIpAddress"]),
-            s(&e["Bandwidth"]),
-        );
-    }
-    if v["Counters"].is_null() {
-        println!("counters: no dataplane is running (backend none)");
-    }
-}
-
 async fn shutdown_signal() {
     use tokio::signal::unix::{signal, SignalKind};
     let mut term = signal(SignalKind::terminate()).expect("SIGTERM handler");
@@ -308,4 +292,99 @@ async fn shutdown_signal() {
         _ = tokio::signal::ctrl_c() => {}
         _ = term.recv() => {}
     }
+}
+
+/// `eiplab up`: the control plane, then (netns) the lab around it, then the API until a signal.
+fn up(
+    lab: PathBuf,
+    backend: Backend,
+    state: Option<PathBuf>,
+    api_listen: Option<SocketAddr>,
+    prefix: String,
+    pcap: Option<PathBuf>,
+) -> Result<ExitCode> {
+    if backend == Backend::Sim {
+        bail!(
+            "--backend sim is not built yet: use --backend netns (root) or --backend none \
+             (control plane only); see README, \"Status\""
+        );
+    }
+    let file = eiplab::lab::config::load(&lab).map_err(|e| anyhow::anyhow!("{e}"))?;
+    let now = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)?
+        .as_nanos() as u64;
+    let cloud = eiplab::lab::cloud::build(&file, now)
+        .map_err(|e| anyhow::anyhow!("{}: {e}", lab.display()))?;
+    let opts = Options {
+        listen: api_listen.unwrap_or(file.api.listen),
+        access_keys: file
+            .api
+            .access_keys
+            .iter()
+            .map(|k| (k.id.clone(), k.secret.clone()))
+            .collect(),
+        state_dir: state,
+        table: TableExtras {
+            alg: Some(file.alg.policy()),
+            source_check: Some(file.vpc.source_check),
+            internet_gateway: Some(file.internet.gateway),
+        },
+    };
+    let cp = ControlPlane::new(cloud, &opts).map_err(|e| anyhow::anyhow!(e))?;
+    let rt = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .build()?;
+    let listener = rt
+        .block_on(eiplab::api::server::bind(opts.listen))
+        .map_err(|e| anyhow::anyhow!(e))?;
+    if backend == Backend::None {
+        eprintln!("eiplab: backend none: control plane and engine table only (no namespaces)");
+        println!("eiplab: ready");
+        std::io::stdout().flush()?;
+        rt.block_on(eiplab::api::server::serve_on(
+            cp,
+            listener,
+            shutdown_signal(),
+        ))
+        .map_err(|e| anyhow::anyhow!(e))?;
+        eprintln!("eiplab: stopped");
+        return Ok(ExitCode::SUCCESS);
+    }
+    let lab_opts = eiplab::lab::run::Options {
+        prefix: prefix.clone(),
+        pcap,
+    };
+    let (mut running, services) = eiplab::lab::run::Lab::build(&file, cp.clone(), &lab_opts)
+        .map_err(|e| anyhow::anyhow!("{}: {e}", lab.display()))?;
+    let dp = running.dp.clone();
+    cp.set_live_counters(std::sync::Arc::new(move || dp.snapshot()));
+    let served = rt.block_on(async {
+        let echo = tokio::spawn(eiplab::lab::services::echo(services.echo));
+        let meta = tokio::spawn(eiplab::lab::services::metadata(
+            services.metadata,
+            cp.clone(),
+        ));
+        eprintln!(
+            "eiplab: lab up: namespaces {prefix}internet, {prefix}cloud, {}",
+            file.instance
+                .iter()
+                .map(|i| format!("{prefix}{}", i.id))
+                .collect::<Vec<_>>()
+                .join(", ")
+        );
+        println!("eiplab: ready");
+        let _ = std::io::stdout().flush();
+        let r = eiplab::api::server::serve_on(cp.clone(), listener, shutdown_signal()).await;
+        echo.abort();
+        meta.abort();
+        r
+    });
+    eprintln!("eiplab: stopping: removing the lab's namespaces");
+    let torn = running.teardown();
+    drop(rt);
+    served.map_err(|e| anyhow::anyhow!(e))?;
+    torn.map_err(|e| anyhow::anyhow!(e))?;
+    eprintln!("eiplab: stopped");
+    Ok(ExitCode::SUCCESS)
 }

@@ -7,6 +7,7 @@ use super::store::Store;
 use crate::cloud::{self, Associate, Cloud, CloudError, EipStatus, Mode};
 use crate::engine::table::Table;
 use crate::engine::TableCell;
+use crate::lab::stats::Snapshot;
 use axum::body::Bytes;
 use axum::extract::{Query, State};
 use axum::http::{HeaderMap, Method, StatusCode, Uri};
@@ -58,6 +59,7 @@ pub struct Options {
     pub listen: SocketAddr,
     pub access_keys: Vec<(String, String)>,
     pub state_dir: Option<std::path::PathBuf>,
+    pub table: TableExtras,
 }
 
 struct Inner {
@@ -73,6 +75,19 @@ pub struct ControlPlane {
     inner: Mutex<Inner>,
     keys: HashMap<String, String>,
     pub cell: Arc<TableCell>,
+    /// The running dataplane's counters, when one runs (`--backend netns`).
+    live: std::sync::OnceLock<Arc<dyn Fn() -> Snapshot + Send + Sync>>,
+    /// Settings of the engine table that come from the lab file, not the cloud's state.
+    extras: TableExtras,
+}
+
+/// Engine-table settings the lab file gives (the ALG policy, source check, the gateway's
+/// internet-side address); the cloud's state gives the rest.
+#[derive(Clone, Debug, Default)]
+pub struct TableExtras {
+    pub alg: Option<crate::alg::AlgPolicy>,
+    pub source_check: Option<bool>,
+    pub internet_gateway: Option<std::net::Ipv4Addr>,
 }
 
 fn real_ns() -> u64 {
@@ -130,7 +145,8 @@ impl ControlPlane {
                 offset_ns = o.parse().unwrap_or(0);
             }
         }
-        let table = build_table(&cloud).map_err(|e| format!("the lab's table: {e}"))?;
+        let table =
+            build_table(&cloud, &opts.table).map_err(|e| format!("the lab's table: {e}"))?;
         let cp = Arc::new(ControlPlane {
             inner: Mutex::new(Inner {
                 cloud,
@@ -140,6 +156,8 @@ impl ControlPlane {
             }),
             keys: opts.access_keys.iter().cloned().collect(),
             cell: Arc::new(TableCell::new(table)),
+            live: std::sync::OnceLock::new(),
+            extras: opts.table.clone(),
         });
         {
             let mut g = cp.inner.lock().unwrap();
@@ -152,7 +170,7 @@ impl ControlPlane {
     }
 
     fn publish(&self, cloud: &Cloud) {
-        match build_table(cloud) {
+        match build_table(cloud, &self.extras) {
             Ok(t) => {
                 let generation = self.cell.publish(t);
                 tracing::debug!(generation, "engine table published");
@@ -224,8 +242,29 @@ impl ControlPlane {
                 "AllocationId": r.allocation_id, "IpAddress": r.address.to_string(),
                 "ReleasedAt": sign::iso8601((r.released_at / 1_000_000_000) as i64),
             })).collect::<Vec<_>>(),
-            "Counters": Value::Null,
+            "counters": match self.live.get() {
+                Some(live) => crate::lab::stats::counters_json(&g.cloud, &live()),
+                None => Value::Null,
+            },
         })
+    }
+
+    /// Connects a running dataplane's counters to `status` and `/metrics`.
+    pub fn set_live_counters(&self, f: Arc<dyn Fn() -> Snapshot + Send + Sync>) {
+        let _ = self.live.set(f);
+    }
+
+    /// Prometheus text of the dataplane's counters (EIPs listed even before a dataplane runs).
+    pub fn metrics(&self) -> String {
+        let snap = self.live.get().map(|f| f()).unwrap_or_default();
+        let g = self.inner.lock().unwrap();
+        crate::lab::stats::prometheus(&g.cloud, &snap)
+    }
+
+    /// Reads the cloud's state (held under the control plane's lock: keep `f` short).
+    pub fn with_cloud<R>(&self, f: impl FnOnce(&Cloud) -> R) -> R {
+        let g = self.inner.lock().unwrap();
+        f(&g.cloud)
     }
 
     /// The programmed engine table, canonical.
@@ -270,8 +309,18 @@ impl ControlPlane {
     }
 }
 
-fn build_table(cloud: &Cloud) -> Result<Table, String> {
-    cloud.table().build().map_err(|e| e.to_string())
+fn build_table(cloud: &Cloud, x: &TableExtras) -> Result<Table, String> {
+    let mut b = cloud.table();
+    if let Some(a) = x.alg {
+        b = b.alg_policy(a);
+    }
+    if let Some(s) = x.source_check {
+        b = b.source_check(s);
+    }
+    if let Some(g) = x.internet_gateway {
+        b = b.internet_gateway(g);
+    }
+    b.build().map_err(|e| e.to_string())
 }
 
 fn request_id() -> String {
@@ -774,6 +823,14 @@ async fn status(State(cp): State<Arc<ControlPlane>>) -> Response {
     axum::Json(cp.status()).into_response()
 }
 
+async fn metrics(State(cp): State<Arc<ControlPlane>>) -> Response {
+    (
+        [("content-type", "text/plain; version=0.0.4; charset=utf-8")],
+        cp.metrics(),
+    )
+        .into_response()
+}
+
 async fn dataplane(State(cp): State<Arc<ControlPlane>>) -> Response {
     axum::Json(cp.dataplane()).into_response()
 }
@@ -798,15 +855,30 @@ pub async fn serve(
     listen: SocketAddr,
     shutdown: impl std::future::Future<Output = ()> + Send + 'static,
 ) -> Result<(), String> {
+    let listener = bind(listen).await?;
+    serve_on(cp, listener, shutdown).await
+}
+
+/// Binds the API's address (an error says how to pick another).
+pub async fn bind(listen: SocketAddr) -> Result<tokio::net::TcpListener, String> {
+    tokio::net::TcpListener::bind(listen)
+        .await
+        .map_err(|e| format!("[api] listen = {listen}: cannot listen ({e}); pick another address or port (--api-listen)"))
+}
+
+/// Serves the API (and `/metrics`) on a bound listener until `shutdown` resolves.
+pub async fn serve_on(
+    cp: Arc<ControlPlane>,
+    listener: tokio::net::TcpListener,
+    shutdown: impl std::future::Future<Output = ()> + Send + 'static,
+) -> Result<(), String> {
     let app = Router::new()
         .route("/_eiplab/status", routing::get(status))
         .route("/_eiplab/dataplane", routing::get(dataplane))
         .route("/_eiplab/clock", post(clock))
+        .route("/metrics", routing::get(metrics))
         .fallback(any(rpc))
         .with_state(cp.clone());
-    let listener = tokio::net::TcpListener::bind(listen)
-        .await
-        .map_err(|e| format!("[api] listen = {listen}: cannot listen ({e}); pick another address or port (--api-listen)"))?;
     let addr = listener.local_addr().map_err(|e| e.to_string())?;
     eprintln!("eiplab: api listening on http://{addr}");
     let ticker = cp.clone();

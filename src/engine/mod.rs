@@ -338,6 +338,16 @@ impl Engine {
         }
     }
 
+    /// EIP slots below this number may have counters (the rest are zero).
+    pub fn counted_eips(&self) -> usize {
+        self.st.eip_hot.len()
+    }
+
+    /// ENI ids below this number may have counters (the rest are zero).
+    pub fn counted_enis(&self) -> usize {
+        self.st.eni_hot.len()
+    }
+
     pub fn eni_counters(&self, eni: EniId) -> EniCounters {
         let i = eni as usize;
         match self.st.eni_hot.get(i) {

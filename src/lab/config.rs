@@ -354,6 +354,25 @@ pub struct Alg {
     pub tftp: AlgPolicy,
 }
 
+impl Alg {
+    /// The engine's policy for these settings.
+    pub fn policy(&self) -> crate::alg::AlgPolicy {
+        use crate::alg::{AlgAction, AlgPolicy as Engine, AlgProtocol as P};
+        let a = |p: AlgPolicy| match p {
+            AlgPolicy::Drop => AlgAction::Drop,
+            AlgPolicy::Pass => AlgAction::Pass,
+            AlgPolicy::Inspect => AlgAction::Inspect,
+        };
+        Engine::all(AlgAction::Drop)
+            .with(P::Sip, a(self.sip))
+            .with(P::H323, a(self.h323))
+            .with(P::Rtsp, a(self.rtsp))
+            .with(P::Dns, a(self.dns))
+            .with(P::Ftp, a(self.ftp))
+            .with(P::Tftp, a(self.tftp))
+    }
+}
+
 /// `[[vswitch]]`.
 #[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
 #[serde(deny_unknown_fields)]

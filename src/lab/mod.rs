@@ -1,2 +1,9 @@
+//! The lab: its file, the cloud it declares, and (with `--backend netns`) the namespaces,
+//! devices and built-in services that make it real.
+
 pub mod cloud;
 pub mod config;
+pub mod netns;
+pub mod run;
+pub mod services;
+pub mod stats;
