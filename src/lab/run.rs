@@ -56,6 +56,8 @@ pub fn namespaces(file: &LabFile, prefix: &str) -> Vec<String> {
 /// Removes what a lab of `file` with `prefix` left; returns the namespaces removed.
 pub fn down(file: &LabFile, prefix: &str) -> Result<Vec<String>, String> {
     check_prefix(prefix)?;
+    // Refuse while a live `up` holds the prefix: its namespaces are not leftovers.
+    let lock = lock_prefix(prefix)?;
     let mut removed = Vec::new();
     let mut errors = Vec::new();
     for ns in namespaces(file, prefix) {
@@ -66,6 +68,8 @@ pub fn down(file: &LabFile, prefix: &str) -> Result<Vec<String>, String> {
             }
         }
     }
+    let _ = std::fs::remove_file(format!("{LOCK_DIR}/{prefix}lab.lock"));
+    drop(lock);
     if errors.is_empty() {
         Ok(removed)
     } else {
@@ -342,6 +346,38 @@ fn configure_eni(
     Ok(())
 }
 
+/// Where the per-prefix locks live.
+const LOCK_DIR: &str = "/run/eiplab";
+
+/// Takes the lock of `prefix` (an flock that ends with the process, however it ends), or says
+/// which process runs a lab with that prefix.
+fn lock_prefix(prefix: &str) -> Result<std::fs::File, String> {
+    use std::io::{Read, Seek, Write};
+    use std::os::fd::AsRawFd;
+    std::fs::create_dir_all(LOCK_DIR).map_err(|e| format!("cannot create {LOCK_DIR}: {e}"))?;
+    let path = format!("{LOCK_DIR}/{prefix}lab.lock");
+    let mut f = std::fs::OpenOptions::new()
+        .read(true)
+        .write(true)
+        .create(true)
+        .truncate(false)
+        .open(&path)
+        .map_err(|e| format!("cannot open {path}: {e}"))?;
+    // SAFETY: flock on a file we hold open.
+    if unsafe { libc::flock(f.as_raw_fd(), libc::LOCK_EX | libc::LOCK_NB) } != 0 {
+        let mut pid = String::new();
+        let _ = f.read_to_string(&mut pid);
+        return Err(format!(
+            "a lab with --prefix {prefix:?} is running (pid {}): stop it, or choose another --prefix",
+            pid.trim()
+        ));
+    }
+    let _ = f.set_len(0);
+    let _ = f.rewind();
+    let _ = write!(f, "{}", std::process::id());
+    Ok(f)
+}
+
 /// Listeners of the built-in services, bound inside their namespaces; the caller serves them.
 pub struct ServiceListeners {
     pub echo: std::net::TcpListener,
@@ -350,6 +386,9 @@ pub struct ServiceListeners {
 
 /// A running lab. Dropping it removes everything it made.
 pub struct Lab {
+    /// Held while the lab runs (see [`lock_prefix`]).
+    _lock: std::fs::File,
+    lock_path: String,
     pub dp: Arc<Dataplane>,
     namespaces: Vec<String>,
     stop: Arc<AtomicBool>,
@@ -366,12 +405,23 @@ impl Lab {
     ) -> Result<(Lab, ServiceListeners), String> {
         check_prefix(&opts.prefix)?;
         let names = namespaces(file, &opts.prefix);
-        if let Some(ns) = names.iter().find(|n| netns::exists(n)) {
-            return Err(format!(
-                "namespace {ns} exists: a lab with --prefix {:?} is running or was killed; \
-                 `eiplab down LAB --prefix {}` removes what it left, or choose another --prefix",
-                opts.prefix, opts.prefix
-            ));
+        // One running lab per prefix: the lock is held while this process lives, so finding
+        // it free with namespaces present means a killed run left them.
+        let lock = lock_prefix(&opts.prefix)?;
+        let stale: Vec<&String> = names.iter().filter(|n| netns::exists(n)).collect();
+        if !stale.is_empty() {
+            tracing::warn!(
+                "removing what a killed run with --prefix {:?} left: {}",
+                opts.prefix,
+                stale
+                    .iter()
+                    .map(|s| s.as_str())
+                    .collect::<Vec<_>>()
+                    .join(", ")
+            );
+            for ns in stale {
+                netns::delete(ns)?;
+            }
         }
         if !std::path::Path::new("/dev/net/tun").exists() {
             return Err(
@@ -385,6 +435,8 @@ impl Lab {
         }
         let dp = Dataplane::new(cp.cell.clone());
         let mut lab = Lab {
+            _lock: lock,
+            lock_path: format!("{LOCK_DIR}/{}lab.lock", opts.prefix),
             dp: dp.clone(),
             namespaces: Vec::new(),
             stop: Arc::new(AtomicBool::new(false)),
@@ -539,6 +591,7 @@ impl Lab {
                 errors.push(e);
             }
         }
+        let _ = std::fs::remove_file(&self.lock_path);
         if errors.is_empty() {
             Ok(())
         } else {
