@@ -15,7 +15,7 @@ command -v make >/dev/null || need_apt+=(make)
 if ! python3 -c 'import venv, ensurepip' >/dev/null 2>&1; then
   need_apt+=(python3 python3-venv python3-pip)
 fi
-# The lab's integration tests (root, real namespaces): ip, ping, curl, tcpdump, iperf3, ps/pkill,
+# The lab's integration tests (root, real namespaces): ip, ping, curl, tcpdump, iperf3, ps,
 # and python3 for the servers they start inside the instances.
 command -v ip >/dev/null || need_apt+=(iproute2)
 command -v ping >/dev/null || need_apt+=(iputils-ping)
