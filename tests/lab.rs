@@ -1,0 +1,1841 @@
+//! The lab for real (issue 4): `eiplab up` with the netns backend builds namespaces joined by
+//! TUN devices to the gateway, and the seeds' procedures run verbatim inside them.
+//!
+//! Needs root and /dev/net/tun; without them every test prints a loud SKIP and returns. CI runs
+//! as root, so there they run. Tools used inside the lab's namespaces: `ip` (iproute2), `curl`,
+//! `python3`, `ping` (iputils-ping), `tcpdump`, plus `sh` (for its builtin `kill`).
+//!
+//! Network safety: traffic is only ever sent inside the lab's namespaces (`ip netns exec`);
+//! nothing is added to the root namespace. Every process a test starts is killed by its pid.
+//! Every wait has a deadline. Tests run in parallel: each lab has its own prefix and API port.
+
+use serde_json::Value;
+use std::collections::BTreeSet;
+use std::ffi::OsString;
+use std::io::{BufRead, BufReader, Read};
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, ExitStatus, Stdio};
+use std::sync::atomic::{AtomicU32, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+
+const BIN: &str = env!("CARGO_BIN_EXE_eiplab");
+/// How long `up` may take to print `eiplab: ready`.
+const READY_LIMIT: Duration = Duration::from_secs(30);
+/// Default limit of one command run inside a namespace.
+const CMD_LIMIT: Duration = Duration::from_secs(20);
+
+// ---------------------------------------------------------------------------------------------
+// Preconditions
+
+/// True when the tests can run (root and /dev/net/tun). Otherwise prints a loud SKIP.
+fn privileged(test: &str) -> bool {
+    let uid = std::fs::read_to_string("/proc/self/status")
+        .ok()
+        .and_then(|s| {
+            s.lines()
+                .find(|l| l.starts_with("Uid:"))
+                .and_then(|l| l.split_whitespace().nth(2).map(str::to_string))
+        })
+        .unwrap_or_default();
+    let why = if uid != "0" {
+        Some(format!("not running as root (effective uid {uid:?})"))
+    } else if !Path::new("/dev/net/tun").exists() {
+        Some("/dev/net/tun is missing".to_string())
+    } else {
+        None
+    };
+    match why {
+        Some(why) => {
+            eprintln!(
+                "\n*****************************************************************\n\
+                 SKIP {test}: {why}; the lab tests need root and /dev/net/tun\n\
+                 *****************************************************************\n"
+            );
+            false
+        }
+        None => true,
+    }
+}
+
+fn example(name: &str) -> PathBuf {
+    let p = Path::new(env!("CARGO_MANIFEST_DIR"))
+        .join("examples")
+        .join(name);
+    assert!(
+        p.exists(),
+        "expected the example lab file {} to exist",
+        p.display()
+    );
+    p
+}
+
+fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port()
+}
+
+fn unique(tag: &str) -> String {
+    static N: AtomicU32 = AtomicU32::new(0);
+    format!(
+        "{tag}{}n{}",
+        std::process::id() % 100_000,
+        N.fetch_add(1, Ordering::Relaxed)
+    )
+}
+
+fn now_unix() -> f64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .unwrap()
+        .as_secs_f64()
+}
+
+// ---------------------------------------------------------------------------------------------
+// Running commands with deadlines and captured output
+
+type Buf = Arc<Mutex<String>>;
+
+/// Drains `r` into a shared buffer in a thread, line by line, so the child never blocks.
+fn drain<R: Read + Send + 'static>(r: R) -> Buf {
+    let buf: Buf = Arc::default();
+    let b = buf.clone();
+    std::thread::spawn(move || {
+        let mut r = BufReader::new(r);
+        let mut line = Vec::new();
+        loop {
+            line.clear();
+            match r.read_until(b'\n', &mut line) {
+                Ok(0) | Err(_) => break,
+                Ok(_) => b.lock().unwrap().push_str(&String::from_utf8_lossy(&line)),
+            }
+        }
+    });
+    buf
+}
+
+fn text(b: &Buf) -> String {
+    b.lock().unwrap().clone()
+}
+
+fn describe(cmd: &Command) -> String {
+    let mut s = cmd.get_program().to_string_lossy().into_owned();
+    for a in cmd.get_args() {
+        let a = a.to_string_lossy();
+        if a.contains(char::is_whitespace) || a.is_empty() {
+            s.push_str(&format!(" {a:?}"));
+        } else {
+            s.push(' ');
+            s.push_str(&a);
+        }
+    }
+    s
+}
+
+/// The outcome of one bounded command.
+#[derive(Debug)]
+struct Run {
+    cmd: String,
+    code: Option<i32>,
+    timed_out: bool,
+    stdout: String,
+    stderr: String,
+}
+
+impl Run {
+    fn ok(&self) -> bool {
+        self.code == Some(0) && !self.timed_out
+    }
+    fn out(&self) -> &str {
+        self.stdout.trim()
+    }
+    #[track_caller]
+    fn expect_ok(self, why: &str) -> Run {
+        assert!(
+            self.ok(),
+            "{why}: expected `{}` to succeed; got {self}",
+            self.cmd
+        );
+        self
+    }
+}
+
+impl std::fmt::Display for Run {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(
+            f,
+            "`{}` {} stdout={:?} stderr={:?}",
+            self.cmd,
+            if self.timed_out {
+                "timed out (killed)".to_string()
+            } else {
+                format!("exited {:?}", self.code)
+            },
+            self.stdout,
+            self.stderr
+        )
+    }
+}
+
+/// Sends `sig` (e.g. "TERM", "KILL") to one process, by pid.
+fn signal(pid: u32, sig: &str) {
+    // The shell's builtin `kill`: no dependency on procps.
+    let _ = Command::new("sh")
+        .args(["-c", &format!("kill -{sig} {pid}")])
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .status();
+}
+
+/// Waits for `child` up to `limit`; None when it is still running.
+fn wait_for(child: &mut Child, limit: Duration) -> Option<ExitStatus> {
+    let deadline = Instant::now() + limit;
+    loop {
+        if let Ok(Some(s)) = child.try_wait() {
+            return Some(s);
+        }
+        if Instant::now() >= deadline {
+            return None;
+        }
+        std::thread::sleep(Duration::from_millis(10));
+    }
+}
+
+/// Runs `cmd` to completion, killing it (by pid) after `limit`.
+fn run(mut cmd: Command, limit: Duration) -> Run {
+    let what = describe(&cmd);
+    let mut child = cmd
+        .stdin(Stdio::null())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap_or_else(|e| panic!("expected to start `{what}`; got {e}"));
+    let out = drain(child.stdout.take().unwrap());
+    let err = drain(child.stderr.take().unwrap());
+    let (code, timed_out) = match wait_for(&mut child, limit) {
+        Some(s) => (s.code(), false),
+        None => {
+            let _ = child.kill();
+            let _ = child.wait();
+            (None, true)
+        }
+    };
+    // Let the drain threads see EOF (a grandchild could keep a pipe open: do not wait forever).
+    std::thread::sleep(Duration::from_millis(20));
+    Run {
+        cmd: what,
+        code,
+        timed_out,
+        stdout: text(&out),
+        stderr: text(&err),
+    }
+}
+
+fn cmd<S: AsRef<std::ffi::OsStr>>(prog: &str, args: &[S]) -> Command {
+    let mut c = Command::new(prog);
+    c.args(args);
+    c
+}
+
+/// Retries `f` until it returns Some, or panics after `limit` with `what` and the last attempt.
+#[track_caller]
+fn retry<T>(limit: Duration, what: &str, mut f: impl FnMut() -> Result<T, String>) -> T {
+    let deadline = Instant::now() + limit;
+    loop {
+        match f() {
+            Ok(v) => return v,
+            Err(last) => {
+                if Instant::now() >= deadline {
+                    panic!("{what}: not reached within {limit:?}; last attempt: {last}");
+                }
+            }
+        }
+        std::thread::sleep(Duration::from_millis(100));
+    }
+}
+
+// ---------------------------------------------------------------------------------------------
+// A process running in the background inside a namespace; killed by pid on drop.
+
+struct Bg {
+    child: Child,
+    what: String,
+    out: Buf,
+    err: Buf,
+}
+
+impl Bg {
+    fn out(&self) -> String {
+        text(&self.out)
+    }
+    fn err(&self) -> String {
+        text(&self.err)
+    }
+    /// Waits until `pred(stdout, stderr)` holds; panics after `limit`.
+    #[track_caller]
+    fn wait_until(&mut self, limit: Duration, what: &str, pred: impl Fn(&str, &str) -> bool) {
+        let deadline = Instant::now() + limit;
+        loop {
+            if pred(&self.out(), &self.err()) {
+                return;
+            }
+            if let Ok(Some(s)) = self.child.try_wait() {
+                std::thread::sleep(Duration::from_millis(50));
+                if pred(&self.out(), &self.err()) {
+                    return;
+                }
+                panic!(
+                    "{what}: expected `{}` to keep running; it exited {s}; stdout={:?} stderr={:?}",
+                    self.what,
+                    self.out(),
+                    self.err()
+                );
+            }
+            if Instant::now() >= deadline {
+                panic!(
+                    "{what}: not seen within {limit:?} from `{}`; stdout={:?} stderr={:?}",
+                    self.what,
+                    self.out(),
+                    self.err()
+                );
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        }
+    }
+    fn alive(&mut self) -> bool {
+        matches!(self.child.try_wait(), Ok(None))
+    }
+    /// SIGTERM (lets tcpdump flush), then SIGKILL after 3 s.
+    fn stop(&mut self) {
+        if self.alive() {
+            signal(self.child.id(), "TERM");
+            if wait_for(&mut self.child, Duration::from_secs(3)).is_none() {
+                let _ = self.child.kill();
+                let _ = self.child.wait();
+            }
+        }
+        std::thread::sleep(Duration::from_millis(50));
+    }
+}
+
+impl Drop for Bg {
+    fn drop(&mut self) {
+        if self.alive() {
+            let _ = self.child.kill();
+            let _ = self.child.wait();
+        }
+    }
+}
+
+// ---------------------------------------------------------------------------------------------
+// The lab guard
+
+struct Lab {
+    child: Option<Child>,
+    exit: Option<ExitStatus>,
+    prefix: String,
+    port: u16,
+    file: PathBuf,
+    dir: PathBuf,
+    out: Buf,
+    err: Buf,
+}
+
+impl Lab {
+    /// `eiplab up examples/<name> --prefix <unique> --api-listen 127.0.0.1:<free> --state <tmp>`;
+    /// returns once `eiplab: ready` is printed.
+    #[track_caller]
+    fn up(name: &str) -> Lab {
+        Lab::up_with(name, |_| Vec::new())
+    }
+
+    /// Like `up`, with extra arguments computed from the lab's temp dir (e.g. `--pcap DIR`).
+    #[track_caller]
+    fn up_with(name: &str, extra: impl FnOnce(&Path) -> Vec<OsString>) -> Lab {
+        let file = example(name);
+        let prefix = format!("{}-", unique("t"));
+        let dir = std::env::temp_dir().join(format!("eiplab-lab-{}", prefix.trim_end_matches('-')));
+        let _ = std::fs::remove_dir_all(&dir);
+        std::fs::create_dir_all(&dir).unwrap();
+        // A dead earlier run with the same pid could have left namespaces with this prefix.
+        for ns in namespaces(&prefix) {
+            let _ = run(cmd("ip", &["netns", "del", &ns]), CMD_LIMIT);
+        }
+        let port = free_port();
+        let mut c = Command::new(BIN);
+        c.arg("up")
+            .arg(&file)
+            .args(["--backend", "netns", "--prefix", &prefix])
+            .args(["--api-listen", &format!("127.0.0.1:{port}")])
+            .arg("--state")
+            .arg(dir.join("state"))
+            .args(extra(&dir))
+            .stdin(Stdio::null())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped());
+        let what = describe(&c);
+        let mut child = c
+            .spawn()
+            .unwrap_or_else(|e| panic!("expected to start `{what}`; got {e}"));
+        let out = drain(child.stdout.take().unwrap());
+        let err = drain(child.stderr.take().unwrap());
+        let mut lab = Lab {
+            child: Some(child),
+            exit: None,
+            prefix,
+            port,
+            file,
+            dir,
+            out,
+            err,
+        };
+        let deadline = Instant::now() + READY_LIMIT;
+        loop {
+            if text(&lab.out).lines().any(|l| l.trim() == "eiplab: ready") {
+                break;
+            }
+            if let Ok(Some(s)) = lab.child.as_mut().unwrap().try_wait() {
+                lab.exit = Some(s);
+                std::thread::sleep(Duration::from_millis(50));
+                panic!(
+                    "expected `{what}` to print `eiplab: ready` and keep running; it exited {s}\n\
+                     stdout:\n{}\nstderr:\n{}",
+                    text(&lab.out),
+                    text(&lab.err)
+                );
+            }
+            if Instant::now() >= deadline {
+                panic!(
+                    "expected `{what}` to print `eiplab: ready` within {READY_LIMIT:?}; it did not\n\
+                     stdout:\n{}\nstderr:\n{}",
+                    text(&lab.out),
+                    text(&lab.err)
+                );
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        lab
+    }
+
+    fn ns(&self, name: &str) -> String {
+        format!("{}{name}", self.prefix)
+    }
+
+    fn endpoint(&self) -> String {
+        format!("127.0.0.1:{}", self.port)
+    }
+
+    /// Runs `args` inside namespace `{P}{ns}` (`ip netns exec`), bounded by `limit`.
+    fn exec_for(&self, ns: &str, args: &[&str], limit: Duration) -> Run {
+        let mut c = Command::new("ip");
+        c.args(["netns", "exec", &self.ns(ns)]).args(args);
+        run(c, limit)
+    }
+
+    fn exec(&self, ns: &str, args: &[&str]) -> Run {
+        self.exec_for(ns, args, CMD_LIMIT)
+    }
+
+    fn sh(&self, ns: &str, script: &str) -> Run {
+        self.exec(ns, &["sh", "-c", script])
+    }
+
+    /// `curl -s --max-time 5 [extra…] URL` inside `ns`.
+    fn curl(&self, ns: &str, extra: &[&str], url: &str) -> Run {
+        let mut a = vec!["curl", "-s", "-S", "--max-time", "5"];
+        a.extend_from_slice(extra);
+        a.push(url);
+        self.exec_for(ns, &a, Duration::from_secs(10))
+    }
+
+    /// Starts `args` in the background inside `ns`; the returned guard kills it by pid on drop.
+    /// (`ip netns exec` execs the command, so the pid is the command's own.)
+    fn bg(&self, ns: &str, args: &[&str]) -> Bg {
+        let mut c = Command::new("ip");
+        c.args(["netns", "exec", &self.ns(ns)])
+            .args(args)
+            .stdin(Stdio::null())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped());
+        let what = describe(&c);
+        let mut child = c
+            .spawn()
+            .unwrap_or_else(|e| panic!("expected to start `{what}`; got {e}"));
+        let out = drain(child.stdout.take().unwrap());
+        let err = drain(child.stderr.take().unwrap());
+        Bg {
+            child,
+            what,
+            out,
+            err,
+        }
+    }
+
+    /// A tiny HTTP server in `ns` on `addr:port` answering each GET with the client's address.
+    /// Returns once it answers locally (from inside `ns` itself, not through the gateway).
+    #[track_caller]
+    fn http_server(&self, ns: &str, addr: &str, port: u16) -> Bg {
+        let mut s = self.bg(
+            ns,
+            &["python3", "-u", "-c", HTTP_SERVER, addr, &port.to_string()],
+        );
+        s.wait_until(Duration::from_secs(10), "HTTP server ready", |o, _| {
+            o.contains("listening")
+        });
+        let local = if addr == "0.0.0.0" { "127.0.0.1" } else { addr };
+        retry(
+            Duration::from_secs(5),
+            "HTTP server answers locally",
+            || {
+                let r = self.curl(ns, &["--max-time", "2"], &format!("http://{local}:{port}/"));
+                if r.ok() {
+                    Ok(())
+                } else {
+                    Err(r.to_string())
+                }
+            },
+        );
+        s
+    }
+
+    fn http_get(&self, path: &str) -> (u16, String) {
+        let agent: ureq::Agent = ureq::Agent::config_builder()
+            .http_status_as_error(false)
+            .timeout_global(Some(Duration::from_secs(5)))
+            .build()
+            .into();
+        let url = format!("http://{}{path}", self.endpoint());
+        let mut r = agent
+            .get(&url)
+            .call()
+            .unwrap_or_else(|e| panic!("expected GET {url} to answer; got {e}"));
+        let status = r.status().as_u16();
+        (status, r.body_mut().read_to_string().unwrap_or_default())
+    }
+
+    /// GET /_eiplab/status as JSON.
+    #[track_caller]
+    fn status(&self) -> Value {
+        let (code, body) = self.http_get("/_eiplab/status");
+        assert_eq!(
+            code, 200,
+            "expected GET /_eiplab/status to be 200; got {code}: {body}"
+        );
+        serde_json::from_str(&body)
+            .unwrap_or_else(|e| panic!("expected JSON from /_eiplab/status; got {e}: {body}"))
+    }
+
+    /// Polls the status until `pred` holds (counters lag up to ~250 ms).
+    #[track_caller]
+    fn wait_status(&self, limit: Duration, what: &str, pred: impl Fn(&Value) -> bool) -> Value {
+        let deadline = Instant::now() + limit;
+        loop {
+            let s = self.status();
+            if pred(&s) {
+                return s;
+            }
+            if Instant::now() >= deadline {
+                panic!(
+                    "expected {what} within {limit:?}; status counters were:\n{}",
+                    serde_json::to_string_pretty(&s["counters"]).unwrap()
+                );
+            }
+            std::thread::sleep(Duration::from_millis(100));
+        }
+    }
+
+    /// `eiplab api ACTION K=V… --endpoint …`: (success, JSON body).
+    fn api(&self, action: &str, params: &[(&str, &str)]) -> (bool, Value) {
+        let mut c = Command::new(BIN);
+        c.args(["api", action]);
+        for (k, v) in params {
+            c.arg(format!("{k}={v}"));
+        }
+        c.args(["--endpoint", &self.endpoint()]);
+        let r = run(c, Duration::from_secs(15));
+        let v = serde_json::from_str(r.out()).unwrap_or(Value::String(r.to_string()));
+        (r.ok(), v)
+    }
+
+    #[track_caller]
+    fn api_ok(&self, action: &str, params: &[(&str, &str)]) -> Value {
+        let (ok, v) = self.api(action, params);
+        assert!(ok, "expected {action} {params:?} to succeed; got {v}");
+        v
+    }
+
+    fn alive(&mut self) -> bool {
+        match self.child.as_mut() {
+            Some(c) => match c.try_wait() {
+                Ok(None) => true,
+                Ok(Some(s)) => {
+                    self.exit = Some(s);
+                    false
+                }
+                Err(_) => false,
+            },
+            None => false,
+        }
+    }
+
+    /// Sends `sig` to `up` and waits up to `limit` for it to exit.
+    fn signal_up(&mut self, sig: &str, limit: Duration) -> Option<ExitStatus> {
+        let mut child = self.child.take()?;
+        signal(child.id(), sig);
+        let s = wait_for(&mut child, limit);
+        match s {
+            Some(s) => self.exit = Some(s),
+            None => self.child = Some(child),
+        }
+        s
+    }
+
+    fn stderr(&self) -> String {
+        text(&self.err)
+    }
+}
+
+impl Drop for Lab {
+    fn drop(&mut self) {
+        if let Some(mut child) = self.child.take() {
+            signal(child.id(), "TERM");
+            match wait_for(&mut child, Duration::from_secs(10)) {
+                Some(s) => self.exit = Some(s),
+                None => {
+                    eprintln!(
+                        "lab {}: `up` ignored SIGTERM for 10 s; SIGKILL",
+                        self.prefix
+                    );
+                    let _ = child.kill();
+                    let _ = child.wait();
+                }
+            }
+        }
+        let left = namespaces(&self.prefix);
+        if !left.is_empty() {
+            eprintln!(
+                "lab {}: left after `up` exited: {left:?}; running `eiplab down`",
+                self.prefix
+            );
+            let mut c = Command::new(BIN);
+            c.arg("down")
+                .arg(&self.file)
+                .args(["--prefix", &self.prefix]);
+            let r = run(c, Duration::from_secs(30));
+            if !r.ok() {
+                eprintln!("lab {}: {r}", self.prefix);
+            }
+            for ns in namespaces(&self.prefix) {
+                let _ = run(cmd("ip", &["netns", "del", &ns]), CMD_LIMIT);
+            }
+        }
+        if std::thread::panicking() {
+            eprintln!(
+                "---- lab {} (`eiplab up {}`) exit {:?}\nstdout:\n{}\nstderr:\n{}\n----",
+                self.prefix,
+                self.file.display(),
+                self.exit,
+                text(&self.out),
+                text(&self.err)
+            );
+        }
+        let _ = std::fs::remove_dir_all(&self.dir);
+    }
+}
+
+/// Namespaces whose name starts with `prefix`.
+fn namespaces(prefix: &str) -> Vec<String> {
+    let r = run(cmd("ip", &["netns", "list"]), CMD_LIMIT);
+    r.stdout
+        .lines()
+        .filter_map(|l| l.split_whitespace().next())
+        .filter(|n| n.starts_with(prefix))
+        .map(str::to_string)
+        .collect()
+}
+
+/// Link names in the root namespace.
+fn root_links() -> BTreeSet<String> {
+    let r = run(cmd("ip", &["-o", "link"]), CMD_LIMIT);
+    r.stdout
+        .lines()
+        .filter_map(|l| l.split(':').nth(1))
+        .map(|n| n.trim().split('@').next().unwrap().to_string())
+        .collect()
+}
+
+/// Root-namespace routes and rules that mention an address range a lab uses.
+fn root_lab_routes() -> BTreeSet<String> {
+    let mut all = run(
+        cmd("ip", &["-4", "route", "show", "table", "all"]),
+        CMD_LIMIT,
+    )
+    .stdout;
+    all.push_str(&run(cmd("ip", &["-4", "rule", "list"]), CMD_LIMIT).stdout);
+    all.lines()
+        .filter(|l| {
+            [
+                "198.51.100.",
+                "203.0.113.",
+                "100.100.100.",
+                "100.64.",
+                "10.0.1.",
+                "10.0.2.",
+            ]
+            .iter()
+            .any(|r| l.contains(r))
+        })
+        .map(str::to_string)
+        .collect()
+}
+
+// ---------------------------------------------------------------------------------------------
+// Status helpers
+
+fn counters_of<'a>(s: &'a Value, kind: &str, key: &str, id: &str) -> Option<&'a Value> {
+    s["counters"][kind]
+        .as_array()?
+        .iter()
+        .find(|e| e[key] == id)
+}
+
+/// Drops of `reason` on EIP `allocation_id`.
+fn eip_drops(s: &Value, allocation_id: &str, reason: &str) -> u64 {
+    counters_of(s, "eips", "allocation_id", allocation_id)
+        .and_then(|e| e["drops"][reason].as_u64())
+        .unwrap_or(0)
+}
+
+/// Drops of `reason` on ENI `eni_id`.
+fn eni_drops(s: &Value, eni_id: &str, reason: &str) -> u64 {
+    counters_of(s, "enis", "eni_id", eni_id)
+        .and_then(|e| e["drops"][reason].as_u64())
+        .unwrap_or(0)
+}
+
+fn global_drops(s: &Value, reason: &str) -> u64 {
+    s["counters"]["global"]["drops"][reason]
+        .as_u64()
+        .unwrap_or(0)
+}
+
+// ---------------------------------------------------------------------------------------------
+// Guest programs
+
+/// argv: ADDR PORT. Answers every GET with the client's address; prints `listening` when bound.
+const HTTP_SERVER: &str = r#"
+import http.server, socketserver, sys
+class H(http.server.BaseHTTPRequestHandler):
+    def do_GET(self):
+        b = (self.client_address[0] + "\n").encode()
+        self.send_response(200)
+        self.send_header("Content-Length", str(len(b)))
+        self.end_headers()
+        self.wfile.write(b)
+    def log_message(self, *a):
+        pass
+class S(http.server.ThreadingHTTPServer):
+    allow_reuse_address = True
+    daemon_threads = True
+    def server_bind(self):
+        # HTTPServer.server_bind would look up the address's name (DNS: none in the lab).
+        socketserver.TCPServer.server_bind(self)
+        self.server_name, self.server_port = self.server_address[:2]
+s = S((sys.argv[1], int(sys.argv[2])), H)
+print("listening", flush=True)
+s.serve_forever()
+"#;
+
+/// argv: PROTO:ADDR:PORT… Listens on each; prints `ready`, then `tcp ADDR:PORT FROM` per accepted
+/// connection and `udp ADDR:PORT FROM` per datagram.
+const LISTENERS: &str = r#"
+import socket, sys, select
+socks = {}
+for spec in sys.argv[1:]:
+    proto, addr, port = spec.split(":")
+    if proto == "tcp":
+        s = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+        s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        s.bind((addr, int(port)))
+        s.listen(64)
+    else:
+        s = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+        s.bind((addr, int(port)))
+    socks[s] = (proto, addr + ":" + port)
+print("ready", flush=True)
+while True:
+    r, _, _ = select.select(list(socks), [], [])
+    for s in r:
+        proto, name = socks[s]
+        if proto == "tcp":
+            c, peer = s.accept()
+            print("tcp", name, peer[0], flush=True)
+            c.close()
+        else:
+            d, peer = s.recvfrom(65535)
+            print("udp", name, peer[0], flush=True)
+"#;
+
+/// argv: ADDR PORT. Exit 0 when a TCP connection is established within 2 s.
+const TCP_CONNECT: &str = r#"
+import socket, sys
+s = socket.create_connection((sys.argv[1], int(sys.argv[2])), timeout=2)
+print("connected", flush=True)
+s.close()
+"#;
+
+/// argv: ADDR PORT KIND. Sends three datagrams: a SIP request (KIND `sip`) or plain bytes (the
+/// engine recognises SIP by its payload too, so a control must not look like SIP).
+const UDP_SEND: &str = r#"
+import socket, sys, time
+s = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+msg = b"plain datagram, no protocol" if sys.argv[3] == "plain" else b"OPTIONS sip:lab@" + sys.argv[1].encode() + b" SIP/2.0\r\nVia: SIP/2.0/UDP 203.0.113.1:5060\r\nCall-ID: 1@203.0.113.1\r\nCSeq: 1 OPTIONS\r\nContent-Length: 0\r\n\r\n"
+for _ in range(3):
+    s.sendto(msg, (sys.argv[1], int(sys.argv[2])))
+    time.sleep(0.05)
+"#;
+
+// ---------------------------------------------------------------------------------------------
+// 1. NAT mode
+
+#[test]
+fn nat_mode_curl_reaches_guest_and_guest_sees_no_eip() {
+    if !privileged("nat_mode_curl_reaches_guest_and_guest_sees_no_eip") {
+        return;
+    }
+    let lab = Lab::up("one-eip.toml");
+    let _server = lab.http_server("i-web", "0.0.0.0", 8080);
+
+    // From the Internet, the EIP reaches the guest's server, which sees the client's address.
+    let seen = retry(
+        Duration::from_secs(10),
+        "curl http://198.51.100.10:8080/ from internet",
+        || {
+            let r = lab.curl("internet", &[], "http://198.51.100.10:8080/");
+            if r.ok() {
+                Ok(r.out().to_string())
+            } else {
+                Err(r.to_string())
+            }
+        },
+    );
+    assert_eq!(
+        seen, "203.0.113.1",
+        "expected the guest's server to see the Internet client 203.0.113.1; it saw {seen:?}"
+    );
+
+    // The guest holds only its private IP: NAT mode does not put the EIP on the interface.
+    let addr = lab
+        .exec("i-web", &["ip", "-4", "addr"])
+        .expect_ok("ip -4 addr in i-web");
+    assert!(
+        addr.stdout.contains("10.0.1.10/"),
+        "expected `ip -4 addr` in i-web to show 10.0.1.10; got:\n{}",
+        addr.stdout
+    );
+    assert!(
+        !addr.stdout.contains("198.51.100.10"),
+        "expected `ip -4 addr` in i-web NOT to show the EIP 198.51.100.10 (NAT mode); got:\n{}",
+        addr.stdout
+    );
+
+    // Outbound, the private IP leaves as its EIP (what ifconfig.me would show).
+    let r = lab.curl(
+        "i-web",
+        &["--interface", "10.0.1.10"],
+        "http://203.0.113.1/",
+    );
+    assert!(
+        r.ok(),
+        "expected curl --interface 10.0.1.10 http://203.0.113.1/ to succeed; got {r}"
+    );
+    assert_eq!(
+        r.out(),
+        "198.51.100.10",
+        "expected the echo service to see i-web's EIP 198.51.100.10; got {r}"
+    );
+}
+
+// ---------------------------------------------------------------------------------------------
+// 2. Seed 004: several EIPs on a secondary ENI in NAT mode, policy routing typed verbatim
+
+#[test]
+fn seed_004_policy_routing() {
+    if !privileged("seed_004_policy_routing") {
+        return;
+    }
+    let lab = Lab::up("multi-eip-nat.toml");
+    let _server = lab.http_server("i-app", "10.0.1.21", 8080);
+
+    // The image configures eth1's addresses but no route for it (contract).
+    let addr = lab
+        .exec("i-app", &["ip", "-4", "addr", "show", "dev", "eth1"])
+        .expect_ok("ip addr eth1");
+    for ip in ["10.0.1.20/", "10.0.1.21/", "10.0.1.22/"] {
+        assert!(
+            addr.stdout.contains(ip),
+            "expected eth1 in i-app to hold {ip}; `ip -4 addr show dev eth1` gave:\n{}",
+            addr.stdout
+        );
+    }
+    assert!(
+        !addr.stdout.contains("198.51.100."),
+        "expected no EIP on eth1 (NAT mode); got:\n{}",
+        addr.stdout
+    );
+
+    // Before the policy routes: the SYN comes in on eth1, the SYN-ACK from 10.0.1.21 leaves by
+    // eth0 (the only default route), and eni-app0 does not own 10.0.1.21: source_check.
+    let r = lab.curl(
+        "internet",
+        &["--max-time", "3"],
+        "http://198.51.100.22:8080/",
+    );
+    assert!(
+        !r.ok(),
+        "expected inbound curl to 198.51.100.22 to fail before the policy routes (reply leaves by eth0); got {r}"
+    );
+    let s = lab.wait_status(
+        Duration::from_secs(3),
+        "source_check drops counted on eni-app0",
+        |s| eni_drops(s, "eni-app0", "source_check") > 0,
+    );
+    assert_eq!(
+        eni_drops(&s, "eni-app1", "source_check"),
+        0,
+        "expected no source_check drops on eni-app1 (the replies left by eth0); counters: {}",
+        s["counters"]
+    );
+    let r = lab.curl(
+        "i-app",
+        &["--max-time", "3", "--interface", "10.0.1.21"],
+        "http://203.0.113.1/",
+    );
+    assert!(
+        !r.ok(),
+        "expected curl --interface 10.0.1.21 to fail before the policy routes; got {r}"
+    );
+
+    // Seed 004, step 2: typed as the guide types it.
+    let seed = "ip -4 route add default via 10.0.1.253 dev eth1 metric 1001 && \\\n\
+                \x20   ip -4 route add default via 10.0.1.253 dev eth1 table 1001 && \\\n\
+                \x20   ip -4 rule add from 10.0.1.20 lookup 1001 && \\\n\
+                \x20   ip -4 rule add from 10.0.1.21 lookup 1001 && \\\n\
+                \x20   ip -4 rule add from 10.0.1.22 lookup 1001";
+    lab.sh("i-app", seed)
+        .expect_ok("seed 004 policy routing commands");
+    let shown = lab
+        .sh("i-app", "ip route list table 1001 && ip rule list")
+        .expect_ok("seed 004: ip route list table 1001 && ip rule list");
+    assert!(
+        shown.stdout.contains("default via 10.0.1.253 dev eth1"),
+        "expected table 1001 to hold `default via 10.0.1.253 dev eth1`; got:\n{}",
+        shown.stdout
+    );
+    for ip in ["10.0.1.20", "10.0.1.21", "10.0.1.22"] {
+        assert!(
+            shown.stdout.contains(&format!("from {ip} lookup 1001")),
+            "expected `ip rule list` to show `from {ip} lookup 1001`; got:\n{}",
+            shown.stdout
+        );
+    }
+
+    // tcpdump -i eth1, started before the traffic.
+    let mut dump = lab.bg("i-app", &["tcpdump", "-i", "eth1", "-n", "-l", "-c", "200"]);
+    dump.wait_until(
+        Duration::from_secs(10),
+        "tcpdump listening on eth1",
+        |_, e| e.contains("listening on"),
+    );
+
+    // Seed 004, step 3: each private IP leaves with its own EIP.
+    for (ip, eip) in [
+        ("10.0.1.20", "198.51.100.21"),
+        ("10.0.1.21", "198.51.100.22"),
+        ("10.0.1.22", "198.51.100.23"),
+    ] {
+        let got = retry(
+            Duration::from_secs(10),
+            &format!("curl --interface {ip}"),
+            || {
+                let r = lab.curl("i-app", &["--interface", ip], "http://203.0.113.1/");
+                if r.ok() {
+                    Ok(r.out().to_string())
+                } else {
+                    Err(r.to_string())
+                }
+            },
+        );
+        assert_eq!(
+            got, eip,
+            "expected curl --interface {ip} http://203.0.113.1/ to report {ip}'s EIP {eip}; got {got:?}"
+        );
+    }
+
+    // Inbound now works: the reply follows the rule to eth1.
+    let r = lab.curl("internet", &[], "http://198.51.100.22:8080/");
+    assert!(
+        r.ok(),
+        "expected inbound curl to 198.51.100.22:8080 to work after the policy routes; got {r}"
+    );
+    assert_eq!(
+        r.out(),
+        "203.0.113.1",
+        "expected the server to see 203.0.113.1; got {r}"
+    );
+
+    // The seed's own check: ping the EIP from outside while tcpdump watches eth1.
+    let p = lab.exec(
+        "internet",
+        &["ping", "-c", "3", "-i", "0.2", "-W", "2", "198.51.100.21"],
+    );
+    assert!(p.ok(), "expected ping 198.51.100.21 (10.0.1.20 on eth1) to answer after the policy routes; got {p}");
+
+    let want = [
+        (
+            "10.0.1.21.8080 > 203.0.113.1.",
+            "TCP reply from 10.0.1.21 out of eth1",
+        ),
+        (
+            "IP 203.0.113.1 > 10.0.1.20: ICMP echo request",
+            "ICMP echo request in on eth1",
+        ),
+        (
+            "IP 10.0.1.20 > 203.0.113.1: ICMP echo reply",
+            "ICMP echo reply out of eth1",
+        ),
+        ("IP 10.0.1.22.", "curl from 10.0.1.22 out of eth1"),
+    ];
+    let seen_all = |o: &str| {
+        want.iter().all(|(w, _)| o.lines().any(|l| l.contains(w)))
+            && o.lines().any(|l| l.contains("> 10.0.1.21.8080"))
+    };
+    let deadline = Instant::now() + Duration::from_secs(5);
+    while !seen_all(&dump.out()) && Instant::now() < deadline {
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    dump.stop();
+    let o = dump.out();
+    for (w, what) in want {
+        assert!(
+            o.lines().any(|l| l.contains(w)),
+            "expected `tcpdump -i eth1` to show {what} (a line containing {w:?}); it printed:\n{o}\nstderr: {}",
+            dump.err()
+        );
+    }
+    assert!(
+        o.lines().any(|l| l.contains("> 10.0.1.21.8080")),
+        "expected `tcpdump -i eth1` to show the inbound TCP to 10.0.1.21.8080; it printed:\n{o}"
+    );
+}
+
+// ---------------------------------------------------------------------------------------------
+// 3. Cut-through (BINDED)
+
+#[test]
+fn cut_through() {
+    if !privileged("cut_through") {
+        return;
+    }
+    let lab = Lab::up("cut-through.toml");
+
+    let eth1 = lab
+        .exec("i-ct", &["ip", "-4", "addr", "show", "dev", "eth1"])
+        .expect_ok("ip -4 addr show dev eth1 in i-ct");
+    assert!(
+        eth1.stdout.contains("inet 198.51.100.30/"),
+        "expected the cut-through EIP 198.51.100.30 on eth1 in i-ct; got:\n{}",
+        eth1.stdout
+    );
+    let all = lab
+        .exec("i-ct", &["ip", "-4", "addr"])
+        .expect_ok("ip -4 addr in i-ct");
+    assert!(
+        !all.stdout.contains("198.51.100.10"),
+        "expected the NAT-mode EIP 198.51.100.10 NOT to appear in i-ct; got:\n{}",
+        all.stdout
+    );
+
+    // A server bound to the EIP itself is reachable from the Internet.
+    let _server = lab.http_server("i-ct", "198.51.100.30", 8080);
+    let seen = retry(
+        Duration::from_secs(10),
+        "curl http://198.51.100.30:8080/",
+        || {
+            let r = lab.curl("internet", &[], "http://198.51.100.30:8080/");
+            if r.ok() {
+                Ok(r.out().to_string())
+            } else {
+                Err(r.to_string())
+            }
+        },
+    );
+    assert_eq!(
+        seen, "203.0.113.1",
+        "expected the server on the EIP to see 203.0.113.1; got {seen:?}"
+    );
+
+    // Outbound from the EIP leaves unchanged; from eth0 through the NAT EIP.
+    let r = lab.curl(
+        "i-ct",
+        &["--interface", "198.51.100.30"],
+        "http://203.0.113.1/",
+    );
+    assert_eq!(
+        (r.ok(), r.out()),
+        (true, "198.51.100.30"),
+        "expected the echo service to see the cut-through EIP; got {r}"
+    );
+    let r = lab.curl("i-ct", &["--interface", "10.0.1.10"], "http://203.0.113.1/");
+    assert_eq!(
+        (r.ok(), r.out()),
+        (true, "198.51.100.10"),
+        "expected the echo service to see the NAT EIP of eth0; got {r}"
+    );
+
+    // Cloud services: blackholed through eth1, reachable through eth0.
+    let url = "http://100.100.100.200/latest/meta-data/instance-id";
+    let r = lab.curl("i-ct", &["--max-time", "3", "--interface", "eth1"], url);
+    assert!(
+        !r.ok(),
+        "expected the metadata service to be unreachable through eth1; got {r}"
+    );
+    let s = lab.wait_status(
+        Duration::from_secs(3),
+        "cut_through_blackhole counted (global and on eni-ct1 or eip-ct-bind)",
+        |s| {
+            global_drops(s, "cut_through_blackhole") > 0
+                && (eni_drops(s, "eni-ct1", "cut_through_blackhole") > 0
+                    || eip_drops(s, "eip-ct-bind", "cut_through_blackhole") > 0)
+        },
+    );
+    let _ = s;
+    let r = lab.curl("i-ct", &["--interface", "eth0"], url);
+    assert_eq!(
+        (r.ok(), r.out()),
+        (true, "i-ct"),
+        "expected instance-id i-ct from the metadata service through eth0; got {r}"
+    );
+
+    // Private addresses: unreachable through eth1, reachable through eth0 (vRouter to i-peer).
+    let r = lab.exec(
+        "i-ct",
+        &[
+            "ping",
+            "-I",
+            "eth1",
+            "-c",
+            "2",
+            "-i",
+            "0.2",
+            "-W",
+            "1",
+            "10.0.1.11",
+        ],
+    );
+    assert!(!r.ok(), "expected ping -I eth1 10.0.1.11 to fail (no private network on a cut-through ENI); got {r}");
+    lab.wait_status(
+        Duration::from_secs(3),
+        "cut_through_private counted (global and on eni-ct1 or eip-ct-bind)",
+        |s| {
+            global_drops(s, "cut_through_private") > 0
+                && (eni_drops(s, "eni-ct1", "cut_through_private") > 0
+                    || eip_drops(s, "eip-ct-bind", "cut_through_private") > 0)
+        },
+    );
+    retry(
+        Duration::from_secs(10),
+        "ping -c1 -W1 10.0.1.11 via eth0 (vRouter to i-peer)",
+        || {
+            let r = lab.exec("i-ct", &["ping", "-c", "1", "-W", "1", "10.0.1.11"]);
+            if r.ok() {
+                Ok(())
+            } else {
+                Err(r.to_string())
+            }
+        },
+    );
+}
+
+// ---------------------------------------------------------------------------------------------
+// 4. ALG drop under NAT, pass through cut-through
+
+#[test]
+fn alg_drop_nat_vs_cut_through() {
+    if !privileged("alg_drop_nat_vs_cut_through") {
+        return;
+    }
+    let lab = Lab::up("cut-through.toml");
+    let mut l = lab.bg(
+        "i-ct",
+        &[
+            "python3",
+            "-u",
+            "-c",
+            LISTENERS,
+            "tcp:10.0.1.10:21",
+            "udp:10.0.1.10:5060",
+            "tcp:10.0.1.10:8021",
+            "udp:10.0.1.10:5070", // controls: non-ALG ports under NAT
+            "tcp:198.51.100.30:21",
+            "udp:198.51.100.30:5060",
+        ],
+    );
+    l.wait_until(
+        Duration::from_secs(10),
+        "listeners ready in i-ct",
+        |o, _| o.contains("ready"),
+    );
+
+    let connect = |addr: &str, port: &str| {
+        lab.exec_for(
+            "internet",
+            &["python3", "-c", TCP_CONNECT, addr, port],
+            Duration::from_secs(6),
+        )
+    };
+    let send_udp = |addr: &str, port: &str, kind: &str| {
+        lab.exec_for(
+            "internet",
+            &["python3", "-c", UDP_SEND, addr, port, kind],
+            Duration::from_secs(5),
+        )
+        .expect_ok("send UDP datagrams");
+    };
+
+    // Controls: the NAT EIP works for ordinary ports (so a failure below is the ALG rule).
+    retry(
+        Duration::from_secs(10),
+        "TCP connect to 198.51.100.10:8021 (control)",
+        || {
+            let r = connect("198.51.100.10", "8021");
+            if r.ok() {
+                Ok(())
+            } else {
+                Err(r.to_string())
+            }
+        },
+    );
+    retry(
+        Duration::from_secs(10),
+        "UDP to 198.51.100.10:5070 reaches 10.0.1.10:5070 (control)",
+        || {
+            send_udp("198.51.100.10", "5070", "plain");
+            std::thread::sleep(Duration::from_millis(300));
+            if l.out().contains("udp 10.0.1.10:5070 203.0.113.1") {
+                Ok(())
+            } else {
+                Err(l.out())
+            }
+        },
+    );
+
+    // NAT mode: FTP control and SIP are dropped.
+    let r = connect("198.51.100.10", "21");
+    assert!(
+        !r.ok(),
+        "expected TCP to 198.51.100.10:21 (NAT EIP, FTP) to be dropped; got {r}"
+    );
+    send_udp("198.51.100.10", "5060", "sip");
+    let s = lab.wait_status(
+        Duration::from_secs(3),
+        "alg_ftp and alg_sip drops on eip-ct-nat",
+        |s| eip_drops(s, "eip-ct-nat", "alg_ftp") > 0 && eip_drops(s, "eip-ct-nat", "alg_sip") > 0,
+    );
+    let _ = s;
+    std::thread::sleep(Duration::from_millis(300));
+    let o = l.out();
+    assert!(
+        !o.contains("tcp 10.0.1.10:21 ") && !o.contains("udp 10.0.1.10:5060 "),
+        "expected nothing to reach port 21/5060 behind the NAT EIP; the listener printed:\n{o}"
+    );
+
+    // Cut-through: the same protocols pass.
+    retry(
+        Duration::from_secs(10),
+        "TCP connect to 198.51.100.30:21 (cut-through)",
+        || {
+            let r = connect("198.51.100.30", "21");
+            if r.ok() {
+                Ok(())
+            } else {
+                Err(r.to_string())
+            }
+        },
+    );
+    retry(
+        Duration::from_secs(10),
+        "UDP to 198.51.100.30:5060 received in i-ct (cut-through)",
+        || {
+            send_udp("198.51.100.30", "5060", "sip");
+            std::thread::sleep(Duration::from_millis(300));
+            if l.out().contains("udp 198.51.100.30:5060 203.0.113.1") {
+                Ok(())
+            } else {
+                Err(l.out())
+            }
+        },
+    );
+    assert!(
+        l.out().contains("tcp 198.51.100.30:21 203.0.113.1"),
+        "expected the listener on 198.51.100.30:21 to accept the Internet's connection; it printed:\n{}",
+        l.out()
+    );
+    let s = lab.status();
+    for reason in ["alg_ftp", "alg_sip"] {
+        assert_eq!(
+            eip_drops(&s, "eip-ct-bind", reason),
+            0,
+            "expected no {reason} drops on the cut-through EIP; counters: {}",
+            s["counters"]
+        );
+    }
+}
+
+// ---------------------------------------------------------------------------------------------
+// 5. Associate / unassociate while a ping runs
+
+/// Reply timestamps (ping -D) in ping's output.
+fn reply_times(out: &str) -> Vec<f64> {
+    out.lines()
+        .filter(|l| l.contains("bytes from"))
+        .filter_map(|l| {
+            let l = l.strip_prefix('[')?;
+            l[..l.find(']')?].parse().ok()
+        })
+        .collect()
+}
+
+#[track_caller]
+fn wait_eip_status(lab: &Lab, id: &str, want: &str) {
+    retry(
+        Duration::from_secs(5),
+        &format!("{id} Status {want}"),
+        || {
+            let v = lab.api_ok("DescribeEipAddresses", &[("AllocationId", id)]);
+            let st = v["EipAddresses"]["EipAddress"][0]["Status"].clone();
+            if st == want {
+                Ok(())
+            } else {
+                Err(format!("Status {st}"))
+            }
+        },
+    );
+}
+
+#[test]
+fn associate_while_pinging() {
+    if !privileged("associate_while_pinging") {
+        return;
+    }
+    let mut lab = Lab::up("one-eip.toml");
+    let mut ping = lab.bg(
+        "internet",
+        &["ping", "-D", "-n", "-i", "0.2", "-W", "1", "198.51.100.10"],
+    );
+    ping.wait_until(
+        Duration::from_secs(10),
+        "ping replies from 198.51.100.10",
+        |o, _| !reply_times(o).is_empty(),
+    );
+
+    // Unassociate: replies stop within ~1.5 s (500 ms transition + margin).
+    let t0 = now_unix();
+    lab.api_ok("UnassociateEipAddress", &[("AllocationId", "eip-web")]);
+    let deadline = Instant::now() + Duration::from_secs(3);
+    while now_unix() < t0 + 3.0 && Instant::now() < deadline {
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    let late: Vec<f64> = reply_times(&ping.out())
+        .into_iter()
+        .filter(|t| *t > t0 + 1.5)
+        .map(|t| t - t0)
+        .collect();
+    assert!(
+        late.is_empty(),
+        "expected ping replies to stop within 1.5 s of UnassociateEipAddress; replies came at +{late:?} s"
+    );
+    assert!(
+        ping.alive(),
+        "expected ping to keep running; stderr: {}",
+        ping.err()
+    );
+    let last = reply_times(&ping.out())
+        .into_iter()
+        .filter(|t| *t > t0)
+        .fold(None, |_, t| Some(t - t0));
+    eprintln!("associate_while_pinging: last reply after UnassociateEipAddress at {last:?} s");
+    lab.wait_status(
+        Duration::from_secs(3),
+        "eip_unassociated drops counted",
+        |s| global_drops(s, "eip_unassociated") > 0,
+    );
+
+    // Associate again: replies resume within ~1.5 s.
+    wait_eip_status(&lab, "eip-web", "Available");
+    let t1 = now_unix();
+    lab.api_ok(
+        "AssociateEipAddress",
+        &[
+            ("AllocationId", "eip-web"),
+            ("InstanceId", "i-web"),
+            ("InstanceType", "EcsInstance"),
+        ],
+    );
+    let deadline = Instant::now() + Duration::from_secs(5);
+    let first = loop {
+        if let Some(t) = reply_times(&ping.out()).into_iter().find(|t| *t > t1) {
+            break Some(t - t1);
+        }
+        if Instant::now() >= deadline {
+            break None;
+        }
+        std::thread::sleep(Duration::from_millis(50));
+    };
+    match first {
+        Some(d) => {
+            eprintln!("associate_while_pinging: first reply {d:.2} s after AssociateEipAddress");
+            assert!(
+            d <= 1.5,
+            "expected ping replies to resume within 1.5 s of AssociateEipAddress; first came after {d:.2} s"
+            )
+        }
+        None => panic!(
+            "expected ping replies to resume within 1.5 s of AssociateEipAddress; none in 5 s; ping output tail:\n{}",
+            ping.out().lines().rev().take(10).collect::<Vec<_>>().join("\n")
+        ),
+    }
+    wait_eip_status(&lab, "eip-web", "InUse");
+    assert!(
+        lab.alive(),
+        "expected `eiplab up` to survive; it exited {:?}\nstderr:\n{}",
+        lab.exit,
+        lab.stderr()
+    );
+    let s = lab.status();
+    assert!(
+        s.is_object(),
+        "expected the status to answer after the changes; got {s}"
+    );
+}
+
+// ---------------------------------------------------------------------------------------------
+// 5b. Two labs of the same file side by side (different prefixes and API ports)
+
+#[test]
+fn two_labs_side_by_side() {
+    if !privileged("two_labs_side_by_side") {
+        return;
+    }
+    let a = Lab::up("one-eip.toml");
+    let b = Lab::up("one-eip.toml");
+    let _sa = a.http_server("i-web", "0.0.0.0", 8080);
+    let _sb = b.http_server("i-web", "0.0.0.0", 8080);
+    for lab in [&a, &b] {
+        let r = lab.curl(
+            "i-web",
+            &["--interface", "10.0.1.10"],
+            "http://203.0.113.1/",
+        );
+        assert_eq!(
+            (r.ok(), r.out()),
+            (true, "198.51.100.10"),
+            "lab {}: expected the echo service to see the EIP 198.51.100.10; got {r}",
+            lab.prefix
+        );
+        let seen = retry(
+            Duration::from_secs(10),
+            "curl the EIP from internet",
+            || {
+                let r = lab.curl("internet", &[], "http://198.51.100.10:8080/");
+                if r.ok() {
+                    Ok(r.out().to_string())
+                } else {
+                    Err(r.to_string())
+                }
+            },
+        );
+        assert_eq!(
+            seen, "203.0.113.1",
+            "lab {}: expected the guest to see 203.0.113.1; got {seen:?}",
+            lab.prefix
+        );
+    }
+    // Each lab counts only its own traffic.
+    let (sa, sb) = (a.status(), b.status());
+    for (lab, s) in [(&a, &sa), (&b, &sb)] {
+        let eip = counters_of(s, "eips", "allocation_id", "eip-web");
+        let to_guest = eip
+            .and_then(|e| e["to_guest_packets"].as_u64())
+            .unwrap_or(0);
+        assert!(
+            to_guest > 0,
+            "lab {}: expected to_guest_packets > 0 on eip-web; counters: {}",
+            lab.prefix,
+            s["counters"]
+        );
+    }
+}
+
+// ---------------------------------------------------------------------------------------------
+// 6. Teardown
+
+/// Links and lab-range routes of the root namespace must come back to what they were; other
+/// labs of parallel tests may briefly hold links there while they build, so wait for them.
+#[track_caller]
+fn assert_root_clean(
+    prefix: &str,
+    links_before: &BTreeSet<String>,
+    routes_before: &BTreeSet<String>,
+) {
+    let deadline = Instant::now() + Duration::from_secs(10);
+    loop {
+        let new: Vec<String> = root_links().difference(links_before).cloned().collect();
+        let ours: Vec<&String> = new
+            .iter()
+            .filter(|n| n.contains(prefix.trim_end_matches('-')))
+            .collect();
+        assert!(
+            ours.is_empty(),
+            "expected no link of lab {prefix} in the root namespace; found {ours:?}"
+        );
+        let routes: Vec<String> = root_lab_routes()
+            .difference(routes_before)
+            .cloned()
+            .collect();
+        assert!(
+            routes.is_empty(),
+            "expected no route or rule for the lab's ranges in the root namespace; new ones: {routes:?}"
+        );
+        if new.is_empty() {
+            return;
+        }
+        if Instant::now() >= deadline {
+            panic!("expected `ip -o link` in the root namespace unchanged; new links: {new:?}");
+        }
+        std::thread::sleep(Duration::from_millis(200));
+    }
+}
+
+#[test]
+fn teardown_sigterm() {
+    if !privileged("teardown_sigterm") {
+        return;
+    }
+    let links = root_links();
+    let routes = root_lab_routes();
+    let mut lab = Lab::up("one-eip.toml");
+    let prefix = lab.prefix.clone();
+    let ns = namespaces(&prefix);
+    for want in ["internet", "i-web"] {
+        assert!(
+            ns.contains(&lab.ns(want)),
+            "expected namespace {} while the lab runs; `ip netns list` has {ns:?}",
+            lab.ns(want)
+        );
+    }
+    let exit = lab.signal_up("TERM", Duration::from_secs(5));
+    assert!(
+        exit.is_some(),
+        "expected `eiplab up` to exit within 5 s of SIGTERM; it is still running\nstderr:\n{}",
+        lab.stderr()
+    );
+    assert_eq!(
+        exit.unwrap().code(),
+        Some(0),
+        "expected `eiplab up` to exit 0 after SIGTERM; got {:?}\nstderr:\n{}",
+        exit,
+        lab.stderr()
+    );
+    let left = namespaces(&prefix);
+    assert!(
+        left.is_empty(),
+        "expected no namespace of the lab after SIGTERM; `ip netns list` still has {left:?}"
+    );
+    assert_root_clean(&prefix, &links, &routes);
+}
+
+#[test]
+fn teardown_sigkill_then_down() {
+    if !privileged("teardown_sigkill_then_down") {
+        return;
+    }
+    let links = root_links();
+    let routes = root_lab_routes();
+    let mut lab = Lab::up("one-eip.toml");
+    let prefix = lab.prefix.clone();
+    let exit = lab.signal_up("KILL", Duration::from_secs(5));
+    assert!(exit.is_some(), "expected `eiplab up` to die on SIGKILL");
+    let left = namespaces(&prefix);
+    assert!(
+        left.contains(&lab.ns("i-web")) && left.contains(&lab.ns("internet")),
+        "expected the namespaces of a SIGKILLed lab to remain (for `down` to remove); `ip netns list` has {left:?}"
+    );
+    // Processes still living in the lab's namespaces (a SIGKILL leaves no chance to stop them):
+    // `down` must not leave them behind (they would keep the namespaces and TUN devices alive).
+    let mut pids = Vec::new();
+    for ns in &left {
+        let r = run(cmd("ip", &["netns", "pids", ns]), CMD_LIMIT);
+        pids.extend(r.stdout.split_whitespace().map(str::to_string));
+    }
+    let mut c = Command::new(BIN);
+    c.arg("down").arg(&lab.file).args(["--prefix", &prefix]);
+    let r = run(c, Duration::from_secs(30));
+    assert!(
+        r.ok(),
+        "expected `eiplab down --prefix {prefix}` to exit 0; got {r}"
+    );
+    let left = namespaces(&prefix);
+    assert!(
+        left.is_empty(),
+        "expected `eiplab down` to remove every namespace of the lab; left: {left:?}"
+    );
+    let alive: Vec<&String> = pids
+        .iter()
+        .filter(|p| Path::new(&format!("/proc/{p}")).exists())
+        .collect();
+    assert!(
+        alive.is_empty(),
+        "expected no process of the killed lab to survive `down`; still alive: {alive:?} (were in the lab's namespaces)"
+    );
+    assert_root_clean(&prefix, &links, &routes);
+    // Running down again finds nothing and still exits 0.
+    let mut c = Command::new(BIN);
+    c.arg("down").arg(&lab.file).args(["--prefix", &prefix]);
+    let r = run(c, Duration::from_secs(30));
+    assert!(
+        r.ok(),
+        "expected a second `eiplab down` (nothing left) to exit 0; got {r}"
+    );
+}
+
+// ---------------------------------------------------------------------------------------------
+// 7. Metadata and metrics
+
+#[test]
+fn metadata_and_metrics() {
+    if !privileged("metadata_and_metrics") {
+        return;
+    }
+    let lab = Lab::up("one-eip.toml");
+    for (key, want) in [
+        ("private-ipv4", "10.0.1.10"),
+        ("eipv4", "198.51.100.10"),
+        ("instance-id", "i-web"),
+    ] {
+        let url = format!("http://100.100.100.200/latest/meta-data/{key}");
+        let r = lab.curl("i-web", &[], &url);
+        assert!(r.ok(), "expected GET {url} from i-web to succeed; got {r}");
+        assert_eq!(r.out(), want, "expected metadata {key} = {want}; got {r}");
+    }
+
+    // Traffic through the EIP, then its packet counter in Prometheus text.
+    let r = lab.curl("i-web", &[], "http://203.0.113.1/");
+    assert_eq!(
+        (r.ok(), r.out()),
+        (true, "198.51.100.10"),
+        "expected the echo service to see the EIP; got {r}"
+    );
+    retry(
+        Duration::from_secs(3),
+        "eiplab_eip_packets_total for eip-web > 0 in /metrics",
+        || {
+            let (code, body) = lab.http_get("/metrics");
+            if code != 200 {
+                return Err(format!("GET /metrics answered {code}: {body}"));
+            }
+            let counted = body.lines().any(|l| {
+                l.starts_with("eiplab_eip_packets_total{")
+                    && l.contains("allocation_id=\"eip-web\"")
+                    && l.rsplit(' ')
+                        .next()
+                        .and_then(|v| v.parse::<f64>().ok())
+                        .is_some_and(|v| v > 0.0)
+            });
+            if counted {
+                Ok(())
+            } else {
+                Err(format!("no eiplab_eip_packets_total{{allocation_id=\"eip-web\",…}} > 0 line in:\n{body}"))
+            }
+        },
+    );
+}
+
+// ---------------------------------------------------------------------------------------------
+// 8. `eiplab exec` and --pcap
+
+/// Packet lines `tcpdump -r FILE -n` prints.
+fn pcap_lines(file: &Path) -> Run {
+    run(
+        cmd(
+            "tcpdump",
+            &[OsString::from("-r"), file.as_os_str().into(), "-n".into()],
+        ),
+        Duration::from_secs(10),
+    )
+}
+
+#[test]
+fn exec_and_pcap() {
+    if !privileged("exec_and_pcap") {
+        return;
+    }
+    let mut lab = Lab::up_with("one-eip.toml", |dir| {
+        vec!["--pcap".into(), dir.join("pcap").into_os_string()]
+    });
+    let pcap = lab.dir.join("pcap");
+
+    let mut c = Command::new(BIN);
+    c.args([
+        "exec",
+        "--prefix",
+        &lab.prefix,
+        "i-web",
+        "--",
+        "ip",
+        "-4",
+        "addr",
+    ]);
+    let r = run(c, CMD_LIMIT);
+    assert!(
+        r.ok(),
+        "expected `eiplab exec i-web -- ip -4 addr` to succeed; got {r}"
+    );
+    assert!(
+        r.stdout.contains("10.0.1.10/"),
+        "expected i-web's 10.0.1.10 in `eiplab exec` output; got {r}"
+    );
+    let mut c = Command::new(BIN);
+    c.args([
+        "exec",
+        "--prefix",
+        &lab.prefix,
+        "i-web",
+        "--",
+        "sh",
+        "-c",
+        "exit 3",
+    ]);
+    let r = run(c, CMD_LIMIT);
+    assert_eq!(
+        r.code,
+        Some(3),
+        "expected `eiplab exec` to exit with the command's code 3; got {r}"
+    );
+
+    let r = lab.curl("i-web", &[], "http://203.0.113.1/");
+    assert_eq!(
+        (r.ok(), r.out()),
+        (true, "198.51.100.10"),
+        "expected the echo service to see the EIP; got {r}"
+    );
+
+    let guest = pcap.join("i-web.eth0.pcap");
+    let inet = pcap.join("internet.eth0.pcap");
+    let has = |f: &Path, needle: &str| {
+        let r = pcap_lines(f);
+        r.stdout.lines().any(|l| l.contains(needle))
+    };
+    // The guest side sees the private address, the Internet side the EIP.
+    let want = [(&guest, "10.0.1.10."), (&inet, "198.51.100.10.")];
+    let deadline = Instant::now() + Duration::from_secs(5);
+    while !want.iter().all(|(f, n)| has(f, n)) && Instant::now() < deadline {
+        std::thread::sleep(Duration::from_millis(200));
+    }
+    if !want.iter().all(|(f, n)| has(f, n)) {
+        // Files may be flushed only at exit: stop the lab and look again.
+        eprintln!("exec_and_pcap: packets not readable while running; checking after SIGTERM");
+        lab.signal_up("TERM", Duration::from_secs(5));
+    }
+    for (f, needle) in want {
+        assert!(
+            f.exists(),
+            "expected pcap file {} to exist; the directory holds {:?}",
+            f.display(),
+            std::fs::read_dir(&pcap).map(|d| d
+                .filter_map(|e| e.ok())
+                .map(|e| e.file_name())
+                .collect::<Vec<_>>())
+        );
+        let r = pcap_lines(f);
+        assert!(
+            r.stdout
+                .lines()
+                .any(|l| l.contains(needle) && l.contains("203.0.113.1.80")),
+            "expected `tcpdump -r {}` to show the curl to 203.0.113.1:80 from {needle}…; got {r}",
+            f.display()
+        );
+    }
+}
+
+// ---------------------------------------------------------------------------------------------
+// The vRouter and hairpin (SPEC §2): private addresses between instances, and a guest reaching
+// another guest's EIP through the public path, seen there with its own EIP as the source.
+
+#[test]
+fn vrouter_and_hairpin() {
+    if !privileged("vrouter_and_hairpin") {
+        return;
+    }
+    let lab = Lab::up("cut-through.toml");
+    let _server = lab.http_server("i-ct", "0.0.0.0", 8080);
+
+    // Private: i-peer -> i-ct by private address, no translation.
+    let r = lab.curl("i-peer", &["--max-time", "3"], "http://10.0.1.10:8080/");
+    assert!(
+        r.ok(),
+        "expected i-peer to reach 10.0.1.10:8080 through the vRouter; got {r}"
+    );
+    assert_eq!(
+        r.out(),
+        "10.0.1.11",
+        "expected i-ct's server to see i-peer's private address; got {r}"
+    );
+
+    // Without an EIP, i-peer cannot use the public path at all.
+    let r = lab.curl("i-peer", &["--max-time", "2"], "http://198.51.100.10:8080/");
+    assert!(
+        !r.ok(),
+        "expected i-peer (no EIP) not to reach 198.51.100.10; got {r}"
+    );
+    lab.wait_status(
+        Duration::from_secs(3),
+        "no_public_ip counted on eni-peer0",
+        |s| eni_drops(s, "eni-peer0", "no_public_ip") > 0,
+    );
+
+    // Give i-peer an EIP through the API, then hairpin to i-ct's NAT EIP.
+    let v = lab.api_ok("AllocateEipAddress", &[("Bandwidth", "100")]);
+    let id = v["AllocationId"]
+        .as_str()
+        .expect("AllocationId")
+        .to_string();
+    let addr = v["EipAddress"].as_str().expect("EipAddress").to_string();
+    lab.api_ok(
+        "AssociateEipAddress",
+        &[
+            ("AllocationId", id.as_str()),
+            ("InstanceId", "i-peer"),
+            ("InstanceType", "EcsInstance"),
+        ],
+    );
+    wait_eip_status(&lab, &id, "InUse");
+    let seen = retry(Duration::from_secs(5), "hairpin curl", || {
+        let r = lab.curl("i-peer", &["--max-time", "2"], "http://198.51.100.10:8080/");
+        if r.ok() {
+            Ok(r.out().to_string())
+        } else {
+            Err(r.to_string())
+        }
+    });
+    assert_eq!(
+        seen, addr,
+        "expected i-ct's server to see the hairpinned request from i-peer's EIP {addr}; it saw {seen:?}"
+    );
+    lab.wait_status(Duration::from_secs(3), "hairpin counted", |s| {
+        s["counters"]["global"]["hairpin"].as_u64().unwrap_or(0) > 0
+    });
+}
