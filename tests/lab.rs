@@ -342,6 +342,24 @@ struct Lab {
     dir: PathBuf,
     out: Buf,
     err: Buf,
+    /// `up`'s arguments, for a restart.
+    args: Vec<OsString>,
+}
+
+/// Starts `eiplab ARGS` with stdout and stderr drained into buffers.
+fn spawn_up(args: &[OsString]) -> (Child, Buf, Buf) {
+    let mut c = Command::new(BIN);
+    c.args(args)
+        .stdin(Stdio::null())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped());
+    let what = describe(&c);
+    let mut child = c
+        .spawn()
+        .unwrap_or_else(|e| panic!("expected to start `{what}`; got {e}"));
+    let out = drain(child.stdout.take().unwrap());
+    let err = drain(child.stderr.take().unwrap());
+    (child, out, err)
 }
 
 impl Lab {
@@ -365,23 +383,15 @@ impl Lab {
             let _ = run(cmd("ip", &["netns", "del", &ns]), CMD_LIMIT);
         }
         let port = free_port();
-        let mut c = Command::new(BIN);
-        c.arg("up")
-            .arg(&file)
-            .args(["--backend", "netns", "--prefix", &prefix])
-            .args(["--api-listen", &format!("127.0.0.1:{port}")])
-            .arg("--state")
-            .arg(dir.join("state"))
-            .args(extra(&dir))
-            .stdin(Stdio::null())
-            .stdout(Stdio::piped())
-            .stderr(Stdio::piped());
-        let what = describe(&c);
-        let mut child = c
-            .spawn()
-            .unwrap_or_else(|e| panic!("expected to start `{what}`; got {e}"));
-        let out = drain(child.stdout.take().unwrap());
-        let err = drain(child.stderr.take().unwrap());
+        let mut args: Vec<OsString> = vec!["up".into(), file.clone().into()];
+        for a in ["--backend", "netns", "--prefix", &prefix, "--api-listen"] {
+            args.push(a.into());
+        }
+        args.push(format!("127.0.0.1:{port}").into());
+        args.push("--state".into());
+        args.push(dir.join("state").into());
+        args.extend(extra(&dir));
+        let (child, out, err) = spawn_up(&args);
         let mut lab = Lab {
             child: Some(child),
             exit: None,
@@ -391,33 +401,55 @@ impl Lab {
             dir,
             out,
             err,
+            args,
         };
+        lab.wait_ready();
+        lab
+    }
+
+    /// Waits for `eiplab: ready` on the current `up`'s stdout.
+    #[track_caller]
+    fn wait_ready(&mut self) {
+        let what = format!("eiplab {:?}", self.args);
         let deadline = Instant::now() + READY_LIMIT;
         loop {
-            if text(&lab.out).lines().any(|l| l.trim() == "eiplab: ready") {
+            if text(&self.out).lines().any(|l| l.trim() == "eiplab: ready") {
                 break;
             }
-            if let Ok(Some(s)) = lab.child.as_mut().unwrap().try_wait() {
-                lab.exit = Some(s);
+            if let Ok(Some(s)) = self.child.as_mut().unwrap().try_wait() {
+                self.exit = Some(s);
                 std::thread::sleep(Duration::from_millis(50));
                 panic!(
                     "expected `{what}` to print `eiplab: ready` and keep running; it exited {s}\n\
                      stdout:\n{}\nstderr:\n{}",
-                    text(&lab.out),
-                    text(&lab.err)
+                    text(&self.out),
+                    text(&self.err)
                 );
             }
             if Instant::now() >= deadline {
                 panic!(
                     "expected `{what}` to print `eiplab: ready` within {READY_LIMIT:?}; it did not\n\
                      stdout:\n{}\nstderr:\n{}",
-                    text(&lab.out),
-                    text(&lab.err)
+                    text(&self.out),
+                    text(&self.err)
                 );
             }
             std::thread::sleep(Duration::from_millis(20));
         }
-        lab
+    }
+
+    /// Kills `up` with SIGKILL and starts it again with the same arguments (prefix, state).
+    #[track_caller]
+    fn kill_and_restart(&mut self) {
+        let mut child = self.child.take().expect("up is running");
+        signal(child.id(), "KILL");
+        let _ = wait_for(&mut child, Duration::from_secs(10));
+        let (child, out, err) = spawn_up(&self.args);
+        self.child = Some(child);
+        self.out = out;
+        self.err = err;
+        self.exit = None;
+        self.wait_ready();
     }
 
     fn ns(&self, name: &str) -> String {
@@ -1838,4 +1870,63 @@ fn vrouter_and_hairpin() {
     lab.wait_status(Duration::from_secs(3), "hairpin counted", |s| {
         s["counters"]["global"]["hairpin"].as_u64().unwrap_or(0) > 0
     });
+}
+
+// ---------------------------------------------------------------------------------------------
+// A killed `up` restarted with the same --state and --prefix: the stale namespaces are
+// replaced and every association made through the API is back in the dataplane.
+
+#[test]
+fn sigkill_restart_restores_associations() {
+    if !privileged("sigkill_restart_restores_associations") {
+        return;
+    }
+    let mut lab = Lab::up("cut-through.toml");
+    let v = lab.api_ok("AllocateEipAddress", &[("Bandwidth", "100")]);
+    let id = v["AllocationId"]
+        .as_str()
+        .expect("AllocationId")
+        .to_string();
+    let addr = v["EipAddress"].as_str().expect("EipAddress").to_string();
+    lab.api_ok(
+        "AssociateEipAddress",
+        &[
+            ("AllocationId", id.as_str()),
+            ("InstanceId", "i-peer"),
+            ("InstanceType", "EcsInstance"),
+        ],
+    );
+    wait_eip_status(&lab, &id, "InUse");
+
+    lab.kill_and_restart();
+    assert!(
+        lab.stderr().contains("killed run"),
+        "expected the restarted `up` to say it removed what the killed run left; stderr:\n{}",
+        lab.stderr()
+    );
+    wait_eip_status(&lab, &id, "InUse");
+    let _server = lab.http_server("i-peer", "0.0.0.0", 8080);
+    let r = retry(Duration::from_secs(5), "curl the restored EIP", || {
+        let r = lab.curl(
+            "internet",
+            &["--max-time", "2"],
+            &format!("http://{addr}:8080/"),
+        );
+        if r.ok() {
+            Ok(r)
+        } else {
+            Err(r.to_string())
+        }
+    });
+    assert_eq!(
+        r.out(),
+        "203.0.113.1",
+        "expected i-peer's server behind {addr}; got {r}"
+    );
+    // The lab file's own cut-through ENI is a device again, with its EIP.
+    let a = lab.exec("i-ct", &["ip", "-4", "addr", "show", "dev", "eth1"]);
+    assert!(
+        a.out().contains("198.51.100.30/32"),
+        "expected eth1 of i-ct to hold 198.51.100.30 after the restart; got {a}"
+    );
 }
