@@ -15,7 +15,7 @@
 pub mod pcap;
 
 use crate::engine::{Engine, PacketFlags, Side, TableCell, Verdict};
-use crate::lab::stats::Snapshot;
+use crate::lab::stats::{GatewayErrors, Snapshot};
 use std::io;
 use std::os::fd::{AsRawFd, RawFd};
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
@@ -225,6 +225,11 @@ impl Dataplane {
         {
             total.merge(&s.lock().unwrap_or_else(PoisonError::into_inner));
         }
+        total.gateway = GatewayErrors {
+            no_device: self.shell.no_device.load(Ordering::Relaxed),
+            tx_errors: self.shell.tx_errors.load(Ordering::Relaxed),
+            short_reads: self.shell.short_reads.load(Ordering::Relaxed),
+        };
         total
     }
 

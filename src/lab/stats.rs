@@ -21,6 +21,30 @@ pub struct Snapshot {
     pub eips: BTreeMap<EipSlot, EipCounters>,
     /// By `Eni.index`.
     pub enis: BTreeMap<EniId, EniCounters>,
+    /// Losses of the shell around the engines (see [`GatewayErrors`]).
+    pub gateway: GatewayErrors,
+}
+
+/// Packets the shell lost after (or before) the engine decided: not drop reasons of SPEC §2,
+/// but counted so that every lost packet shows somewhere.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct GatewayErrors {
+    /// The verdict named an ENI whose device is not (yet, or any more) there.
+    pub no_device: u64,
+    /// A device refused a write (interface down, queue full).
+    pub tx_errors: u64,
+    /// A read shorter than the virtio header.
+    pub short_reads: u64,
+}
+
+impl GatewayErrors {
+    fn each(&self) -> [(&'static str, u64); 3] {
+        [
+            ("no_device", self.no_device),
+            ("tx_error", self.tx_errors),
+            ("short_read", self.short_reads),
+        ]
+    }
 }
 
 fn add_all(a: &mut [u64], b: &[u64]) {
@@ -43,6 +67,9 @@ impl Snapshot {
         add_all(&mut g.alg_flagged, &o.alg_flagged);
         g.other_protocol += o.other_protocol;
         g.hairpin += o.hairpin;
+        self.gateway.no_device += other.gateway.no_device;
+        self.gateway.tx_errors += other.gateway.tx_errors;
+        self.gateway.short_reads += other.gateway.short_reads;
         for (slot, c) in &other.eips {
             self.eips.entry(*slot).or_default().merge(c);
         }
@@ -109,6 +136,7 @@ pub fn counters_json(cloud: &Cloud, snap: &Snapshot) -> Value {
         "drops": drops_json(&g.drops),
         "alg_passed": alg_json(&g.alg_passed),
         "alg_flagged": alg_json(&g.alg_flagged),
+        "gateway_errors": snap.gateway.each().iter().filter(|(_, v)| *v != 0).map(|(k, v)| (k.to_string(), json!(v))).collect::<Map<String, Value>>(),
     });
     let zero_eip = EipCounters::default();
     let eips: Vec<Value> = cloud
@@ -267,6 +295,16 @@ pub fn prometheus(cloud: &Cloud, snap: &Snapshot) -> String {
     let mut f = Family::new(o, name, "counter", "Packets dropped, by reason.");
     for r in DropReason::ALL {
         f.sample(name, &[("reason", r.name())], g.drops[*r as usize]);
+    }
+    let name = "eiplab_gateway_errors_total";
+    let mut f = Family::new(
+        o,
+        name,
+        "counter",
+        "Packets the gateway's shell lost around the engine, by kind.",
+    );
+    for (kind, n) in snap.gateway.each() {
+        f.sample(name, &[("kind", kind)], n);
     }
     for (name, help, counts) in [
         (
@@ -603,7 +641,11 @@ pub fn status_text(status: &Value) -> String {
         "global drops: {}",
         if d.is_empty() { "none" } else { &d }
     );
-    for (label, key) in [("alg passed", "alg_passed"), ("alg flagged", "alg_flagged")] {
+    for (label, key) in [
+        ("alg passed", "alg_passed"),
+        ("alg flagged", "alg_flagged"),
+        ("gateway errors", "gateway_errors"),
+    ] {
         let p = pairs(&g[key]);
         if !p.is_empty() {
             let _ = writeln!(out, "{label}: {p}");
@@ -1031,5 +1073,27 @@ mod tests {
         assert!(t.contains("received 16 pkts"), "{t}");
         assert!(t.contains("global drops: source_check=1 alg_ftp=3"), "{t}");
         assert!(t.contains("alg passed: sip=2"), "{t}");
+    }
+
+    #[test]
+    fn gateway_errors_are_shown_when_nonzero() {
+        let c = cloud();
+        let mut snap = snapshot(&c);
+        let v = counters_json(&c, &snap);
+        assert_eq!(v["global"]["gateway_errors"], json!({}));
+        snap.gateway.no_device = 2;
+        let mut other = Snapshot::default();
+        other.gateway.tx_errors = 1;
+        snap.merge(&other);
+        let v = counters_json(&c, &snap);
+        assert_eq!(
+            v["global"]["gateway_errors"],
+            json!({"no_device": 2, "tx_error": 1})
+        );
+        let text = prometheus(&c, &snap);
+        assert!(
+            text.contains("eiplab_gateway_errors_total{kind=\"no_device\"} 2\n"),
+            "{text}"
+        );
     }
 }
