@@ -1930,3 +1930,124 @@ fn sigkill_restart_restores_associations() {
         "expected eth1 of i-ct to hold 198.51.100.30 after the restart; got {a}"
     );
 }
+
+// ---------------------------------------------------------------------------------------------
+// A bad lab file is refused before anything is made, with the field and the fix.
+
+#[test]
+fn bad_lab_file_creates_nothing() {
+    if !privileged("bad_lab_file_creates_nothing") {
+        return;
+    }
+    let prefix = format!("{}-", unique("b"));
+    let dir = std::env::temp_dir().join(format!("eiplab-bad-{}", prefix.trim_end_matches('-')));
+    std::fs::create_dir_all(&dir).unwrap();
+    let good = std::fs::read_to_string(example("one-eip.toml")).unwrap();
+    // A private IP outside its vSwitch.
+    let bad = good.replace("\"10.0.1.10\"", "\"10.0.9.10\"");
+    assert_ne!(
+        good, bad,
+        "the example changed: this test must find 10.0.1.10 in it"
+    );
+    let file = dir.join("bad.toml");
+    std::fs::write(&file, bad).unwrap();
+    let links_before = root_links();
+    let mut c = Command::new(BIN);
+    c.arg("up")
+        .arg(&file)
+        .args(["--prefix", &prefix, "--api-listen"])
+        .arg(format!("127.0.0.1:{}", free_port()));
+    let r = run(c, Duration::from_secs(20));
+    let _ = std::fs::remove_dir_all(&dir);
+    assert!(!r.ok(), "expected `up` to refuse the file; got {r}");
+    assert!(
+        r.stderr.contains("10.0.9.10") && r.stderr.contains("enis"),
+        "expected the error to name the ENI's private IP field; got {r}"
+    );
+    assert!(
+        namespaces(&prefix).is_empty(),
+        "expected no namespace with prefix {prefix}; found {:?}",
+        namespaces(&prefix)
+    );
+    assert_eq!(
+        root_links(),
+        links_before,
+        "expected no new link in the root namespace"
+    );
+}
+
+// ---------------------------------------------------------------------------------------------
+// AttachNetworkInterface / DetachNetworkInterface through the API while the lab runs: the ENI
+// becomes eth1 in the instance (here a cut-through ENI: it holds its EIP) and goes again.
+
+#[test]
+fn attach_and_detach_through_the_api() {
+    if !privileged("attach_and_detach_through_the_api") {
+        return;
+    }
+    let lab = Lab::up("nat-and-cut-through.toml");
+    let has_eth1 = || {
+        lab.exec("i-multi", &["ip", "-4", "-o", "addr"])
+            .out()
+            .contains("eth1")
+    };
+    assert!(!has_eth1(), "expected i-multi to start with eth0 only");
+    lab.api_ok(
+        "AttachNetworkInterface",
+        &[
+            ("NetworkInterfaceId", "eni-spare"),
+            ("InstanceId", "i-multi"),
+        ],
+    );
+    retry(Duration::from_secs(3), "eth1 with 198.51.100.30", || {
+        let a = lab.exec(
+            "i-multi",
+            &["ip", "-4", "-o", "addr", "show", "dev", "eth1"],
+        );
+        if a.out().contains("198.51.100.30/32") {
+            Ok(())
+        } else {
+            Err(a.to_string())
+        }
+    });
+    let r = retry(
+        Duration::from_secs(5),
+        "echo through the cut-through EIP",
+        || {
+            let r = lab.curl(
+                "i-multi",
+                &["--max-time", "2", "--interface", "198.51.100.30"],
+                "http://203.0.113.1/",
+            );
+            if r.ok() {
+                Ok(r)
+            } else {
+                Err(r.to_string())
+            }
+        },
+    );
+    assert_eq!(
+        r.out(),
+        "198.51.100.30",
+        "expected the echo to see the EIP itself; got {r}"
+    );
+    lab.api_ok(
+        "DetachNetworkInterface",
+        &[
+            ("NetworkInterfaceId", "eni-spare"),
+            ("InstanceId", "i-multi"),
+        ],
+    );
+    retry(Duration::from_secs(3), "eth1 gone", || {
+        if has_eth1() {
+            Err("eth1 still there".into())
+        } else {
+            Ok(())
+        }
+    });
+    let rules = lab.exec("i-multi", &["ip", "rule"]);
+    assert!(
+        !rules.out().contains("198.51.100.30"),
+        "expected the EIP's policy rule removed with the ENI; got {rules}"
+    );
+}
