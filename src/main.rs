@@ -364,6 +364,7 @@ fn up(
         let meta = tokio::spawn(eiplab::lab::services::metadata(
             services.metadata,
             cp.clone(),
+            file.vpc.id.clone(),
         ));
         eprintln!(
             "eiplab: lab up: namespaces {prefix}internet, {prefix}cloud, {}",

@@ -36,7 +36,9 @@ pub async fn echo(listener: std::net::TcpListener) -> Result<(), String> {
 pub async fn metadata(
     listener: std::net::TcpListener,
     cp: Arc<ControlPlane>,
+    vpc_id: String,
 ) -> Result<(), String> {
+    let state = Meta { cp, vpc_id };
     let l = tokio::net::TcpListener::from_std(listener).map_err(|e| e.to_string())?;
     let app = Router::new()
         .route("/", get(|| async { "latest\n" }))
@@ -45,32 +47,41 @@ pub async fn metadata(
         .route("/latest/meta-data", get(meta_root))
         .route("/latest/meta-data/", get(meta_root))
         .route("/latest/meta-data/{*path}", get(meta_path))
-        .with_state(cp);
+        .with_state(Arc::new(state));
     axum::serve(l, app.into_make_service_with_connect_info::<SocketAddr>())
         .await
         .map_err(|e| e.to_string())
 }
 
+/// What the metadata handlers share: the cloud, and the VPC id the lab file names.
+struct Meta {
+    cp: Arc<ControlPlane>,
+    vpc_id: String,
+}
+
 async fn meta_root(
-    State(cp): State<Arc<ControlPlane>>,
+    State(m): State<Arc<Meta>>,
     ConnectInfo(peer): ConnectInfo<SocketAddr>,
 ) -> Response {
-    answer(&cp, peer, "")
+    answer(&m, peer, "")
 }
 
 async fn meta_path(
-    State(cp): State<Arc<ControlPlane>>,
+    State(m): State<Arc<Meta>>,
     ConnectInfo(peer): ConnectInfo<SocketAddr>,
     Path(path): Path<String>,
 ) -> Response {
-    answer(&cp, peer, &path)
+    answer(&m, peer, &path)
 }
 
-fn answer(cp: &ControlPlane, peer: SocketAddr, path: &str) -> Response {
+fn answer(m: &Meta, peer: SocketAddr, path: &str) -> Response {
     let IpAddr::V4(src) = peer.ip() else {
         return (StatusCode::NOT_FOUND, "IPv4 only\n").into_response();
     };
-    match cp.with_cloud(|c| lookup(c, src, path.trim_end_matches('/'))) {
+    match m
+        .cp
+        .with_cloud(|c| lookup(c, &m.vpc_id, src, path.trim_end_matches('/')))
+    {
         Some(body) => body.into_response(),
         None => (StatusCode::NOT_FOUND, "Not Found\n").into_response(),
     }
@@ -82,7 +93,7 @@ pub fn eni_mac(index: u16) -> String {
 }
 
 /// The answer to `path` (no leading or trailing slash) for the instance that owns `src`.
-pub fn lookup(c: &Cloud, src: Ipv4Addr, path: &str) -> Option<String> {
+pub fn lookup(c: &Cloud, vpc_id: &str, src: Ipv4Addr, path: &str) -> Option<String> {
     let eni = c
         .enis
         .values()
@@ -140,6 +151,7 @@ pub fn lookup(c: &Cloud, src: Ipv4Addr, path: &str) -> Option<String> {
                 "network/",
                 "private-ipv4",
                 "region-id",
+                "vpc-id",
                 "vswitch-cidr-block",
                 "vswitch-id",
                 "zone-id",
@@ -150,6 +162,7 @@ pub fn lookup(c: &Cloud, src: Ipv4Addr, path: &str) -> Option<String> {
         "private-ipv4" => line(private_ipv4?.to_string()),
         "eipv4" => line(eipv4?.to_string()),
         "region-id" => line(instance.region.clone()),
+        "vpc-id" => line(vpc_id.to_string()),
         "zone-id" => line(vsw?.zone.clone()),
         "vswitch-id" => line(primary.vswitch.clone()),
         "vswitch-cidr-block" => line(format!("{}/{}", vsw?.network, vsw?.prefix_len)),
@@ -181,6 +194,7 @@ pub fn lookup(c: &Cloud, src: Ipv4Addr, path: &str) -> Option<String> {
                         "network-interface-id",
                         "primary-ip-address",
                         "private-ipv4s",
+                        "vpc-id",
                         "vswitch-cidr-block",
                         "vswitch-id",
                     ]
@@ -198,10 +212,89 @@ pub fn lookup(c: &Cloud, src: Ipv4Addr, path: &str) -> Option<String> {
                 )),
                 "netmask" => line(Ipv4Addr::from(mask).to_string()),
                 "gateway" => line(v.gateway.to_string()),
+                "vpc-id" => line(vpc_id.to_string()),
                 "vswitch-id" => line(e.vswitch.clone()),
                 "vswitch-cidr-block" => line(format!("{}/{}", v.network, v.prefix_len)),
                 _ => None,
             }
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn example(name: &str) -> Cloud {
+        let path = std::path::Path::new(env!("CARGO_MANIFEST_DIR"))
+            .join("examples")
+            .join(name);
+        let file = crate::lab::config::load(&path).expect("example loads");
+        crate::lab::cloud::build(&file, 1_000_000_000).expect("example builds")
+    }
+
+    fn ask(c: &Cloud, src: &str, path: &str) -> Option<String> {
+        lookup(c, "vpc-x", src.parse().unwrap(), path).map(|s| s.trim_end().to_string())
+    }
+
+    #[test]
+    fn an_instance_is_known_by_any_of_its_addresses() {
+        let c = example("multi-eip-nat.toml");
+        for src in ["10.0.1.10", "10.0.1.21"] {
+            assert_eq!(ask(&c, src, "instance-id").as_deref(), Some("i-app"));
+            // The primary private IP and its EIP, whichever ENI asked.
+            assert_eq!(ask(&c, src, "private-ipv4").as_deref(), Some("10.0.1.10"));
+            assert_eq!(ask(&c, src, "eipv4").as_deref(), Some("198.51.100.20"));
+        }
+        assert_eq!(ask(&c, "10.0.1.10", "vpc-id").as_deref(), Some("vpc-x"));
+        assert_eq!(
+            ask(&c, "10.0.1.10", "zone-id").as_deref(),
+            Some("cn-shanghai-b")
+        );
+        assert_eq!(ask(&c, "10.0.1.99", "instance-id"), None, "unknown caller");
+        assert_eq!(ask(&c, "10.0.1.10", "no-such-key"), None);
+    }
+
+    #[test]
+    fn interfaces_are_listed_by_mac_primary_first() {
+        let c = example("multi-eip-nat.toml");
+        let macs = ask(&c, "10.0.1.10", "network/interfaces/macs").unwrap();
+        let macs: Vec<&str> = macs.lines().collect();
+        assert_eq!(macs.len(), 2, "{macs:?}");
+        let second = macs[1].trim_end_matches('/');
+        let base = format!("network/interfaces/macs/{second}");
+        assert_eq!(
+            ask(&c, "10.0.1.10", &format!("{base}/network-interface-id")).as_deref(),
+            Some("eni-app1")
+        );
+        assert_eq!(
+            ask(&c, "10.0.1.10", &format!("{base}/private-ipv4s")).as_deref(),
+            Some(r#"["10.0.1.20","10.0.1.21","10.0.1.22"]"#)
+        );
+        assert_eq!(
+            ask(&c, "10.0.1.10", &format!("{base}/netmask")).as_deref(),
+            Some("255.255.255.0")
+        );
+        assert_eq!(
+            ask(&c, "10.0.1.10", &format!("{base}/gateway")).as_deref(),
+            Some("10.0.1.253")
+        );
+        let first = macs[0].trim_end_matches('/');
+        assert_eq!(ask(&c, "10.0.1.10", "mac").as_deref(), Some(first));
+    }
+
+    #[test]
+    fn no_eip_means_no_eipv4() {
+        let c = example("cut-through.toml");
+        assert_eq!(
+            ask(&c, "10.0.1.11", "instance-id").as_deref(),
+            Some("i-peer")
+        );
+        assert_eq!(ask(&c, "10.0.1.11", "eipv4"), None);
+        // i-ct's NAT EIP is on its primary; the cut-through EIP is not eipv4.
+        assert_eq!(
+            ask(&c, "10.0.1.10", "eipv4").as_deref(),
+            Some("198.51.100.10")
+        );
     }
 }
