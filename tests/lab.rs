@@ -260,6 +260,19 @@ fn retry<T>(limit: Duration, what: &str, mut f: impl FnMut() -> Result<T, String
 // ---------------------------------------------------------------------------------------------
 // A process running in the background inside a namespace; killed by pid on drop.
 
+/// Runs `f` until its command succeeds (see [`retry`]); returns the successful run.
+#[track_caller]
+fn retry_ok(limit: Duration, what: &str, mut f: impl FnMut() -> Run) -> Run {
+    retry(limit, what, || {
+        let r = f();
+        if r.ok() {
+            Ok(r)
+        } else {
+            Err(r.to_string())
+        }
+    })
+}
+
 struct Bg {
     child: Child,
     what: String,
@@ -518,17 +531,10 @@ impl Lab {
             o.contains("listening")
         });
         let local = if addr == "0.0.0.0" { "127.0.0.1" } else { addr };
-        retry(
+        retry_ok(
             Duration::from_secs(5),
             "HTTP server answers locally",
-            || {
-                let r = self.curl(ns, &["--max-time", "2"], &format!("http://{local}:{port}/"));
-                if r.ok() {
-                    Ok(())
-                } else {
-                    Err(r.to_string())
-                }
-            },
+            || self.curl(ns, &["--max-time", "2"], &format!("http://{local}:{port}/")),
         );
         s
     }
@@ -842,18 +848,13 @@ fn nat_mode_curl_reaches_guest_and_guest_sees_no_eip() {
     let _server = lab.http_server("i-web", "0.0.0.0", 8080);
 
     // From the Internet, the EIP reaches the guest's server, which sees the client's address.
-    let seen = retry(
+    let seen = retry_ok(
         Duration::from_secs(10),
         "curl http://198.51.100.10:8080/ from internet",
-        || {
-            let r = lab.curl("internet", &[], "http://198.51.100.10:8080/");
-            if r.ok() {
-                Ok(r.out().to_string())
-            } else {
-                Err(r.to_string())
-            }
-        },
-    );
+        || lab.curl("internet", &[], "http://198.51.100.10:8080/"),
+    )
+    .out()
+    .to_string();
     assert_eq!(
         seen, "203.0.113.1",
         "expected the guest's server to see the Internet client 203.0.113.1; it saw {seen:?}"
@@ -989,18 +990,13 @@ fn seed_004_policy_routing() {
         ("10.0.1.21", "198.51.100.22"),
         ("10.0.1.22", "198.51.100.23"),
     ] {
-        let got = retry(
+        let got = retry_ok(
             Duration::from_secs(10),
             &format!("curl --interface {ip}"),
-            || {
-                let r = lab.curl("i-app", &["--interface", ip], "http://203.0.113.1/");
-                if r.ok() {
-                    Ok(r.out().to_string())
-                } else {
-                    Err(r.to_string())
-                }
-            },
-        );
+            || lab.curl("i-app", &["--interface", ip], "http://203.0.113.1/"),
+        )
+        .out()
+        .to_string();
         assert_eq!(
             got, eip,
             "expected curl --interface {ip} http://203.0.113.1/ to report {ip}'s EIP {eip}; got {got:?}"
@@ -1093,18 +1089,13 @@ fn cut_through() {
 
     // A server bound to the EIP itself is reachable from the Internet.
     let _server = lab.http_server("i-ct", "198.51.100.30", 8080);
-    let seen = retry(
+    let seen = retry_ok(
         Duration::from_secs(10),
         "curl http://198.51.100.30:8080/",
-        || {
-            let r = lab.curl("internet", &[], "http://198.51.100.30:8080/");
-            if r.ok() {
-                Ok(r.out().to_string())
-            } else {
-                Err(r.to_string())
-            }
-        },
-    );
+        || lab.curl("internet", &[], "http://198.51.100.30:8080/"),
+    )
+    .out()
+    .to_string();
     assert_eq!(
         seen, "203.0.113.1",
         "expected the server on the EIP to see 203.0.113.1; got {seen:?}"
@@ -1178,17 +1169,10 @@ fn cut_through() {
                     || eip_drops(s, "eip-ct-bind", "cut_through_private") > 0)
         },
     );
-    retry(
+    retry_ok(
         Duration::from_secs(10),
         "ping -c1 -W1 10.0.1.11 via eth0 (vRouter to i-peer)",
-        || {
-            let r = lab.exec("i-ct", &["ping", "-c", "1", "-W", "1", "10.0.1.11"]);
-            if r.ok() {
-                Ok(())
-            } else {
-                Err(r.to_string())
-            }
-        },
+        || lab.exec("i-ct", &["ping", "-c", "1", "-W", "1", "10.0.1.11"]),
     );
 }
 
@@ -1239,17 +1223,10 @@ fn alg_drop_nat_vs_cut_through() {
     };
 
     // Controls: the NAT EIP works for ordinary ports (so a failure below is the ALG rule).
-    retry(
+    retry_ok(
         Duration::from_secs(10),
         "TCP connect to 198.51.100.10:8021 (control)",
-        || {
-            let r = connect("198.51.100.10", "8021");
-            if r.ok() {
-                Ok(())
-            } else {
-                Err(r.to_string())
-            }
-        },
+        || connect("198.51.100.10", "8021"),
     );
     retry(
         Duration::from_secs(10),
@@ -1286,17 +1263,10 @@ fn alg_drop_nat_vs_cut_through() {
     );
 
     // Cut-through: the same protocols pass.
-    retry(
+    retry_ok(
         Duration::from_secs(10),
         "TCP connect to 198.51.100.30:21 (cut-through)",
-        || {
-            let r = connect("198.51.100.30", "21");
-            if r.ok() {
-                Ok(())
-            } else {
-                Err(r.to_string())
-            }
-        },
+        || connect("198.51.100.30", "21"),
     );
     retry(
         Duration::from_secs(10),
@@ -1339,6 +1309,28 @@ fn reply_times(out: &str) -> Vec<f64> {
             l[..l.find(']')?].parse().ok()
         })
         .collect()
+}
+
+/// AllocateEipAddress, then AssociateEipAddress on `instance` (NAT, its primary private IP);
+/// returns (AllocationId, address) once the EIP is InUse.
+#[track_caller]
+fn allocate_for_instance(lab: &Lab, instance: &str) -> (String, String) {
+    let v = lab.api_ok("AllocateEipAddress", &[("Bandwidth", "100")]);
+    let id = v["AllocationId"]
+        .as_str()
+        .expect("AllocationId")
+        .to_string();
+    let addr = v["EipAddress"].as_str().expect("EipAddress").to_string();
+    lab.api_ok(
+        "AssociateEipAddress",
+        &[
+            ("AllocationId", id.as_str()),
+            ("InstanceId", instance),
+            ("InstanceType", "EcsInstance"),
+        ],
+    );
+    wait_eip_status(lab, &id, "InUse");
+    (id, addr)
 }
 
 #[track_caller]
@@ -1478,18 +1470,13 @@ fn two_labs_side_by_side() {
             "lab {}: expected the echo service to see the EIP 198.51.100.10; got {r}",
             lab.prefix
         );
-        let seen = retry(
+        let seen = retry_ok(
             Duration::from_secs(10),
             "curl the EIP from internet",
-            || {
-                let r = lab.curl("internet", &[], "http://198.51.100.10:8080/");
-                if r.ok() {
-                    Ok(r.out().to_string())
-                } else {
-                    Err(r.to_string())
-                }
-            },
-        );
+            || lab.curl("internet", &[], "http://198.51.100.10:8080/"),
+        )
+        .out()
+        .to_string();
         assert_eq!(
             seen, "203.0.113.1",
             "lab {}: expected the guest to see 203.0.113.1; got {seen:?}",
@@ -1840,29 +1827,12 @@ fn vrouter_and_hairpin() {
     );
 
     // Give i-peer an EIP through the API, then hairpin to i-ct's NAT EIP.
-    let v = lab.api_ok("AllocateEipAddress", &[("Bandwidth", "100")]);
-    let id = v["AllocationId"]
-        .as_str()
-        .expect("AllocationId")
-        .to_string();
-    let addr = v["EipAddress"].as_str().expect("EipAddress").to_string();
-    lab.api_ok(
-        "AssociateEipAddress",
-        &[
-            ("AllocationId", id.as_str()),
-            ("InstanceId", "i-peer"),
-            ("InstanceType", "EcsInstance"),
-        ],
-    );
-    wait_eip_status(&lab, &id, "InUse");
-    let seen = retry(Duration::from_secs(5), "hairpin curl", || {
-        let r = lab.curl("i-peer", &["--max-time", "2"], "http://198.51.100.10:8080/");
-        if r.ok() {
-            Ok(r.out().to_string())
-        } else {
-            Err(r.to_string())
-        }
-    });
+    let (_, addr) = allocate_for_instance(&lab, "i-peer");
+    let seen = retry_ok(Duration::from_secs(5), "hairpin curl", || {
+        lab.curl("i-peer", &["--max-time", "2"], "http://198.51.100.10:8080/")
+    })
+    .out()
+    .to_string();
     assert_eq!(
         seen, addr,
         "expected i-ct's server to see the hairpinned request from i-peer's EIP {addr}; it saw {seen:?}"
@@ -1882,21 +1852,7 @@ fn sigkill_restart_restores_associations() {
         return;
     }
     let mut lab = Lab::up("cut-through.toml");
-    let v = lab.api_ok("AllocateEipAddress", &[("Bandwidth", "100")]);
-    let id = v["AllocationId"]
-        .as_str()
-        .expect("AllocationId")
-        .to_string();
-    let addr = v["EipAddress"].as_str().expect("EipAddress").to_string();
-    lab.api_ok(
-        "AssociateEipAddress",
-        &[
-            ("AllocationId", id.as_str()),
-            ("InstanceId", "i-peer"),
-            ("InstanceType", "EcsInstance"),
-        ],
-    );
-    wait_eip_status(&lab, &id, "InUse");
+    let (id, addr) = allocate_for_instance(&lab, "i-peer");
 
     lab.kill_and_restart();
     assert!(
@@ -1906,17 +1862,12 @@ fn sigkill_restart_restores_associations() {
     );
     wait_eip_status(&lab, &id, "InUse");
     let _server = lab.http_server("i-peer", "0.0.0.0", 8080);
-    let r = retry(Duration::from_secs(5), "curl the restored EIP", || {
-        let r = lab.curl(
+    let r = retry_ok(Duration::from_secs(5), "curl the restored EIP", || {
+        lab.curl(
             "internet",
             &["--max-time", "2"],
             &format!("http://{addr}:8080/"),
-        );
-        if r.ok() {
-            Ok(r)
-        } else {
-            Err(r.to_string())
-        }
+        )
     });
     assert_eq!(
         r.out(),
@@ -2010,20 +1961,15 @@ fn attach_and_detach_through_the_api() {
             Err(a.to_string())
         }
     });
-    let r = retry(
+    let r = retry_ok(
         Duration::from_secs(5),
         "echo through the cut-through EIP",
         || {
-            let r = lab.curl(
+            lab.curl(
                 "i-multi",
                 &["--max-time", "2", "--interface", "198.51.100.30"],
                 "http://203.0.113.1/",
-            );
-            if r.ok() {
-                Ok(r)
-            } else {
-                Err(r.to_string())
-            }
+            )
         },
     );
     assert_eq!(

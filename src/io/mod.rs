@@ -252,7 +252,9 @@ impl Dataplane {
         let mut buf = vec![0u8; BUF_LEN];
         let mut aux = vec![0u8; BUF_LEN];
         let fd = port.fd();
-        let mut last_publish = Instant::now();
+        // Engine-clock time of the last publication: the one clock read per packet serves both.
+        let mut last_publish = self.now();
+        let every = PUBLISH_EVERY.as_nanos() as u64;
         let mut dirty = false;
         tracing::debug!(port = %port.name, "worker started");
         loop {
@@ -265,6 +267,7 @@ impl Dataplane {
             }
             // SAFETY: reading into a buffer we own, of its length, from a descriptor we hold.
             let n = unsafe { libc::read(fd, buf.as_mut_ptr().cast(), buf.len()) };
+            let now = self.now();
             if n < 0 {
                 let e = io::Error::last_os_error();
                 match e.kind() {
@@ -274,14 +277,14 @@ impl Dataplane {
                         std::thread::sleep(Duration::from_millis(10));
                     }
                 }
-                if dirty && last_publish.elapsed() >= PUBLISH_EVERY {
-                    *slot.lock().unwrap_or_else(PoisonError::into_inner) = snapshot_of(&engine);
-                    last_publish = Instant::now();
-                    dirty = false;
-                }
-                if engine.poll_timeout().is_some_and(|t| t <= self.now()) {
-                    engine.handle_timeout(self.now());
+                if engine.poll_timeout().is_some_and(|t| t <= now) {
+                    engine.handle_timeout(now);
                     dirty = true;
+                }
+                if dirty && now.saturating_sub(last_publish) >= every {
+                    publish(&slot, &engine);
+                    last_publish = now;
+                    dirty = false;
                 }
                 poll_in(fd, IDLE_POLL_MS);
                 continue;
@@ -291,7 +294,6 @@ impl Dataplane {
                 self.shell.short_reads.fetch_add(1, Ordering::Relaxed);
                 continue;
             }
-            let now = self.now();
             port.capture(&buf[VIRTIO_NET_HDR_LEN..n]);
             let hdr = VirtioNetHdr::decode(&buf).unwrap_or_default();
             let flags = PacketFlags {
@@ -322,9 +324,9 @@ impl Dataplane {
                 }
             }
             dirty = true;
-            if last_publish.elapsed() >= PUBLISH_EVERY {
-                *slot.lock().unwrap_or_else(PoisonError::into_inner) = snapshot_of(&engine);
-                last_publish = Instant::now();
+            if now.saturating_sub(last_publish) >= every {
+                publish(&slot, &engine);
+                last_publish = now;
                 dirty = false;
             }
         }
@@ -354,6 +356,11 @@ impl Dataplane {
             }
         }
     }
+}
+
+/// Makes a worker's counters visible to [`Dataplane::snapshot`].
+fn publish(slot: &Mutex<Snapshot>, engine: &Engine) {
+    *slot.lock().unwrap_or_else(PoisonError::into_inner) = snapshot_of(engine);
 }
 
 /// An engine's counters as a [`Snapshot`] (zero rows left out).

@@ -17,7 +17,7 @@ use std::collections::{BTreeMap, HashMap};
 use std::net::{Ipv4Addr, SocketAddr};
 use std::path::PathBuf;
 use std::sync::atomic::{AtomicBool, Ordering};
-use std::sync::{Arc, Mutex};
+use std::sync::Arc;
 use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
 
@@ -164,7 +164,9 @@ struct Reconciler {
 }
 
 impl Reconciler {
-    fn step(&mut self, cp: &ControlPlane) {
+    /// Brings the devices in line with the cloud; returns the ENIs whose device could not be
+    /// made (logged; the next change retries them).
+    fn step(&mut self, cp: &ControlPlane) -> Vec<String> {
         let want = cp.with_cloud(wanted);
         let keep: HashMap<u16, &Want> = want.iter().map(|w| (w.index, w)).collect();
         let gone: Vec<u16> = self
@@ -186,14 +188,18 @@ impl Reconciler {
                 }
             }
         }
+        let mut failed = Vec::new();
         for w in want {
             if self.attached.contains_key(&w.index) {
                 continue;
             }
-            if let Err(e) = self.attach(w.clone()) {
-                tracing::error!(eni = %w.eni_id, "cannot make the ENI's device: {e}");
+            let id = w.eni_id.clone();
+            if let Err(e) = self.attach(w) {
+                tracing::error!(eni = %id, "cannot make the ENI's device: {e}");
+                failed.push(id);
             }
         }
+        failed
     }
 
     fn attach(&mut self, w: Want) -> Result<(), String> {
@@ -210,29 +216,14 @@ impl Reconciler {
             (1..).find(|k| !used.contains(k)).unwrap_or(1)
         };
         let dev = format!("eth{n}");
-        // A device of the same name that was just detached may still be closing.
-        let deadline = Instant::now() + Duration::from_secs(3);
-        let tun = loop {
-            match open_tun(&ns, &dev) {
-                Ok(t) => break t,
-                Err(e) if Instant::now() < deadline => {
-                    tracing::debug!("{e}; retrying");
-                    std::thread::sleep(Duration::from_millis(50));
-                }
-                Err(e) => return Err(e),
-            }
-        };
-        let capture = match &self.pcap {
-            Some(d) => Some(Capture::create(d, &format!("{}.{dev}", w.instance))?),
-            None => None,
-        };
-        let port = Port::new(
-            format!("{}.{dev}", w.instance),
+        add_device(
+            &self.dp,
+            self.pcap.as_deref(),
+            &ns,
+            &dev,
+            &format!("{}.{dev}", w.instance),
             Side::Eni(w.index),
-            tun,
-            capture,
-        );
-        self.dp.add_port(port).map_err(|e| e.to_string())?;
+        )?;
         let configure = !self.unconfigured.contains(&w.eni_id);
         configure_eni(&ns, &dev, n, &w, self.internet_gateway, configure)?;
         tracing::info!(eni = %w.eni_id, ns = %ns, dev = %dev, mode = ?w.mode, "ENI attached");
@@ -247,6 +238,36 @@ impl Reconciler {
         );
         Ok(())
     }
+}
+
+/// Opens TUN device `dev` inside `ns` and gives it to the gateway as the port of `side`, with a
+/// capture `name.pcap` under `--pcap`. A device of the same name that was just detached may
+/// still be closing: opening is retried for a few seconds.
+fn add_device(
+    dp: &Arc<Dataplane>,
+    pcap: Option<&std::path::Path>,
+    ns: &str,
+    dev: &str,
+    name: &str,
+    side: Side,
+) -> Result<(), String> {
+    let deadline = Instant::now() + Duration::from_secs(3);
+    let tun = loop {
+        match open_tun(ns, dev) {
+            Ok(t) => break t,
+            Err(e) if Instant::now() < deadline => {
+                tracing::debug!("{e}; retrying");
+                std::thread::sleep(Duration::from_millis(50));
+            }
+            Err(e) => return Err(e),
+        }
+    };
+    let capture = match pcap {
+        Some(d) => Some(Capture::create(d, name)?),
+        None => None,
+    };
+    dp.add_port(Port::new(name.to_string(), side, tun, capture))
+        .map_err(|e| e.to_string())
 }
 
 /// Configures an ENI's device in the guest the way the cloud's images do (SPEC §5).
@@ -452,24 +473,12 @@ impl Lab {
         }
         let inet = format!("{}internet", opts.prefix);
         let cloud_ns = format!("{}cloud", opts.prefix);
-        let capture = |name: &str| -> Result<Option<Capture>, String> {
-            match &opts.pcap {
-                Some(d) => Capture::create(d, name).map(Some),
-                None => Ok(None),
-            }
-        };
+        let pcap = opts.pcap.as_deref();
 
         // The internet: its hosts, the echo service, the way to the EIPs.
         let echo = file.internet.echo_address();
         let gateway = file.internet.gateway;
-        let tun = open_tun(&inet, "eth0")?;
-        dp.add_port(Port::new(
-            "internet.eth0".into(),
-            Side::Internet,
-            tun,
-            capture("internet.eth0")?,
-        ))
-        .map_err(|e| e.to_string())?;
+        add_device(&dp, pcap, &inet, "eth0", "internet.eth0", Side::Internet)?;
         ip_in(&inet, &["link", "set", "eth0", "up"])?;
         ip_in(
             &inet,
@@ -495,14 +504,14 @@ impl Lab {
         )?;
 
         // The cloud's services: the metadata service, reached from the VPC.
-        let tun = open_tun(&cloud_ns, "eth0")?;
-        dp.add_port(Port::new(
-            "cloud.eth0".into(),
+        add_device(
+            &dp,
+            pcap,
+            &cloud_ns,
+            "eth0",
+            "cloud.eth0",
             Side::CloudServices,
-            tun,
-            capture("cloud.eth0")?,
-        ))
-        .map_err(|e| e.to_string())?;
+        )?;
         ip_in(&cloud_ns, &["link", "set", "eth0", "up"])?;
         ip_in(
             &cloud_ns,
@@ -535,13 +544,7 @@ impl Lab {
             attached: BTreeMap::new(),
             dp: dp.clone(),
         };
-        rec.step(&cp);
-        let missing: Vec<_> = cp
-            .with_cloud(wanted)
-            .into_iter()
-            .filter(|w| !rec.attached.contains_key(&w.index))
-            .map(|w| w.eni_id)
-            .collect();
+        let missing = rec.step(&cp);
         if !missing.is_empty() {
             return Err(format!(
                 "could not make devices for {} (see the log above)",
@@ -549,7 +552,6 @@ impl Lab {
             ));
         }
         let stop = lab.stop.clone();
-        let rec = Mutex::new(rec);
         lab.reconciler = Some(
             std::thread::Builder::new()
                 .name("reconcile".into())
@@ -560,7 +562,7 @@ impl Lab {
                         let g = cp.cell.generation();
                         if g != seen {
                             seen = g;
-                            rec.lock().unwrap().step(&cp);
+                            rec.step(&cp);
                         }
                     }
                 })
