@@ -1996,4 +1996,59 @@ fn attach_and_detach_through_the_api() {
         !rules.out().contains("198.51.100.30"),
         "expected the EIP's policy rule removed with the ENI; got {rules}"
     );
+
+    // A MULTI_BINDED ENI on a DHCP instance: private IP and both EIPs, one rule per EIP, and
+    // every rule gone with the ENI.
+    lab.api_ok(
+        "AttachNetworkInterface",
+        &[
+            ("NetworkInterfaceId", "eni-multi"),
+            ("InstanceId", "i-multi"),
+        ],
+    );
+    retry(
+        Duration::from_secs(3),
+        "eth1 with 10.0.2.20 and both EIPs",
+        || {
+            let a = lab.exec(
+                "i-multi",
+                &["ip", "-4", "-o", "addr", "show", "dev", "eth1"],
+            );
+            let o = a.out();
+            if o.contains("10.0.2.20/24")
+                && o.contains("198.51.100.41/32")
+                && o.contains("198.51.100.42/32")
+            {
+                Ok(())
+            } else {
+                Err(a.to_string())
+            }
+        },
+    );
+    let rules = lab.exec("i-multi", &["ip", "rule"]);
+    for eip in ["198.51.100.41", "198.51.100.42"] {
+        assert!(
+            rules.out().contains(eip),
+            "expected a rule from {eip}; got {rules}"
+        );
+    }
+    lab.api_ok(
+        "DetachNetworkInterface",
+        &[
+            ("NetworkInterfaceId", "eni-multi"),
+            ("InstanceId", "i-multi"),
+        ],
+    );
+    retry(Duration::from_secs(3), "eth1 gone again", || {
+        if has_eth1() {
+            Err("eth1 still there".into())
+        } else {
+            Ok(())
+        }
+    });
+    let rules = lab.exec("i-multi", &["ip", "rule"]);
+    assert!(
+        !rules.out().contains("198.51.100.4"),
+        "expected the MULTI_BINDED EIPs' rules removed with the ENI; got {rules}"
+    );
 }

@@ -100,6 +100,17 @@ enum GuestMode {
     MultiBinded(Vec<Ipv4Addr>, bool),
 }
 
+impl GuestMode {
+    /// The EIPs the guest gets a policy rule for (`from EIP lookup 100+N`).
+    fn ruled_eips(&self) -> Vec<Ipv4Addr> {
+        match self {
+            GuestMode::Private | GuestMode::MultiBinded(_, false) => Vec::new(),
+            GuestMode::Binded(e) => vec![*e],
+            GuestMode::MultiBinded(eips, true) => eips.clone(),
+        }
+    }
+}
+
 fn wanted(c: &Cloud) -> Vec<Want> {
     let mut v = Vec::new();
     for e in c.enis.values() {
@@ -179,8 +190,9 @@ impl Reconciler {
             if let Some(a) = self.attached.remove(&i) {
                 tracing::info!(eni = %a.want.eni_id, ns = %a.ns, dev = %a.dev, "ENI detached: device removed");
                 self.dp.remove_eni(i);
-                if let GuestMode::Binded(eip) = a.want.mode {
-                    let t = (TABLE_BASE + a.n).to_string();
+                // The device's routes went with it; its policy rules stay unless removed.
+                let t = (TABLE_BASE + a.n).to_string();
+                for eip in a.want.mode.ruled_eips() {
                     let _ = ip_in(
                         &a.ns,
                         &["rule", "del", "from", &eip.to_string(), "lookup", &t],
