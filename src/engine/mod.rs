@@ -16,7 +16,7 @@ mod frag;
 pub mod stats;
 pub mod table;
 
-pub use cell::TableCell;
+pub use cell::{TableCell, Waker, WatchId};
 pub use stats::{
     burst_bytes, Counter, DropCounts, DropReason, EipCounters, EniCounters, GlobalCounters,
 };

@@ -1,0 +1,100 @@
+#!/usr/bin/env bash
+# How a lab's start, size and stop grow with the number of instances.
+#
+#   sudo scripts/lab-scale.sh [N ...]            (default: 10 100 400 1000)
+#   IDLE_SECONDS=20 sudo scripts/lab-scale.sh 1  (also: CPU of an idle lab over that long)
+#
+# For each N: a lab file with N instances (one ENI each, one EIP each in NAT mode, on vSwitches
+# of 10.0.0.0/8 and an EIP pool in 198.18.0.0/15, the benchmarking range of RFC 2544) is
+# started with `eiplab up`; the script reports the seconds until `eiplab: ready`, the gateway's
+# resident memory and thread count once ready, and the seconds from SIGTERM until the process
+# has exited with every namespace gone. With IDLE_SECONDS set, it also counts the CPU time
+# (user + system ticks of the `eiplab up` process) the ready lab uses while nothing is sent.
+# Everything lives in namespaces under the prefix `sc$$-`, removed on success and failure;
+# every wait has a deadline.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+sizes=("$@")
+[ ${#sizes[@]} -gt 0 ] || sizes=(10 100 400 1000)
+bin=${EIPLAB_BIN:-target/release/eiplab}
+[ -n "${EIPLAB_BIN:-}" ] || cargo build --release -q
+idle=${IDLE_SECONDS:-0}
+work=$(mktemp -d)
+p="sc$$-"
+up_pid=""
+cleanup() {
+  if [ -n "$up_pid" ] && kill -0 "$up_pid" 2>/dev/null; then
+    kill -TERM "$up_pid" 2>/dev/null || true
+    for _ in $(seq 300); do kill -0 "$up_pid" 2>/dev/null || break; sleep 0.1; done
+    kill -KILL "$up_pid" 2>/dev/null || true
+  fi
+  [ -f "$work/lab.toml" ] && "$bin" down "$work/lab.toml" --prefix "$p" >/dev/null 2>&1 || true
+  rm -rf "$work"
+}
+trap cleanup EXIT
+
+# A lab of $1 instances on /22 vSwitches (1,000 hosts each), one NAT EIP per instance.
+make_lab() {
+  python3 - "$1" >"$work/lab.toml" <<'EOF'
+import sys, ipaddress
+n = int(sys.argv[1])
+pool = ipaddress.ip_network("198.18.0.0/15")
+out = ['region = "cn-shanghai"',
+       '[internet]', 'cidr = "203.0.113.0/24"', 'eip_pool = "198.18.0.0/15"',
+       '[api]', 'listen = "127.0.0.1:0"', 'transition_ms = 0']
+per = 1000
+for v in range((n + per - 1) // per):
+    out += ['[[vswitch]]', f'id = "vsw-{v}"', 'zone = "cn-shanghai-b"', f'cidr = "10.{v}.0.0/22"']
+for i in range(n):
+    v, k = divmod(i, per)
+    ip = ipaddress.ip_address(f"10.{v}.0.0") + 10 + k
+    out += ['[[instance]]', f'id = "i-{i}"', f'vswitch = "vsw-{v}"',
+            f'enis = [{{ id = "eni-{i}", private_ips = ["{ip}"] }}]']
+for i in range(n):
+    out += ['[[eip]]', f'allocation_id = "eip-{i}"', f'address = "{pool[i + 1]}"',
+            '[[association]]', f'allocation_id = "eip-{i}"', f'instance_id = "i-{i}"']
+print("\n".join(out))
+EOF
+}
+
+now() { date +%s.%N; }
+field() { awk -v k="$1" '$1 == k":" { print $2 }' "/proc/$up_pid/status"; }
+count_ns() { ls /run/netns 2>/dev/null | grep -c "^$p" || true; }
+
+printf '%-10s %8s %12s %8s %10s\n' instances ready_s rss_MB threads teardown_s
+for n in "${sizes[@]}"; do
+  make_lab "$n"
+  : >"$work/out"
+  t0=$(now)
+  "$bin" up "$work/lab.toml" --prefix "$p" --api-listen 127.0.0.1:0 >"$work/out" 2>"$work/err" &
+  up_pid=$!
+  deadline=$(( $(date +%s) + 300 ))
+  until grep -q 'eiplab: ready' "$work/out"; do
+    if ! kill -0 "$up_pid" 2>/dev/null || [ "$(date +%s)" -ge "$deadline" ]; then
+      echo "lab of $n instances did not become ready:" >&2; tail -20 "$work/err" >&2; exit 1
+    fi
+    sleep 0.01
+  done
+  t1=$(now)
+  sleep 1
+  rss=$(( $(field VmRSS) / 1024 ))
+  threads=$(field Threads)
+  if [ "$idle" != 0 ]; then
+    ticks() { awk '{ print $14 + $15 }' "/proc/$up_pid/stat"; }
+    hz=$(getconf CLK_TCK)
+    a=$(ticks); sleep "$idle"; b=$(ticks)
+    idle_pct=$(python3 -c "print('%.3f' % (100.0 * ($b - $a) / $hz / $idle))")
+    echo "idle: $((b - a)) ticks of 1/$hz s in ${idle} s = ${idle_pct}% of a core" >&2
+  fi
+  t2=$(now)
+  kill -TERM "$up_pid"
+  deadline=$(( $(date +%s) + 300 ))
+  while kill -0 "$up_pid" 2>/dev/null || [ "$(count_ns)" != 0 ]; do
+    [ "$(date +%s)" -lt "$deadline" ] || { echo "teardown of $n instances did not finish" >&2; exit 1; }
+    sleep 0.01
+  done
+  t3=$(now)
+  wait "$up_pid" 2>/dev/null || true
+  up_pid=""
+  python3 -c "print('%-10d %8.2f %12d %8d %10.2f' % ($n, $t1 - $t0, $rss, $threads, $t3 - $t2))"
+done
