@@ -1,103 +1,124 @@
-//! The gateway's TUN loops: one port per lab interface (the internet, the cloud services, each
-//! attached ENI), one worker thread per port that reads what the namespace sends, lets its own
-//! [`Engine`] decide, and writes the result to the port the verdict names.
+//! The gateway: a small pool of workers (about one per core) that move packets between the
+//! lab's interfaces through the translation engine.
 //!
-//! Devices are opened with offloads (`IFF_VNET_HDR`, TSO/USO): one read may carry a 64 KB GSO
-//! super-packet behind a 12-byte virtio header. It is translated whole (addresses and ports
-//! are in its first header; a "needs checksum" packet carries the pseudo-header sum, which
-//! the engine updates without complementing) and written out with the same header, so the
-//! receiving kernel segments it or takes it as one. Nothing is split or coalesced here.
+//! Every lab interface (the internet, the cloud services, each attached ENI) is a *port*: a
+//! [`Device`] behind the seam of [`device`] and the [`Side`] it leads to. Each port is read by
+//! exactly one worker, the one with the fewest ports when it was added, so the packets of one
+//! flow direction are always handled by one thread, in order. A worker sleeps in `epoll` on the
+//! devices it reads and on its own eventfd, receives a batch from a ready device, lets its own
+//! [`Engine`] decide for the whole batch ([`Engine::process_batch`]), and hands each
+//! destination port the packets meant for it as one batch. Any worker may send to any port.
 //!
-//! Each direction of a flow is handled by the worker of the port it arrives on: one flow, one
-//! thread, no reordering. Counters are per engine; workers publish theirs every
-//! [`PUBLISH_EVERY`] and [`Dataplane::snapshot`] sums them.
+//! Nothing runs on a timer. A worker wakes for packets, for a change of the port set (a port
+//! added or removed: every worker reloads the routing set and lets go of removed devices), for
+//! a new engine table (published through the [`TableCell`], whose watcher signals every
+//! worker), for a counters request ([`Dataplane::snapshot`] asks every worker to publish and
+//! waits for the answers, so counters are exact when read), for the fragment table's next
+//! expiry, and to stop. An idle lab sleeps.
+//!
+//! Offloads: a TUN read may carry a 64 KB GSO super-packet behind a virtio header. It is
+//! translated whole and leaves with the same [`Offload`] metadata, so the receiving kernel
+//! segments it or takes it as one. Answers of the gateway itself (ICMP) and released
+//! fragments leave with none.
 
+pub mod device;
+pub mod mem;
 pub mod pcap;
+pub mod poll;
+pub mod tun;
 
-use crate::engine::{Engine, PacketFlags, Side, TableCell, Verdict};
+#[cfg(test)]
+mod tests;
+
+pub use device::{Batch, Device, Offload, Received, MAX_PACKET};
+
+use crate::engine::{Engine, Side, TableCell, Verdict, WatchId};
 use crate::lab::stats::{GatewayErrors, Snapshot};
+use poll::{Epoll, EventFd};
 use std::io;
-use std::os::fd::{AsRawFd, RawFd};
-use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
-use std::sync::{Arc, Mutex, PoisonError};
+use std::os::fd::AsRawFd;
+use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
+use std::sync::{Arc, Condvar, Mutex, MutexGuard, PoisonError, Weak};
 use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
-use tun_rs::{VirtioNetHdr, VIRTIO_NET_HDR_LEN};
 
-/// `VIRTIO_NET_HDR_F_NEEDS_CSUM` (linux/virtio_net.h): the L4 checksum is left to the receiver.
-const NEEDS_CSUM: u8 = 1;
+/// Packets a worker takes from one device at a time.
+pub const BATCH: usize = 64;
+/// How long [`Dataplane::snapshot`] waits for a busy worker's answer before it uses the
+/// worker's previous one.
+const SNAPSHOT_WAIT: Duration = Duration::from_millis(500);
+/// How long removing a port waits for the workers to let go of its device.
+const REMOVE_WAIT: Duration = Duration::from_secs(2);
+/// The epoll token of a worker's own eventfd (port ids start at 1).
+const WAKE: u64 = 0;
 
-/// Largest read: a virtio header and a 64 KB IPv4 packet.
-const BUF_LEN: usize = VIRTIO_NET_HDR_LEN + 65_536;
-/// How often a worker publishes its counters (and notices a stop or a new port set).
-pub const PUBLISH_EVERY: Duration = Duration::from_millis(200);
-/// How long an idle worker sleeps in `poll` before it looks around again.
-const IDLE_POLL_MS: i32 = 50;
-
-/// One lab interface as the gateway holds it: the TUN device's file, where it leads, and an
-/// optional capture.
-pub struct Port {
-    /// `i-web.eth0`, `internet.eth0`: for logs and the capture file's name.
-    pub name: String,
-    pub side: Side,
-    dev: tun_rs::SyncDevice,
-    pcap: Option<Mutex<pcap::Capture>>,
-    /// Set when the ENI is detached: the worker stops and the device goes with the last handle.
-    closed: AtomicBool,
+fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
+    m.lock().unwrap_or_else(PoisonError::into_inner)
 }
 
-impl Port {
-    pub fn new(
-        name: String,
-        side: Side,
-        dev: tun_rs::SyncDevice,
-        pcap: Option<pcap::Capture>,
-    ) -> Port {
-        Port {
-            name,
-            side,
-            dev,
-            pcap: pcap.map(Mutex::new),
-            closed: AtomicBool::new(false),
+/// How many workers when nobody says: one per core the process may run on.
+pub fn default_workers() -> usize {
+    std::thread::available_parallelism().map_or(1, |n| n.get())
+}
+
+/// How the gateway runs.
+#[derive(Clone, Copy, Debug)]
+pub struct Options {
+    /// Worker threads (at least 1).
+    pub workers: usize,
+    /// Packets taken from one device at a time (at least 1).
+    pub batch: usize,
+}
+
+impl Default for Options {
+    fn default() -> Self {
+        Options {
+            workers: default_workers(),
+            batch: BATCH,
         }
     }
+}
 
-    fn fd(&self) -> RawFd {
-        self.dev.as_raw_fd()
-    }
-
-    #[inline]
-    fn capture(&self, packet: &[u8]) {
-        if let Some(p) = &self.pcap {
-            p.lock()
-                .unwrap_or_else(PoisonError::into_inner)
-                .write(packet);
-        }
-    }
-
-    /// Writes one virtio header + packet.
-    #[inline]
-    fn send(&self, frame: &[u8]) -> io::Result<usize> {
-        self.capture(&frame[VIRTIO_NET_HDR_LEN..]);
-        self.dev.send(frame)
-    }
+/// One lab interface as the gateway holds it.
+pub struct Port {
+    id: u64,
+    /// `i-web.eth0`, `internet.eth0`: for logs.
+    pub name: String,
+    pub side: Side,
+    dev: Box<dyn Device>,
+    /// The worker that reads it.
+    worker: usize,
 }
 
 /// Where each side leads now. Immutable; replaced as a whole when a port comes or goes.
-#[derive(Default)]
-struct Ports {
+#[derive(Default, Clone)]
+struct Routes {
     internet: Option<Arc<Port>>,
     cloud: Option<Arc<Port>>,
     enis: Vec<Option<Arc<Port>>>,
 }
 
-impl Ports {
+impl Routes {
     #[inline]
     fn get(&self, side: Side) -> Option<&Arc<Port>> {
         match side {
             Side::Internet => self.internet.as_ref(),
             Side::CloudServices => self.cloud.as_ref(),
             Side::Eni(e) => self.enis.get(e as usize).and_then(Option::as_ref),
+        }
+    }
+
+    fn slot(&mut self, side: Side) -> &mut Option<Arc<Port>> {
+        match side {
+            Side::Internet => &mut self.internet,
+            Side::CloudServices => &mut self.cloud,
+            Side::Eni(e) => {
+                let i = e as usize;
+                if self.enis.len() <= i {
+                    self.enis.resize(i + 1, None);
+                }
+                &mut self.enis[i]
+            }
         }
     }
 }
@@ -107,260 +128,487 @@ impl Ports {
 pub struct ShellCounters {
     /// The verdict named an ENI whose device is not (yet, or any more) there.
     pub no_device: AtomicU64,
-    /// A device refused a write (interface down, queue full).
+    /// A device refused a packet (queue full, interface down or going away).
     pub tx_errors: AtomicU64,
-    /// A read shorter than the virtio header.
+    /// A read that carried no usable packet (shorter than the device's framing), or a device
+    /// that failed to read (its port is then no longer read).
     pub short_reads: AtomicU64,
 }
 
-/// The running gateway.
-pub struct Dataplane {
-    cell: Arc<TableCell>,
-    ports: Mutex<Arc<Ports>>,
-    ports_generation: AtomicU64,
-    stop: AtomicBool,
-    workers: Mutex<Vec<JoinHandle<()>>>,
-    /// Each live worker's latest counters.
-    published: Mutex<Vec<Arc<Mutex<Snapshot>>>>,
-    /// Counters of workers that ended (detached ENIs), so totals never go down.
-    retired: Mutex<Snapshot>,
-    epoch: Instant,
-    pub shell: ShellCounters,
+enum Command {
+    Add(Arc<Port>),
+    Remove(u64),
 }
 
-impl Dataplane {
-    pub fn new(cell: Arc<TableCell>) -> Arc<Dataplane> {
-        Arc::new(Dataplane {
-            cell,
-            ports: Mutex::new(Arc::new(Ports::default())),
-            ports_generation: AtomicU64::new(1),
-            stop: AtomicBool::new(false),
-            workers: Mutex::new(Vec::new()),
-            published: Mutex::new(Vec::new()),
-            retired: Mutex::new(Snapshot::default()),
-            epoch: Instant::now(),
-            shell: ShellCounters::default(),
-        })
-    }
+/// What the rest of the gateway knows of one worker.
+struct WorkerSlot {
+    wake: EventFd,
+    inbox: Mutex<Vec<Command>>,
+    /// Ports it reads (for placing new ones).
+    ports: AtomicUsize,
+}
 
+struct Shared {
+    cell: Arc<TableCell>,
+    routes: Mutex<Arc<Routes>>,
+    routes_generation: AtomicU64,
+    stop: AtomicBool,
+    workers: Vec<WorkerSlot>,
+    /// Counters requests: [`Dataplane::snapshot`] raises it, workers answer in `answers`
+    /// (the request they answered, their counters); `u64::MAX` once a worker has ended.
+    requests: AtomicU64,
+    answers: Mutex<Vec<(u64, Snapshot)>>,
+    answered: Condvar,
+    shell: ShellCounters,
+    epoch: Instant,
+    batch: usize,
+}
+
+impl Shared {
     fn now(&self) -> u64 {
         self.epoch.elapsed().as_nanos() as u64
     }
 
-    fn edit_ports(&self, f: impl FnOnce(&mut Ports)) {
-        let mut cur = self.ports.lock().unwrap_or_else(PoisonError::into_inner);
-        let mut next = Ports {
-            internet: cur.internet.clone(),
-            cloud: cur.cloud.clone(),
-            enis: cur.enis.clone(),
-        };
-        f(&mut next);
+    fn wake_all(&self) {
+        for w in &self.workers {
+            w.wake.signal();
+        }
+    }
+
+    fn load_routes(&self) -> (u64, Arc<Routes>) {
+        let r = lock(&self.routes);
+        (self.routes_generation.load(Ordering::Acquire), r.clone())
+    }
+
+    /// Replaces what `side` leads to; returns the port it led to before.
+    fn set_route(&self, side: Side, port: Option<Arc<Port>>) -> Option<Arc<Port>> {
+        let mut cur = lock(&self.routes);
+        let mut next = (**cur).clone();
+        let old = std::mem::replace(next.slot(side), port);
         *cur = Arc::new(next);
-        self.ports_generation.fetch_add(1, Ordering::Release);
+        self.routes_generation.fetch_add(1, Ordering::Release);
+        old
     }
+}
 
-    fn load_ports(&self) -> (u64, Arc<Ports>) {
-        let cur = self.ports.lock().unwrap_or_else(PoisonError::into_inner);
-        (self.ports_generation.load(Ordering::Acquire), cur.clone())
-    }
+/// The running gateway.
+pub struct Dataplane {
+    sh: Arc<Shared>,
+    threads: Mutex<Vec<JoinHandle<()>>>,
+    watch: Mutex<Option<WatchId>>,
+    next_port: AtomicU64,
+}
 
-    /// Installs `port` and starts its worker.
-    pub fn add_port(self: &Arc<Self>, port: Port) -> io::Result<()> {
-        set_nonblocking(port.fd())?;
-        let port = Arc::new(port);
-        let side = port.side;
-        let p = port.clone();
-        self.edit_ports(move |ports| match side {
-            Side::Internet => ports.internet = Some(p),
-            Side::CloudServices => ports.cloud = Some(p),
-            Side::Eni(e) => {
-                let i = e as usize;
-                if ports.enis.len() <= i {
-                    ports.enis.resize(i + 1, None);
-                }
-                ports.enis[i] = Some(p);
-            }
-        });
-        let slot = Arc::new(Mutex::new(Snapshot::default()));
-        self.published
-            .lock()
-            .unwrap_or_else(PoisonError::into_inner)
-            .push(slot.clone());
-        let dp = self.clone();
-        let h = std::thread::Builder::new()
-            .name(format!("gw-{}", port.name))
-            .spawn(move || dp.worker(port, slot))?;
-        self.workers
-            .lock()
-            .unwrap_or_else(PoisonError::into_inner)
-            .push(h);
-        Ok(())
-    }
-
-    /// Takes an ENI's port away (detached): its worker ends and its device is closed.
-    pub fn remove_eni(&self, eni: u16) {
-        let mut gone = None;
-        self.edit_ports(|ports| {
-            if let Some(slot) = ports.enis.get_mut(eni as usize) {
-                gone = slot.take();
-            }
-        });
-        if let Some(p) = gone {
-            p.closed.store(true, Ordering::Release);
+impl Dataplane {
+    /// Starts the workers; they serve the tables published into `cell`.
+    pub fn new(cell: Arc<TableCell>, opts: Options) -> io::Result<Arc<Dataplane>> {
+        let n = opts.workers.max(1);
+        let mut workers = Vec::with_capacity(n);
+        for _ in 0..n {
+            workers.push(WorkerSlot {
+                wake: EventFd::new()?,
+                inbox: Mutex::new(Vec::new()),
+                ports: AtomicUsize::new(0),
+            });
         }
+        let sh = Arc::new(Shared {
+            cell: cell.clone(),
+            routes: Mutex::new(Arc::new(Routes::default())),
+            routes_generation: AtomicU64::new(1),
+            stop: AtomicBool::new(false),
+            workers,
+            requests: AtomicU64::new(0),
+            answers: Mutex::new(vec![(0, Snapshot::default()); n]),
+            answered: Condvar::new(),
+            shell: ShellCounters::default(),
+            epoch: Instant::now(),
+            batch: opts.batch.max(1),
+        });
+        let dp = Arc::new(Dataplane {
+            sh: sh.clone(),
+            threads: Mutex::new(Vec::new()),
+            watch: Mutex::new(None),
+            next_port: AtomicU64::new(1),
+        });
+        for i in 0..n {
+            let ep = Epoll::new(64)?;
+            ep.add(sh.workers[i].wake.as_raw_fd(), WAKE)?;
+            let s = sh.clone();
+            let h = std::thread::Builder::new()
+                .name(format!("gw-worker-{i}"))
+                .spawn(move || Worker::new(s, i, ep).run())?;
+            lock(&dp.threads).push(h);
+        }
+        // A new table wakes the workers: an idle one adopts it (and releases what it frees)
+        // at once rather than at its next packet.
+        let weak: Weak<Shared> = Arc::downgrade(&sh);
+        let id = cell.watch(Box::new(move || {
+            if let Some(s) = weak.upgrade() {
+                s.wake_all();
+            }
+        }));
+        *lock(&dp.watch) = Some(id);
+        Ok(dp)
     }
 
-    /// The sum of every worker's counters, ended workers included.
-    pub fn snapshot(&self) -> Snapshot {
-        let mut total = self
-            .retired
-            .lock()
-            .unwrap_or_else(PoisonError::into_inner)
-            .clone();
-        for s in self
-            .published
-            .lock()
-            .unwrap_or_else(PoisonError::into_inner)
+    /// Worker threads.
+    pub fn workers(&self) -> usize {
+        self.sh.workers.len()
+    }
+
+    /// Ports each worker reads.
+    pub fn ports_per_worker(&self) -> Vec<usize> {
+        self.sh
+            .workers
             .iter()
-        {
-            total.merge(&s.lock().unwrap_or_else(PoisonError::into_inner));
+            .map(|w| w.ports.load(Ordering::Relaxed))
+            .collect()
+    }
+
+    /// Makes `dev` the port of `side` (replacing one that was there), read by the worker with
+    /// the fewest ports.
+    pub fn add_port(&self, name: String, side: Side, dev: Box<dyn Device>) {
+        if self.sh.stop.load(Ordering::Acquire) {
+            return;
         }
+        self.remove_port(side);
+        let worker = self
+            .sh
+            .workers
+            .iter()
+            .enumerate()
+            .min_by_key(|(_, w)| w.ports.load(Ordering::Relaxed))
+            .map_or(0, |(i, _)| i);
+        let port = Arc::new(Port {
+            id: self.next_port.fetch_add(1, Ordering::Relaxed),
+            name,
+            side,
+            dev,
+            worker,
+        });
+        tracing::debug!(port = %port.name, worker, "port added");
+        self.sh.set_route(side, Some(port.clone()));
+        let w = &self.sh.workers[worker];
+        w.ports.fetch_add(1, Ordering::Relaxed);
+        lock(&w.inbox).push(Command::Add(port));
+        w.wake.signal();
+    }
+
+    /// Takes `side`'s port away: no worker reads it or sends to it any more, and its device
+    /// is closed (dropped) before this returns, unless a worker holds it longer than
+    /// [`REMOVE_WAIT`] (then it closes when that worker lets go). Returns whether there was one.
+    pub fn remove_port(&self, side: Side) -> bool {
+        let Some(port) = self.sh.set_route(side, None) else {
+            return false;
+        };
+        let w = &self.sh.workers[port.worker];
+        w.ports.fetch_sub(1, Ordering::Relaxed);
+        lock(&w.inbox).push(Command::Remove(port.id));
+        // Every worker reloads the routes and drops its reference to the port.
+        self.sh.wake_all();
+        let deadline = Instant::now() + REMOVE_WAIT;
+        while Arc::strong_count(&port) > 1 && Instant::now() < deadline {
+            std::thread::sleep(Duration::from_micros(200));
+        }
+        if Arc::strong_count(&port) > 1 {
+            tracing::warn!(port = %port.name, "a worker still holds the removed port; it closes later");
+        }
+        tracing::debug!(port = %port.name, "port removed");
+        true
+    }
+
+    /// Takes an ENI's port away (detached).
+    pub fn remove_eni(&self, eni: u16) {
+        self.remove_port(Side::Eni(eni));
+    }
+
+    /// The shell's own losses.
+    pub fn shell(&self) -> &ShellCounters {
+        &self.sh.shell
+    }
+
+    /// The sum of every worker's counters, as of now: each worker is asked and answers after
+    /// the batch it is in (a worker that does not answer within [`SNAPSHOT_WAIT`] is counted
+    /// as of its previous answer).
+    pub fn snapshot(&self) -> Snapshot {
+        let sh = &self.sh;
+        let req = sh.requests.fetch_add(1, Ordering::AcqRel) + 1;
+        sh.wake_all();
+        let deadline = Instant::now() + SNAPSHOT_WAIT;
+        let mut a = lock(&sh.answers);
+        while a.iter().any(|(r, _)| *r < req) {
+            let Some(left) = deadline.checked_duration_since(Instant::now()) else {
+                break;
+            };
+            a = sh
+                .answered
+                .wait_timeout(a, left)
+                .unwrap_or_else(PoisonError::into_inner)
+                .0;
+        }
+        let mut total = Snapshot::default();
+        for (_, s) in a.iter() {
+            total.merge(s);
+        }
+        drop(a);
         total.gateway = GatewayErrors {
-            no_device: self.shell.no_device.load(Ordering::Relaxed),
-            tx_errors: self.shell.tx_errors.load(Ordering::Relaxed),
-            short_reads: self.shell.short_reads.load(Ordering::Relaxed),
+            no_device: sh.shell.no_device.load(Ordering::Relaxed),
+            tx_errors: sh.shell.tx_errors.load(Ordering::Relaxed),
+            short_reads: sh.shell.short_reads.load(Ordering::Relaxed),
         };
         total
     }
 
-    /// Stops every worker and waits for them; the devices close with them.
+    /// Stops every worker and waits for them; every device is closed when this returns.
     pub fn shutdown(&self) {
-        self.stop.store(true, Ordering::Release);
-        let hs: Vec<_> =
-            std::mem::take(&mut *self.workers.lock().unwrap_or_else(PoisonError::into_inner));
+        if let Some(id) = lock(&self.watch).take() {
+            self.sh.cell.unwatch(id);
+        }
+        self.sh.stop.store(true, Ordering::Release);
+        self.sh.wake_all();
+        let hs: Vec<_> = std::mem::take(&mut *lock(&self.threads));
         for h in hs {
             let _ = h.join();
         }
-        self.edit_ports(|p| *p = Ports::default());
+        *lock(&self.sh.routes) = Arc::new(Routes::default());
+        self.sh.routes_generation.fetch_add(1, Ordering::Release);
+    }
+}
+
+impl Drop for Dataplane {
+    fn drop(&mut self) {
+        self.shutdown();
+    }
+}
+
+/// One worker thread's state.
+struct Worker {
+    sh: Arc<Shared>,
+    me: usize,
+    ep: Epoll,
+    engine: Engine,
+    /// The ports it reads, by id.
+    reading: Vec<(u64, Arc<Port>)>,
+    routes: Arc<Routes>,
+    routes_generation: u64,
+    batch: Batch,
+    /// Released fragments, sent after the batch that released them.
+    extra: Batch,
+    /// Per destination, the batch positions going there (reused from batch to batch).
+    out: Vec<(Side, Vec<u16>)>,
+    answered: u64,
+}
+
+/// Milliseconds from `now` until `t` (nanoseconds), rounded up, for `epoll_wait`.
+fn ms_until(t: u64, now: u64) -> i32 {
+    (t.saturating_sub(now).div_ceil(1_000_000)).min(i32::MAX as u64) as i32
+}
+
+impl Worker {
+    fn new(sh: Arc<Shared>, me: usize, ep: Epoll) -> Worker {
+        let (_, table) = sh.cell.load();
+        let mut engine = Engine::new(table);
+        engine.refresh(&sh.cell);
+        let (routes_generation, routes) = sh.load_routes();
+        let batch = Batch::new(sh.batch, MAX_PACKET);
+        Worker {
+            sh,
+            me,
+            ep,
+            engine,
+            reading: Vec::new(),
+            routes,
+            routes_generation,
+            batch,
+            extra: Batch::new(8, MAX_PACKET),
+            out: Vec::new(),
+            answered: 0,
+        }
     }
 
-    fn worker(self: Arc<Self>, port: Arc<Port>, slot: Arc<Mutex<Snapshot>>) {
-        let (_, table) = self.cell.load();
-        let mut engine = Engine::new(table);
-        engine.refresh(&self.cell);
-        let (mut ports_gen, mut ports) = self.load_ports();
-        let mut buf = vec![0u8; BUF_LEN];
-        let mut aux = vec![0u8; BUF_LEN];
-        let fd = port.fd();
-        // Engine-clock time of the last publication: the one clock read per packet serves both.
-        let mut last_publish = self.now();
-        let every = PUBLISH_EVERY.as_nanos() as u64;
-        let mut dirty = false;
-        tracing::debug!(port = %port.name, "worker started");
+    fn run(mut self) {
+        tracing::debug!(worker = self.me, "worker started");
+        let mut ready: Vec<u64> = Vec::with_capacity(64);
         loop {
-            if self.stop.load(Ordering::Acquire) || port.closed.load(Ordering::Acquire) {
+            self.take_commands();
+            self.refresh_routes();
+            self.engine.refresh(&self.sh.cell);
+            let req = self.sh.requests.load(Ordering::Acquire);
+            if req > self.answered {
+                self.publish(req);
+            }
+            if self.sh.stop.load(Ordering::Acquire) {
                 break;
             }
-            engine.refresh(&self.cell);
-            if self.ports_generation.load(Ordering::Acquire) != ports_gen {
-                (ports_gen, ports) = self.load_ports();
+            let now = self.sh.now();
+            if self.engine.poll_timeout().is_some_and(|t| t <= now) {
+                self.engine.handle_timeout(now);
             }
-            // SAFETY: reading into a buffer we own, of its length, from a descriptor we hold.
-            let n = unsafe { libc::read(fd, buf.as_mut_ptr().cast(), buf.len()) };
-            let now = self.now();
-            if n < 0 {
-                let e = io::Error::last_os_error();
-                match e.kind() {
-                    io::ErrorKind::WouldBlock | io::ErrorKind::Interrupted => {}
-                    _ => {
-                        tracing::warn!(port = %port.name, "read failed: {e}");
-                        std::thread::sleep(Duration::from_millis(10));
+            let timeout = self.engine.poll_timeout().map_or(-1, |t| ms_until(t, now));
+            ready.clear();
+            match self.ep.wait(timeout) {
+                Ok(tokens) => ready.extend(tokens),
+                Err(e) => {
+                    tracing::error!(worker = self.me, "epoll_wait failed: {e}");
+                    std::thread::sleep(Duration::from_millis(10));
+                }
+            }
+            for &token in &ready {
+                if token == WAKE {
+                    self.sh.workers[self.me].wake.clear();
+                } else if let Some(i) = self.reading.iter().position(|(id, _)| *id == token) {
+                    let port = self.reading[i].1.clone();
+                    self.serve(&port);
+                }
+            }
+        }
+        self.publish(u64::MAX);
+        tracing::debug!(worker = self.me, "worker stopped");
+    }
+
+    /// Takes the newest routing set if it changed (one atomic load when it did not).
+    #[inline]
+    fn refresh_routes(&mut self) {
+        if self.sh.routes_generation.load(Ordering::Acquire) != self.routes_generation {
+            (self.routes_generation, self.routes) = self.sh.load_routes();
+        }
+    }
+
+    fn take_commands(&mut self) {
+        let cmds: Vec<Command> = std::mem::take(&mut *lock(&self.sh.workers[self.me].inbox));
+        for c in cmds {
+            match c {
+                Command::Add(p) => match self.ep.add(p.dev.ready_fd(), p.id) {
+                    Ok(()) => self.reading.push((p.id, p)),
+                    Err(e) => {
+                        tracing::error!(port = %p.name, "cannot watch the device: {e}; it is not read")
+                    }
+                },
+                Command::Remove(id) => {
+                    if let Some(i) = self.reading.iter().position(|(x, _)| *x == id) {
+                        let (_, p) = self.reading.swap_remove(i);
+                        self.ep.remove(p.dev.ready_fd());
                     }
                 }
-                if engine.poll_timeout().is_some_and(|t| t <= now) {
-                    engine.handle_timeout(now);
-                    dirty = true;
-                }
-                if dirty && now.saturating_sub(last_publish) >= every {
-                    publish(&slot, &engine);
-                    last_publish = now;
-                    dirty = false;
-                }
-                poll_in(fd, IDLE_POLL_MS);
-                continue;
             }
-            let n = n as usize;
-            if n < VIRTIO_NET_HDR_LEN {
-                self.shell.short_reads.fetch_add(1, Ordering::Relaxed);
-                continue;
+        }
+    }
+
+    fn publish(&mut self, req: u64) {
+        let s = snapshot_of(&self.engine);
+        lock(&self.sh.answers)[self.me] = (req, s);
+        self.sh.answered.notify_all();
+        self.answered = req;
+    }
+
+    /// Receives one batch from `port`, translates it and sends every packet on its way.
+    fn serve(&mut self, port: &Arc<Port>) {
+        self.batch.clear();
+        let got = match port.dev.recv(&mut self.batch) {
+            Ok(g) => g,
+            Err(e) => {
+                // A device that fails to read would be reported ready forever: stop reading it.
+                tracing::warn!(port = %port.name, "read failed: {e}; the port is no longer read");
+                self.sh.shell.short_reads.fetch_add(1, Ordering::Relaxed);
+                self.ep.remove(port.dev.ready_fd());
+                self.reading.retain(|(id, _)| *id != port.id);
+                return;
             }
-            port.capture(&buf[VIRTIO_NET_HDR_LEN..n]);
-            let hdr = VirtioNetHdr::decode(&buf).unwrap_or_default();
-            let flags = PacketFlags {
-                csum_partial: hdr.flags & NEEDS_CSUM != 0,
-            };
-            let verdict = engine.process(
-                now,
-                port.side,
-                &mut buf[VIRTIO_NET_HDR_LEN..],
-                n - VIRTIO_NET_HDR_LEN,
-                flags,
-            );
-            match verdict {
-                Verdict::Forward(side) => self.deliver(&ports, side, &buf[..n]),
-                Verdict::Reply { to, len } => {
-                    buf[..VIRTIO_NET_HDR_LEN].fill(0);
-                    self.deliver(&ports, to, &buf[..VIRTIO_NET_HDR_LEN + len]);
+        };
+        if got.discarded > 0 {
+            self.sh
+                .shell
+                .short_reads
+                .fetch_add(got.discarded as u64, Ordering::Relaxed);
+        }
+        let n = self.batch.len;
+        if n == 0 {
+            return;
+        }
+        // Both may have changed while this worker slept: a port added for a destination, a
+        // new table.
+        self.refresh_routes();
+        self.engine.refresh(&self.sh.cell);
+        let now = self.sh.now();
+        self.engine
+            .process_batch(now, port.side, &mut self.batch.pkts[..n]);
+        for i in 0..n {
+            match self.batch.pkts[i].verdict {
+                Verdict::Forward(side) => route(&mut self.out, side, i),
+                Verdict::Reply { to, .. } => {
+                    self.batch.offload[i] = Offload::default();
+                    route(&mut self.out, to, i);
                 }
                 Verdict::Held | Verdict::Drop(_) => {}
             }
-            while let Some((len, v)) = engine.poll_released(now, &mut aux[VIRTIO_NET_HDR_LEN..]) {
-                aux[..VIRTIO_NET_HDR_LEN].fill(0);
+        }
+        flush(&self.sh.shell, &self.routes, &self.batch, &mut self.out);
+        // Fragments this batch released (their first fragment decided), in batches.
+        loop {
+            self.extra.clear();
+            while !self.extra.is_full() {
+                let k = self.extra.len;
+                let Some((len, v)) = self.engine.poll_released(now, &mut self.extra.pkts[k].data)
+                else {
+                    break;
+                };
+                self.extra.pkts[k].len = len;
+                self.extra.offload[k] = Offload::default();
+                self.extra.len += 1;
                 match v {
                     Verdict::Forward(side) | Verdict::Reply { to: side, .. } => {
-                        self.deliver(&ports, side, &aux[..VIRTIO_NET_HDR_LEN + len])
+                        route(&mut self.out, side, k)
                     }
                     Verdict::Held | Verdict::Drop(_) => {}
                 }
             }
-            dirty = true;
-            if now.saturating_sub(last_publish) >= every {
-                publish(&slot, &engine);
-                last_publish = now;
-                dirty = false;
+            if self.extra.len == 0 {
+                break;
             }
-        }
-        // Hand the final counters to `retired` and leave the live list.
-        let last = snapshot_of(&engine);
-        self.retired
-            .lock()
-            .unwrap_or_else(PoisonError::into_inner)
-            .merge(&last);
-        self.published
-            .lock()
-            .unwrap_or_else(PoisonError::into_inner)
-            .retain(|s| !Arc::ptr_eq(s, &slot));
-        tracing::debug!(port = %port.name, "worker stopped");
-    }
-
-    #[inline]
-    fn deliver(&self, ports: &Ports, side: Side, frame: &[u8]) {
-        match ports.get(side) {
-            Some(p) => {
-                if p.send(frame).is_err() {
-                    self.shell.tx_errors.fetch_add(1, Ordering::Relaxed);
-                }
-            }
-            None => {
-                self.shell.no_device.fetch_add(1, Ordering::Relaxed);
+            flush(&self.sh.shell, &self.routes, &self.extra, &mut self.out);
+            if !self.extra.is_full() {
+                break;
             }
         }
     }
 }
 
-/// Makes a worker's counters visible to [`Dataplane::snapshot`].
-fn publish(slot: &Mutex<Snapshot>, engine: &Engine) {
-    *slot.lock().unwrap_or_else(PoisonError::into_inner) = snapshot_of(engine);
+/// Notes that batch position `i` goes to `side`.
+#[inline]
+fn route(out: &mut Vec<(Side, Vec<u16>)>, side: Side, i: usize) {
+    match out.iter_mut().find(|(s, _)| *s == side) {
+        Some((_, v)) => v.push(i as u16),
+        None => out.push((side, vec![i as u16])),
+    }
+}
+
+/// Sends every destination its packets as one batch; counts what could not go.
+fn flush(shell: &ShellCounters, routes: &Routes, batch: &Batch, out: &mut Vec<(Side, Vec<u16>)>) {
+    for (side, which) in out.iter_mut() {
+        if which.is_empty() {
+            continue;
+        }
+        match routes.get(*side) {
+            Some(p) => {
+                let sent = p.dev.send(batch, which);
+                if sent < which.len() {
+                    shell
+                        .tx_errors
+                        .fetch_add((which.len() - sent) as u64, Ordering::Relaxed);
+                }
+            }
+            None => {
+                shell
+                    .no_device
+                    .fetch_add(which.len() as u64, Ordering::Relaxed);
+            }
+        }
+        which.clear();
+    }
+    // Destinations seldom change; keep a few lists, forget the rest.
+    if out.len() > 16 {
+        out.clear();
+    }
 }
 
 /// An engine's counters as a [`Snapshot`] (zero rows left out).
@@ -382,44 +630,4 @@ fn snapshot_of(engine: &Engine) -> Snapshot {
         }
     }
     s
-}
-
-fn set_nonblocking(fd: RawFd) -> io::Result<()> {
-    // SAFETY: fcntl on a descriptor we hold, with flags it just returned.
-    unsafe {
-        let fl = libc::fcntl(fd, libc::F_GETFL);
-        if fl < 0 || libc::fcntl(fd, libc::F_SETFL, fl | libc::O_NONBLOCK) < 0 {
-            return Err(io::Error::last_os_error());
-        }
-    }
-    Ok(())
-}
-
-/// Waits until `fd` is readable or `ms` pass.
-fn poll_in(fd: RawFd, ms: i32) {
-    let mut p = libc::pollfd {
-        fd,
-        events: libc::POLLIN,
-        revents: 0,
-    };
-    // SAFETY: one pollfd we own.
-    unsafe {
-        libc::poll(&mut p, 1, ms);
-    }
-}
-
-/// Opens a TUN device named `name` inside namespace `ns`, with offloads on (the virtio header
-/// on every read and write; TSO and, where the kernel has it, USO). The device is down and
-/// unaddressed: the caller configures it with `ip -n`.
-pub fn open_tun(ns: &str, name: &str) -> Result<tun_rs::SyncDevice, String> {
-    let n = name.to_string();
-    crate::lab::netns::enter(ns, move || {
-        tun_rs::DeviceBuilder::new()
-            .name(n.clone())
-            .offload(true)
-            .mtu(1500)
-            .enable(false)
-            .build_sync()
-            .map_err(|e| format!("cannot open TUN device {n}: {e}"))
-    })?
 }

@@ -12,7 +12,8 @@ use super::netns::{self, ip_in};
 use crate::api::server::ControlPlane;
 use crate::cloud::{Cloud, Mode};
 use crate::engine::Side;
-use crate::io::{open_tun, pcap::Capture, Dataplane, Port};
+use crate::io::tun::open_tun;
+use crate::io::{pcap::Capture, pcap::Tap, Dataplane, Device};
 use std::collections::{BTreeMap, HashMap};
 use std::net::{Ipv4Addr, SocketAddr};
 use std::path::PathBuf;
@@ -274,12 +275,12 @@ fn add_device(
             Err(e) => return Err(e),
         }
     };
-    let capture = match pcap {
-        Some(d) => Some(Capture::create(d, name)?),
-        None => None,
+    let dev: Box<dyn Device> = match pcap {
+        Some(d) => Box::new(Tap::new(tun, Capture::create(d, name)?)),
+        None => Box::new(tun),
     };
-    dp.add_port(Port::new(name.to_string(), side, tun, capture))
-        .map_err(|e| e.to_string())
+    dp.add_port(name.to_string(), side, dev);
+    Ok(())
 }
 
 /// Configures an ENI's device in the guest the way the cloud's images do (SPEC §5).
@@ -466,7 +467,8 @@ impl Lab {
             std::fs::create_dir_all(d)
                 .map_err(|e| format!("--pcap {}: cannot create it: {e}", d.display()))?;
         }
-        let dp = Dataplane::new(cp.cell.clone());
+        let dp = Dataplane::new(cp.cell.clone(), crate::io::Options::default())
+            .map_err(|e| format!("cannot start the gateway: {e}"))?;
         let mut lab = Lab {
             _lock: lock,
             lock_path: format!("{LOCK_DIR}/{}lab.lock", opts.prefix),
