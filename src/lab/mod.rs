@@ -4,6 +4,7 @@
 pub mod cloud;
 pub mod config;
 pub mod netns;
+pub mod plan;
 pub mod run;
 pub mod services;
 pub mod stats;
