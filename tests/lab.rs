@@ -1,9 +1,10 @@
 //! The lab for real (issue 4): `eiplab up` with the netns backend builds namespaces joined by
 //! TUN devices to the gateway, and the seeds' procedures run verbatim inside them.
 //!
-//! Needs root and /dev/net/tun; without them every test prints a loud SKIP and returns. CI runs
-//! as root, so there they run. Tools used inside the lab's namespaces: `ip` (iproute2), `curl`,
-//! `python3`, `ping` (iputils-ping), `tcpdump`, plus `sh` (for its builtin `kill`).
+//! Needs root and /dev/net/tun; without them every test prints a loud SKIP and returns, except
+//! under `EIPLAB_NO_SKIP=1` (set by `.ci/run`), where it fails. Tools used inside the lab's
+//! namespaces: `ip` (iproute2), `curl`, `python3`, `ping` (iputils-ping), `tcpdump`, plus `sh`
+//! (for its builtin `kill`).
 //!
 //! Network safety: traffic is only ever sent inside the lab's namespaces (`ip netns exec`);
 //! nothing is added to the root namespace. Every process a test starts is killed by its pid.
@@ -28,7 +29,8 @@ const CMD_LIMIT: Duration = Duration::from_secs(20);
 // ---------------------------------------------------------------------------------------------
 // Preconditions
 
-/// True when the tests can run (root and /dev/net/tun). Otherwise prints a loud SKIP.
+/// True when the tests can run (root and /dev/net/tun). Otherwise prints a loud SKIP, or, when
+/// `EIPLAB_NO_SKIP=1` (CI sets it), fails: a test that cannot run there is a failure.
 fn privileged(test: &str) -> bool {
     let uid = std::fs::read_to_string("/proc/self/status")
         .ok()
@@ -47,6 +49,11 @@ fn privileged(test: &str) -> bool {
     };
     match why {
         Some(why) => {
+            assert!(
+                std::env::var("EIPLAB_NO_SKIP").as_deref() != Ok("1"),
+                "{test} cannot run: {why}; EIPLAB_NO_SKIP=1 forbids skipping (the lab tests \
+                 need root and /dev/net/tun)"
+            );
             eprintln!(
                 "\n*****************************************************************\n\
                  SKIP {test}: {why}; the lab tests need root and /dev/net/tun\n\

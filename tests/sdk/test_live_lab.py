@@ -6,7 +6,8 @@ UnassociateEipAddress the same request fails. /metrics lists the EIP by its allo
 Each test runs its own lab (prefix `s{pid}-`, a free API port, its own state directory); at the
 end `up` gets SIGTERM and must leave no namespace behind.
 
-Needs root and /dev/net/tun (CI runs as root); skipped otherwise.
+Needs root and /dev/net/tun (CI runs as root); skipped otherwise, except under EIPLAB_NO_SKIP=1
+(set by .ci/run), where a test that cannot run fails.
 """
 
 from __future__ import annotations
@@ -181,6 +182,8 @@ class LiveLab:
 def live_lab(eiplab_bin, tmp_path, request):
     reason = _skip_reason()
     if reason:
+        if os.environ.get("EIPLAB_NO_SKIP") == "1":
+            pytest.fail(f"cannot run: {reason}; EIPLAB_NO_SKIP=1 forbids skipping")
         pytest.skip(reason)
     prefix = f"s{os.getpid()}-"
     stale = netns_with_prefix(prefix)
