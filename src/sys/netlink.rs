@@ -903,17 +903,12 @@ impl Netlink {
             }
         }
         let mut index = HashMap::new();
+        let mut lookup_error = None;
         if !wanted.is_empty() {
             match self.resolve(&wanted) {
                 Ok(found) => index = found,
-                Err(e) => {
-                    // Nothing can be addressed; say so for each request that needed it.
-                    for (i, (r, _)) in items.iter().enumerate() {
-                        if r.indexed_device().is_some() {
-                            run.fail(i, r, None, e.clone());
-                        }
-                    }
-                }
+                // No device can be addressed: each request that needs one will say so.
+                Err(e) => lookup_error = Some(e),
             }
         }
 
@@ -937,6 +932,10 @@ impl Netlink {
             }
             let mut dev_index = None;
             if let Some(dev) = request.indexed_device() {
+                if let Some(e) = &lookup_error {
+                    run.fail(i, request, None, e.clone());
+                    continue;
+                }
                 if !index.contains_key(dev) && created.contains(dev) {
                     // Made earlier in this batch: send what is queued, then look it up.
                     self.flush(items, &mut pending, &mut run);
