@@ -14,3 +14,5 @@ pub mod api;
 pub mod io;
 #[cfg(feature = "runtime")]
 pub mod lab;
+#[cfg(feature = "runtime")]
+pub mod telemetry;

@@ -253,7 +253,7 @@ fn run(cmd: Command) -> Result<ExitCode> {
             if json {
                 println!("{}", serde_json::to_string_pretty(&v)?);
             } else {
-                print!("{}", eiplab::lab::stats::status_text(&v));
+                print!("{}", eiplab::telemetry::status_text(&v));
             }
             Ok(ExitCode::SUCCESS)
         }

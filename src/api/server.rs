@@ -7,7 +7,7 @@ use super::store::Store;
 use crate::cloud::{self, Associate, Cloud, CloudError, EipStatus, Mode};
 use crate::engine::table::Table;
 use crate::engine::TableCell;
-use crate::lab::stats::Snapshot;
+use crate::telemetry::{self, metrics, CounterSource, Snapshot};
 use axum::body::Bytes;
 use axum::extract::{Query, State};
 use axum::http::{HeaderMap, Method, StatusCode, Uri};
@@ -243,7 +243,7 @@ impl ControlPlane {
                 "ReleasedAt": sign::iso8601((r.released_at / 1_000_000_000) as i64),
             })).collect::<Vec<_>>(),
             "counters": match self.live.get() {
-                Some(live) => crate::lab::stats::counters_json(&g.cloud, &live()),
+                Some(live) => telemetry::counters_json(&g.cloud, &live()),
                 None => Value::Null,
             },
         })
@@ -252,13 +252,6 @@ impl ControlPlane {
     /// Connects a running dataplane's counters to `status` and `/metrics`.
     pub fn set_live_counters(&self, f: Arc<dyn Fn() -> Snapshot + Send + Sync>) {
         let _ = self.live.set(f);
-    }
-
-    /// Prometheus text of the dataplane's counters (EIPs listed even before a dataplane runs).
-    pub fn metrics(&self) -> String {
-        let snap = self.live.get().map(|f| f()).unwrap_or_default();
-        let g = self.inner.lock().unwrap();
-        crate::lab::stats::prometheus(&g.cloud, &snap)
     }
 
     /// Reads the cloud's state (held under the control plane's lock: keep `f` short).
@@ -306,6 +299,15 @@ impl ControlPlane {
         g.save()?;
         self.publish(&g.cloud);
         Ok(json!({"LabTime": sign::iso8601((now / 1_000_000_000) as i64)}))
+    }
+}
+
+/// `/metrics` reads the cloud and the live counters (zeros before a dataplane runs).
+impl CounterSource for ControlPlane {
+    fn read_counters(&self, f: &mut dyn FnMut(&Cloud, &Snapshot)) {
+        let snap = self.live.get().map(|f| f()).unwrap_or_default();
+        let g = self.inner.lock().unwrap();
+        f(&g.cloud, &snap)
     }
 }
 
@@ -823,12 +825,12 @@ async fn status(State(cp): State<Arc<ControlPlane>>) -> Response {
     axum::Json(cp.status()).into_response()
 }
 
-async fn metrics(State(cp): State<Arc<ControlPlane>>) -> Response {
-    (
-        [("content-type", "text/plain; version=0.0.4; charset=utf-8")],
-        cp.metrics(),
-    )
-        .into_response()
+/// OpenMetrics text of the dataplane's counters (EIPs listed even before a dataplane runs).
+async fn metrics_text(State(cp): State<Arc<ControlPlane>>) -> Response {
+    match metrics::render(&metrics::registry(cp)) {
+        Ok(text) => ([("content-type", metrics::CONTENT_TYPE)], text).into_response(),
+        Err(_) => error_response(internal("encoding /metrics"), ""),
+    }
 }
 
 async fn dataplane(State(cp): State<Arc<ControlPlane>>) -> Response {
@@ -876,7 +878,7 @@ pub async fn serve_on(
         .route("/_eiplab/status", routing::get(status))
         .route("/_eiplab/dataplane", routing::get(dataplane))
         .route("/_eiplab/clock", post(clock))
-        .route("/metrics", routing::get(metrics))
+        .route("/metrics", routing::get(metrics_text))
         .fallback(any(rpc))
         .with_state(cp.clone());
     let addr = listener.local_addr().map_err(|e| e.to_string())?;

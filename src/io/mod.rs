@@ -15,7 +15,7 @@
 pub mod pcap;
 
 use crate::engine::{Engine, PacketFlags, Side, TableCell, Verdict};
-use crate::lab::stats::{GatewayErrors, Snapshot};
+use crate::telemetry::{GatewayErrors, Snapshot};
 use std::io;
 use std::os::fd::{AsRawFd, RawFd};
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};

@@ -6,4 +6,3 @@ pub mod config;
 pub mod netns;
 pub mod run;
 pub mod services;
-pub mod stats;
