@@ -340,7 +340,7 @@ fn up(
     let listener = rt
         .block_on(eiplab::api::server::bind(listen))
         .map_err(|e| anyhow::anyhow!(e))?;
-    // Ends EIP and instance transitions on time.
+    // Ends EIP and instance transitions on time; asleep while none is under way.
     let timers = rt.spawn({
         let cp = cp.clone();
         async move { cp.run_timers().await }

@@ -6,7 +6,8 @@
 //! the store before the caller hears of it, then published. The API (`crate::api`) runs its
 //! actions this way without this module knowing HTTP; the lab (`crate::lab`) reads the cloud
 //! and the table cell. Transitions (EIP Associating/Unassociating, instance Starting/Stopping)
-//! end on time by [`ControlPlane::run_timers`].
+//! end on time by [`ControlPlane::run_timers`], which sleeps until the model's next deadline
+//! or until a change wakes it: an idle control plane does not wake at all.
 //!
 //! A shell module: it imports [`crate::telemetry`] and the pure core, nothing else of the shell.
 
@@ -17,9 +18,11 @@ use crate::engine::table::Table;
 use crate::engine::TableCell;
 use crate::telemetry::{CounterSource, Snapshot};
 use std::path::PathBuf;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard, OnceLock};
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 use store::Store;
+use tokio::sync::Notify;
 
 /// The state could not be written to `--state`: the change it belonged to was undone.
 #[derive(Debug, thiserror::Error)]
@@ -61,6 +64,11 @@ pub struct ControlPlane {
     live: OnceLock<LiveCounters>,
     /// Settings of the engine table that come from the lab file, not the cloud's state.
     extras: TableExtras,
+    /// Signalled by every change of state, so [`ControlPlane::run_timers`] looks at the next
+    /// deadline again.
+    changed: Notify,
+    /// How often the timer task woke (see [`ControlPlane::timer_wakeups`]).
+    wakeups: AtomicU64,
 }
 
 fn real_ns() -> u64 {
@@ -122,6 +130,8 @@ impl ControlPlane {
             cell: Arc::new(TableCell::new(table)),
             live: OnceLock::new(),
             extras: opts.table.clone(),
+            changed: Notify::new(),
+            wakeups: AtomicU64::new(0),
         });
         {
             let mut g = cp.lock();
@@ -154,7 +164,7 @@ impl ControlPlane {
     /// after the transitions due by then have ended. If `f` fails, the model is put back as it
     /// was before `f` (the ended transitions stay). If the state moved at all, it is committed
     /// to the store before this returns (a failed commit undoes everything and returns its
-    /// error) and published to the engines.
+    /// error), published to the engines, and the timer task is woken.
     pub fn transact<R, E: From<StoreError>>(
         &self,
         f: impl FnOnce(&mut Cloud, u64) -> Result<R, E>,
@@ -176,6 +186,7 @@ impl ControlPlane {
                 return Err(e.into());
             }
             self.publish(&g.cloud);
+            self.changed.notify_one();
         }
         result
     }
@@ -203,6 +214,7 @@ impl ControlPlane {
         g.cloud.handle_timeout(now);
         g.save()?;
         self.publish(&g.cloud);
+        self.changed.notify_one();
         Ok(now)
     }
 
@@ -222,12 +234,33 @@ impl ControlPlane {
         self.live.get().map(|f| f())
     }
 
-    /// Ends due transitions every 10 ms, forever. Spawn it once, next to the API.
+    /// Ends every transition on time, forever: sleeps until the model's next deadline, or
+    /// until a change or a clock move may have brought a nearer one. With no transition under
+    /// way it sleeps until the next change. Spawn it once, next to the API.
+    ///
+    /// Deadlines are on the lab clock, which runs at the real clock's rate; the sleep is on
+    /// the monotonic clock, so a jump of the system clock moves an end by at most the time
+    /// that was left.
     pub async fn run_timers(&self) {
         loop {
-            tokio::time::sleep(Duration::from_millis(10)).await;
-            self.end_due_transitions();
+            let wait = self.end_due_transitions();
+            match wait {
+                None => self.changed.notified().await,
+                Some(ns) => {
+                    tokio::select! {
+                        () = tokio::time::sleep(Duration::from_nanos(ns)) => {}
+                        () = self.changed.notified() => {}
+                    }
+                }
+            }
+            self.wakeups.fetch_add(1, Ordering::Relaxed);
         }
+    }
+
+    /// How many times [`run_timers`](Self::run_timers) woke: once per deadline and once per
+    /// change, never on a period.
+    pub fn timer_wakeups(&self) -> u64 {
+        self.wakeups.load(Ordering::Relaxed)
     }
 
     /// Ends the transitions due now (saving and publishing if any did); returns the time to

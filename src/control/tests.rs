@@ -4,6 +4,7 @@ use crate::cloud::{
 };
 use crate::engine::AssociationMode;
 use std::net::Ipv4Addr;
+use std::time::Instant;
 
 const TRANSITION: Duration = Duration::from_millis(100);
 
@@ -105,6 +106,13 @@ fn temp_dir(tag: &str) -> PathBuf {
     d
 }
 
+fn runtime() -> tokio::runtime::Runtime {
+    tokio::runtime::Builder::new_current_thread()
+        .enable_time()
+        .build()
+        .unwrap()
+}
+
 #[test]
 fn a_refused_change_is_rolled_back_and_nothing_is_published() {
     let cp = ControlPlane::new(cloud(), &Options::default()).unwrap();
@@ -170,4 +178,127 @@ fn a_query_that_ends_a_due_transition_saves_and_publishes() {
     assert_eq!(cp.cell().generation(), generation);
     drop(cp);
     let _ = std::fs::remove_dir_all(&dir);
+}
+
+#[test]
+fn the_timer_ends_transitions_without_a_call_and_sleeps_otherwise() {
+    let cp = ControlPlane::new(cloud(), &Options::default()).unwrap();
+    runtime().block_on(async {
+        let timer = tokio::spawn({
+            let cp = cp.clone();
+            async move { cp.run_timers().await }
+        });
+        // Idle: nothing due, nothing changes, nobody wakes (reads do not wake it either).
+        tokio::time::sleep(Duration::from_millis(300)).await;
+        assert_eq!(status(&cp), EipStatus::Available);
+        assert_eq!(cp.timer_wakeups(), 0, "an idle control plane woke");
+
+        // Associating ends by itself, and the table follows.
+        let generation = cp.cell().generation();
+        let r: Result<(), Refused> = cp.transact(associate);
+        r.unwrap();
+        let started = Instant::now();
+        while status(&cp) != EipStatus::InUse {
+            assert!(
+                started.elapsed() < Duration::from_secs(5),
+                "still {:?} {:?} after the association",
+                status(&cp),
+                started.elapsed()
+            );
+            tokio::time::sleep(Duration::from_millis(5)).await;
+        }
+        assert!(cp.cell().generation() >= generation + 2, "InUse published");
+        assert_eq!(mapped(&cp), Some(ip("198.51.100.10")));
+        // Woken by the change, then by the deadline; a 10 ms period would count ten or more.
+        let woke = cp.timer_wakeups();
+        assert!(
+            (1..=3).contains(&woke),
+            "{woke} wake-ups for one transition"
+        );
+
+        // Unassociating and an instance's Stopping end the same way.
+        let r: Result<(), Refused> = cp.transact(|c, now| {
+            c.unassociate(now, "eip-web", false)?;
+            c.set_running(now, "i-web", false)?;
+            Ok(())
+        });
+        r.unwrap();
+        let started = Instant::now();
+        loop {
+            let (eip, inst) =
+                cp.with_cloud(|c| (c.eips["eip-web"].status, c.instances["i-web"].status));
+            if (eip, inst) == (EipStatus::Available, InstanceStatus::Stopped) {
+                break;
+            }
+            assert!(
+                started.elapsed() < Duration::from_secs(5),
+                "still {eip:?} and {inst:?}"
+            );
+            tokio::time::sleep(Duration::from_millis(5)).await;
+        }
+        assert_eq!(mapped(&cp), None, "Available is published");
+
+        // Idle again: no more wake-ups.
+        let woke = cp.timer_wakeups();
+        tokio::time::sleep(Duration::from_millis(300)).await;
+        assert_eq!(cp.timer_wakeups(), woke, "the timer woke with nothing due");
+
+        // Moving the clock wakes it once (a nearer deadline may follow).
+        cp.advance_clock(60).unwrap();
+        tokio::time::sleep(Duration::from_millis(50)).await;
+        assert_eq!(cp.timer_wakeups(), woke + 1);
+        timer.abort();
+    });
+}
+
+#[test]
+fn a_change_brings_a_nearer_deadline_forward() {
+    // A long transition is under way when a short one starts: the timer, asleep until the
+    // long one ends, must wake for the short one.
+    let mut c = cloud();
+    c.add_instance(Instance {
+        id: "i-db".into(),
+        region: "cn-shanghai".into(),
+        instance_type: "ecs.g5.large".into(),
+        status: InstanceStatus::Running,
+        vpc: true,
+        public_ip: None,
+        dhcp: true,
+        index: 0,
+        max_enis: None,
+        max_private_ips_per_eni: None,
+        transition_until: None,
+    });
+    c.settings.transition_ns = Duration::from_secs(3600).as_nanos() as u64;
+    let cp = ControlPlane::new(c, &Options::default()).unwrap();
+    runtime().block_on(async {
+        let timer = tokio::spawn({
+            let cp = cp.clone();
+            async move { cp.run_timers().await }
+        });
+        let r: Result<(), Refused> = cp.transact(|c, now| {
+            c.set_running(now, "i-db", false)?;
+            Ok(())
+        });
+        r.unwrap();
+        tokio::time::sleep(Duration::from_millis(50)).await;
+        let r: Result<(), Refused> = cp.transact(|c, now| {
+            c.settings.transition_ns = TRANSITION.as_nanos() as u64;
+            associate(c, now)
+        });
+        r.unwrap();
+        let started = Instant::now();
+        while status(&cp) != EipStatus::InUse {
+            assert!(
+                started.elapsed() < Duration::from_secs(5),
+                "the short transition waited for the long one"
+            );
+            tokio::time::sleep(Duration::from_millis(5)).await;
+        }
+        assert_eq!(
+            cp.with_cloud(|c| c.instances["i-db"].status),
+            InstanceStatus::Stopping
+        );
+        timer.abort();
+    });
 }
