@@ -5,7 +5,7 @@
 //! at the moment of reading, so an EIP or ENI the cloud no longer has is left out.
 //!
 //! A shell module that every other shell may read and that reads none of them: the gateway's
-//! workers ([`crate::io`]) fill [`Snapshot`]s, the control plane hands them out with the cloud,
+//! workers (`io`) fill [`Snapshot`]s, the control plane hands them out with the cloud,
 //! the API serves them ([`counters_json`] in `/_eiplab/status`, [`metrics`] for `/metrics`)
 //! and the CLI prints them ([`status_text`]). It depends on the pure core alone.
 
