@@ -2,36 +2,48 @@
 # End-to-end throughput of a running lab, against a baseline measured in the same run.
 #
 #   sudo scripts/lab-throughput.sh [SECONDS] [ROUNDS]
+#   sudo COMPARE=/path/to/other/eiplab scripts/lab-throughput.sh [SECONDS] [ROUNDS]
 #
 # Builds a one-EIP lab (NAT mode, bandwidth raised so the policer does not limit) under the
 # prefix `tp$$-`, and a baseline of two namespaces joined by a plain veth pair (the kernel
 # forwarding with no translation). Measures, ROUNDS times alternating, one iperf3 TCP stream
 # internet -> guest through the EIP and the same over the veth pair, and prints the medians and
-# their ratio. Everything lives in namespaces this script makes and removes; iperf3 runs for
-# SECONDS (default 5) per measurement, so the whole script ends by itself.
+# their ratio. With COMPARE set, a second lab run by that binary (say, a build of an earlier
+# commit) is measured in the same rounds, under the prefix `tq$$-` and its own API port.
+# Everything lives in namespaces this script makes and removes; iperf3 runs for SECONDS
+# (default 5) per measurement, so the whole script ends by itself.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 secs=${1:-5}
 rounds=${2:-3}
 p="tp$$-"
-bin=target/release/eiplab
-cargo build --release -q
+q="tq$$-"
+bin=${EIPLAB_BIN:-target/release/eiplab}
+[ -n "${EIPLAB_BIN:-}" ] || cargo build --release -q
+other=${COMPARE:-}
 lab=$(mktemp -d)
 sed 's/^bandwidth = .*/bandwidth = 100000/' examples/one-eip.toml >"$lab/lab.toml"
-up_pid=""
+pids=()
 cleanup() {
-  [ -n "$up_pid" ] && kill -TERM "$up_pid" 2>/dev/null && wait "$up_pid" 2>/dev/null || true
+  for pid in "${pids[@]}"; do
+    kill -TERM "$pid" 2>/dev/null && wait "$pid" 2>/dev/null || true
+  done
   ip netns del "${p}va" 2>/dev/null || true
   ip netns del "${p}vb" 2>/dev/null || true
   "$bin" down "$lab/lab.toml" --prefix "$p" >/dev/null 2>&1 || true
+  [ -z "$other" ] || "$other" down "$lab/lab.toml" --prefix "$q" >/dev/null 2>&1 || true
   rm -rf "$lab"
 }
 trap cleanup EXIT
 
-"$bin" up "$lab/lab.toml" --prefix "$p" --api-listen 127.0.0.1:0 >"$lab/out" 2>"$lab/err" &
-up_pid=$!
-for _ in $(seq 100); do grep -q 'eiplab: ready' "$lab/out" && break; sleep 0.1; done
-grep -q 'eiplab: ready' "$lab/out" || { cat "$lab/err"; exit 1; }
+start() { # binary prefix tag
+  "$1" up "$lab/lab.toml" --prefix "$2" --api-listen 127.0.0.1:0 >"$lab/$3.out" 2>"$lab/$3.err" &
+  pids+=($!)
+  for _ in $(seq 300); do grep -q 'eiplab: ready' "$lab/$3.out" && break; sleep 0.1; done
+  grep -q 'eiplab: ready' "$lab/$3.out" || { cat "$lab/$3.err"; exit 1; }
+}
+start "$bin" "$p" a
+[ -z "$other" ] || start "$other" "$q" b
 
 ip netns add "${p}va"
 ip netns add "${p}vb"
@@ -50,14 +62,20 @@ measure() { # ns-server ns-client address
   wait "$s" 2>/dev/null || true
 }
 
-lab_r=(); veth_r=()
+lab_r=(); veth_r=(); other_r=()
 for _ in $(seq "$rounds"); do
   lab_r+=("$(measure "${p}i-web" "${p}internet" 198.51.100.10)")
+  [ -z "$other" ] || other_r+=("$(measure "${q}i-web" "${q}internet" 198.51.100.10)")
   veth_r+=("$(measure "${p}vb" "${p}va" 192.0.2.2)")
 done
 median() { printf '%s\n' "$@" | sort -g | awk '{a[NR]=$1} END {print a[int((NR+1)/2)]}'; }
 ml=$(median "${lab_r[@]}"); mv=$(median "${veth_r[@]}")
-echo "eiplab NAT (TUN, GSO whole) Gbit/s: ${lab_r[*]}  median $ml"
-echo "veth, no translation       Gbit/s: ${veth_r[*]}  median $mv"
+echo "eiplab NAT ($bin) Gbit/s: ${lab_r[*]}  median $ml"
+if [ -n "$other" ]; then
+  mo=$(median "${other_r[@]}")
+  echo "eiplab NAT ($other) Gbit/s: ${other_r[*]}  median $mo"
+fi
+echo "veth, no translation Gbit/s: ${veth_r[*]}  median $mv"
 python3 -c "print('ratio eiplab/veth: %.2f' % ($ml / $mv))"
-"$bin" status --endpoint "$(sed -n 's|.*api listening on http://||p' "$lab/err")" | tail -4
+[ -z "$other" ] || python3 -c "print('ratio other/veth: %.2f; eiplab/other: %.2f' % ($mo / $mv, $ml / $mo))"
+"$bin" status --endpoint "$(sed -n 's|.*api listening on http://||p' "$lab/a.err")" | tail -4

@@ -2,7 +2,8 @@
 # The SDK compatibility tests: the official Alibaba Cloud Python SDKs, unmodified, against
 # `eiplab up --backend none` (no root needed). Each test starts its own server on a free port
 # with its own state directory.
-#   EIPLAB_BIN=PATH   the binary under test (default target/release/eiplab, built if missing)
+#   EIPLAB_BIN=PATH   the binary under test (default target/release/eiplab, or under
+#                     $CARGO_TARGET_DIR; built if missing)
 #   EIPLAB_VENV=DIR   the venv (see scripts/sdk-venv.sh)
 #   extra arguments go to pytest: scripts/sdk-tests.sh -k recovery -x, or
 #   scripts/sdk-tests.sh tests/sdk/test_auth.py -x (paths replace the default tests/sdk)
@@ -12,7 +13,7 @@ cd "$REPO"
 
 VENV="$("$REPO/scripts/sdk-venv.sh" | tail -n 1)"
 
-BIN="${EIPLAB_BIN:-$REPO/target/release/eiplab}"
+BIN="${EIPLAB_BIN:-${CARGO_TARGET_DIR:-$REPO/target}/release/eiplab}"
 if [ ! -x "$BIN" ]; then
   if [ -n "${EIPLAB_BIN:-}" ]; then
     echo "sdk-tests: EIPLAB_BIN=$BIN is not an executable file" >&2

@@ -31,7 +31,7 @@ read -r passed failed < <(awk '/^test result:/ { for (i = 1; i <= NF; i++) { if 
 echo "== SDK compatibility tests (official Alibaba Cloud Python SDKs against eiplab up)"
 cargo build --release
 set +e
-EIPLAB_BIN="$PWD/target/release/eiplab" ./scripts/sdk-tests.sh 2>&1 | tee "$log.sdk"
+EIPLAB_BIN="${CARGO_TARGET_DIR:-$PWD/target}/release/eiplab" ./scripts/sdk-tests.sh 2>&1 | tee "$log.sdk"
 sdk_rc=${PIPESTATUS[0]}
 set -e
 # The summary line: "sdk-tests: 40 passed, 1 failed, 2 errors in 30.1s".

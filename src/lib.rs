@@ -8,11 +8,17 @@ pub mod cloud;
 pub mod engine;
 pub mod wire;
 
+// The shell. Each imports only those below it: `api` and `lab` use `control`, `telemetry`
+// and the core; `io` uses `telemetry`; `control` uses `telemetry`; `telemetry` only the core.
 #[cfg(feature = "runtime")]
 pub mod api;
+#[cfg(feature = "runtime")]
+pub mod control;
 #[cfg(feature = "runtime")]
 pub mod io;
 #[cfg(feature = "runtime")]
 pub mod lab;
 #[cfg(feature = "runtime")]
 pub mod sys;
+#[cfg(feature = "runtime")]
+pub mod telemetry;

@@ -5,8 +5,9 @@
 
 use anyhow::{bail, Context, Result};
 use clap::{Parser, Subcommand, ValueEnum};
-use eiplab::api::server::{ControlPlane, Options, TableExtras};
 use eiplab::api::sign;
+use eiplab::api::Api;
+use eiplab::control::{ControlPlane, Options, TableExtras};
 use std::collections::BTreeMap;
 use std::io::Write;
 use std::net::SocketAddr;
@@ -253,7 +254,7 @@ fn run(cmd: Command) -> Result<ExitCode> {
             if json {
                 println!("{}", serde_json::to_string_pretty(&v)?);
             } else {
-                print!("{}", eiplab::lab::stats::status_text(&v));
+                print!("{}", eiplab::telemetry::status_text(&v));
             }
             Ok(ExitCode::SUCCESS)
         }
@@ -315,14 +316,14 @@ fn up(
         .as_nanos() as u64;
     let cloud = eiplab::lab::cloud::build(&file, now)
         .map_err(|e| anyhow::anyhow!("{}: {e}", lab.display()))?;
+    let listen = api_listen.unwrap_or(file.api.listen);
+    let access_keys: Vec<(String, String)> = file
+        .api
+        .access_keys
+        .iter()
+        .map(|k| (k.id.clone(), k.secret.clone()))
+        .collect();
     let opts = Options {
-        listen: api_listen.unwrap_or(file.api.listen),
-        access_keys: file
-            .api
-            .access_keys
-            .iter()
-            .map(|k| (k.id.clone(), k.secret.clone()))
-            .collect(),
         state_dir: state,
         table: TableExtras {
             alg: Some(file.alg.policy()),
@@ -331,23 +332,30 @@ fn up(
         },
     };
     let cp = ControlPlane::new(cloud, &opts).map_err(|e| anyhow::anyhow!(e))?;
+    let api = Api::new(cp.clone(), &access_keys);
     let rt = tokio::runtime::Builder::new_multi_thread()
         .worker_threads(2)
         .enable_all()
         .build()?;
     let listener = rt
-        .block_on(eiplab::api::server::bind(opts.listen))
+        .block_on(eiplab::api::server::bind(listen))
         .map_err(|e| anyhow::anyhow!(e))?;
+    // Ends EIP and instance transitions on time; asleep while none is under way.
+    let timers = rt.spawn({
+        let cp = cp.clone();
+        async move { cp.run_timers().await }
+    });
     if backend == Backend::None {
         eprintln!("eiplab: backend none: control plane and engine table only (no namespaces)");
         println!("eiplab: ready");
         std::io::stdout().flush()?;
         rt.block_on(eiplab::api::server::serve_on(
-            cp,
+            api,
             listener,
             shutdown_signal(),
         ))
         .map_err(|e| anyhow::anyhow!(e))?;
+        timers.abort();
         eprintln!("eiplab: stopped");
         return Ok(ExitCode::SUCCESS);
     }
@@ -376,9 +384,10 @@ fn up(
         );
         println!("eiplab: ready");
         let _ = std::io::stdout().flush();
-        let r = eiplab::api::server::serve_on(cp.clone(), listener, shutdown_signal()).await;
+        let r = eiplab::api::server::serve_on(api, listener, shutdown_signal()).await;
         echo.abort();
         meta.abort();
+        timers.abort();
         r
     });
     eprintln!("eiplab: stopping: removing the lab's namespaces");

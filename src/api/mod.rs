@@ -1,10 +1,12 @@
 //! The cloud's API (SPEC §4): RPC-style HTTP endpoint, request signatures, JSON shapes.
 //!
 //! [`sign`]: both signature schemes of the official SDKs (verify and sign). [`server`]: the
-//! endpoint and its actions on the cloud model. [`store`]: the state on disk.
+//! endpoint and its actions, run on the cloud model through [`crate::control`]; the lab-only
+//! documents; `/metrics` from [`crate::telemetry`].
+//!
+//! A shell module: it imports `control`, `telemetry` and the pure core, never `lab` or `io`.
 
 pub mod server;
 pub mod sign;
-pub mod store;
 
-pub use server::serve;
+pub use server::{serve, Api};

@@ -1,24 +1,24 @@
-//! The HTTP endpoint: verifies each call's signature, runs the action on the cloud model under
-//! one lock (so racing calls are serialised and the rules hold), writes the state before
-//! answering, and publishes the engine table the new state implies.
+//! The HTTP endpoint: verifies each call's signature, then runs the action on the cloud model
+//! through the control plane ([`ControlPlane::transact`]: one lock, so racing calls are
+//! serialised and the rules hold; the state written before answering; the engine table the new
+//! state implies published). Also the lab-only documents and `/metrics`.
 
 use super::sign::{self, NonceCache, RequestParts};
-use super::store::Store;
 use crate::cloud::{self, Associate, Cloud, CloudError, EipStatus, Mode};
-use crate::engine::table::Table;
-use crate::engine::TableCell;
-use crate::lab::stats::Snapshot;
+use crate::control::{ControlPlane, StoreError};
+use crate::telemetry::{self, metrics};
 use axum::body::Bytes;
 use axum::extract::{Query, State};
 use axum::http::{HeaderMap, Method, StatusCode, Uri};
 use axum::response::{IntoResponse, Response};
 use axum::routing::{self, any, post};
 use axum::Router;
+use prometheus_client::registry::Registry;
 use serde_json::{json, Value};
 use std::collections::{BTreeMap, HashMap};
 use std::net::{Ipv4Addr, SocketAddr};
 use std::sync::{Arc, Mutex};
-use std::time::{Duration, SystemTime, UNIX_EPOCH};
+use std::time::{SystemTime, UNIX_EPOCH};
 
 /// A refused call as the cloud answers it.
 #[derive(Debug)]
@@ -54,64 +54,9 @@ fn invalid(name: &str, value: &str, want: &str) -> ApiError {
     }
 }
 
-/// Everything the endpoint needs to start.
-pub struct Options {
-    pub listen: SocketAddr,
-    pub access_keys: Vec<(String, String)>,
-    pub state_dir: Option<std::path::PathBuf>,
-    pub table: TableExtras,
-}
-
-struct Inner {
-    cloud: Cloud,
-    /// Lab clock minus the real clock, nanoseconds (moved by `/_eiplab/clock`).
-    offset_ns: i64,
-    nonces: NonceCache,
-    store: Option<Store>,
-}
-
-/// The running control plane, shared by the HTTP handlers and the timer.
-pub struct ControlPlane {
-    inner: Mutex<Inner>,
-    keys: HashMap<String, String>,
-    pub cell: Arc<TableCell>,
-    /// The running dataplane's counters, when one runs (`--backend netns`).
-    live: std::sync::OnceLock<Arc<dyn Fn() -> Snapshot + Send + Sync>>,
-    /// Settings of the engine table that come from the lab file, not the cloud's state.
-    extras: TableExtras,
-}
-
-/// Engine-table settings the lab file gives (the ALG policy, source check, the gateway's
-/// internet-side address); the cloud's state gives the rest.
-#[derive(Clone, Debug, Default)]
-pub struct TableExtras {
-    pub alg: Option<crate::alg::AlgPolicy>,
-    pub source_check: Option<bool>,
-    pub internet_gateway: Option<std::net::Ipv4Addr>,
-}
-
-fn real_ns() -> u64 {
-    SystemTime::now()
-        .duration_since(UNIX_EPOCH)
-        .map_or(0, |d| d.as_nanos() as u64)
-}
-
-impl Inner {
-    fn lab_now(&self) -> u64 {
-        (real_ns() as i64).saturating_add(self.offset_ns).max(0) as u64
-    }
-
-    fn save(&mut self) -> Result<(), ApiError> {
-        let Some(store) = self.store.as_mut() else {
-            return Ok(());
-        };
-        let cloud = serde_json::to_string(&self.cloud).map_err(|e| internal(&e.to_string()))?;
-        store
-            .put(&[
-                ("cloud", cloud),
-                ("clock_offset_ns", self.offset_ns.to_string()),
-            ])
-            .map_err(|e| internal(&e))
+impl From<StoreError> for ApiError {
+    fn from(e: StoreError) -> Self {
+        internal(&e.to_string())
     }
 }
 
@@ -123,204 +68,104 @@ fn internal(m: &str) -> ApiError {
     }
 }
 
-impl ControlPlane {
-    /// Restores the state from `--state` if it holds one, else starts from `initial`.
-    pub fn new(initial: Cloud, opts: &Options) -> Result<Arc<ControlPlane>, String> {
-        let mut store = match &opts.state_dir {
-            Some(d) => Some(Store::open(d)?),
-            None => None,
-        };
-        let mut cloud = initial;
-        let mut offset_ns = 0;
-        if let Some(s) = store.as_mut() {
-            if let Some(saved) = s.get("cloud")? {
-                cloud = serde_json::from_str(&saved)
-                    .map_err(|e| format!("--state: the saved cloud cannot be read ({e}); move the directory away to start afresh"))?;
-                tracing::info!(
-                    eips = cloud.eips.len(),
-                    "restored the control plane from --state"
-                );
-            }
-            if let Some(o) = s.get("clock_offset_ns")? {
-                offset_ns = o.parse().unwrap_or(0);
-            }
-        }
-        let table =
-            build_table(&cloud, &opts.table).map_err(|e| format!("the lab's table: {e}"))?;
-        let cp = Arc::new(ControlPlane {
-            inner: Mutex::new(Inner {
-                cloud,
-                offset_ns,
-                nonces: NonceCache::new(),
-                store,
-            }),
-            keys: opts.access_keys.iter().cloned().collect(),
-            cell: Arc::new(TableCell::new(table)),
-            live: std::sync::OnceLock::new(),
-            extras: opts.table.clone(),
-        });
-        {
-            let mut g = cp.inner.lock().unwrap();
-            let now = g.lab_now();
-            g.cloud.handle_timeout(now);
-            g.save().map_err(|e| e.message)?;
-            cp.publish(&g.cloud);
-        }
-        Ok(cp)
+/// The endpoint's state: the control plane it runs actions on, and what belongs to HTTP alone
+/// (the access keys, the nonces seen, the `/metrics` registry).
+pub struct Api {
+    cp: Arc<ControlPlane>,
+    keys: HashMap<String, String>,
+    nonces: Mutex<NonceCache>,
+    metrics: Registry,
+}
+
+impl Api {
+    /// The API of `cp`, accepting calls signed with `access_keys` (id, secret).
+    pub fn new(cp: Arc<ControlPlane>, access_keys: &[(String, String)]) -> Arc<Api> {
+        Arc::new(Api {
+            metrics: metrics::registry(cp.clone()),
+            cp,
+            keys: access_keys.iter().cloned().collect(),
+            nonces: Mutex::new(NonceCache::new()),
+        })
     }
 
-    fn publish(&self, cloud: &Cloud) {
-        match build_table(cloud, &self.extras) {
-            Ok(t) => {
-                let generation = self.cell.publish(t);
-                tracing::debug!(generation, "engine table published");
-            }
-            Err(e) => tracing::error!("the cloud state makes no valid table (a bug): {e}"),
-        }
-    }
-
-    /// Ends due transitions; returns whether anything changed.
-    fn tick(&self) -> bool {
-        let mut g = self.inner.lock().unwrap();
-        let now = g.lab_now();
-        if g.cloud.poll_timeout().is_some_and(|t| t <= now) {
-            let changes = g.cloud.handle_timeout(now);
-            if let Err(e) = g.save() {
-                tracing::error!("saving state: {}", e.message);
-            }
-            self.publish(&g.cloud);
-            return !changes.is_empty();
-        }
-        false
-    }
-
-    /// Runs one signed call.
+    /// Runs one signed call: the signature, timestamp and nonce are checked first, then the
+    /// action runs on the model through [`ControlPlane::transact`] (committed before this
+    /// returns, rolled back if refused).
     pub fn call(&self, parts: &RequestParts) -> Result<Value, ApiError> {
-        let now_s = (real_ns() / 1_000_000_000) as i64;
-        let mut g = self.inner.lock().unwrap();
-        let keys = &self.keys;
-        let call = sign::verify_at(parts, &|id| keys.get(id).cloned(), now_s, &mut g.nonces)
-            .map_err(|e| ApiError {
-                code: e.code().to_string(),
-                status: e.http_status(),
-                message: e.message(),
-            })?;
-        let now = g.lab_now();
-        // Transitions due now end first; they count as a change to save and publish even when
-        // the call itself is a query.
-        let before = g.cloud.clone();
-        g.cloud.handle_timeout(now);
-        let settled = g.cloud.clone();
-        let result = action(&mut g.cloud, now, &call.action, &call.params);
-        if result.is_err() {
-            g.cloud = settled;
-        }
-        if g.cloud != before {
-            if let Err(e) = g.save() {
-                g.cloud = before;
-                return Err(e);
-            }
-            self.publish(&g.cloud);
-        }
-        result
+        let now_s = SystemTime::now()
+            .duration_since(UNIX_EPOCH)
+            .map_or(0, |d| d.as_secs() as i64);
+        let call = {
+            let mut nonces = self.nonces.lock().unwrap();
+            let keys = &self.keys;
+            sign::verify_at(parts, &|id| keys.get(id).cloned(), now_s, &mut nonces).map_err(
+                |e| ApiError {
+                    code: e.code().to_string(),
+                    status: e.http_status(),
+                    message: e.message(),
+                },
+            )?
+        };
+        self.cp
+            .transact(|c, now| action(c, now, &call.action, &call.params))
     }
 
     /// The lab-only status document.
     pub fn status(&self) -> Value {
-        let g = self.inner.lock().unwrap();
-        let eips: Vec<Value> = g
-            .cloud
-            .eips
-            .values()
-            .map(|e| describe_eip(&g.cloud, e))
-            .collect();
-        json!({
-            "LabTime": sign::iso8601((g.lab_now() / 1_000_000_000) as i64),
-            "TableGeneration": self.cell.generation(),
-            "Eips": eips,
-            "Released": g.cloud.released.iter().map(|r| json!({
-                "AllocationId": r.allocation_id, "IpAddress": r.address.to_string(),
-                "ReleasedAt": sign::iso8601((r.released_at / 1_000_000_000) as i64),
-            })).collect::<Vec<_>>(),
-            "counters": match self.live.get() {
-                Some(live) => crate::lab::stats::counters_json(&g.cloud, &live()),
-                None => Value::Null,
-            },
+        let counters = self.cp.counters();
+        let now = self.cp.lab_now();
+        let generation = self.cp.cell().generation();
+        self.cp.with_cloud(|c| {
+            json!({
+                "LabTime": ts(now),
+                "TableGeneration": generation,
+                "Eips": c.eips.values().map(|e| describe_eip(c, e)).collect::<Vec<_>>(),
+                "Released": c.released.iter().map(|r| json!({
+                    "AllocationId": r.allocation_id, "IpAddress": r.address.to_string(),
+                    "ReleasedAt": ts(r.released_at),
+                })).collect::<Vec<_>>(),
+                "counters": match &counters {
+                    Some(snap) => telemetry::counters_json(c, snap),
+                    None => Value::Null,
+                },
+            })
         })
-    }
-
-    /// Connects a running dataplane's counters to `status` and `/metrics`.
-    pub fn set_live_counters(&self, f: Arc<dyn Fn() -> Snapshot + Send + Sync>) {
-        let _ = self.live.set(f);
-    }
-
-    /// Prometheus text of the dataplane's counters (EIPs listed even before a dataplane runs).
-    pub fn metrics(&self) -> String {
-        let snap = self.live.get().map(|f| f()).unwrap_or_default();
-        let g = self.inner.lock().unwrap();
-        crate::lab::stats::prometheus(&g.cloud, &snap)
-    }
-
-    /// Reads the cloud's state (held under the control plane's lock: keep `f` short).
-    pub fn with_cloud<R>(&self, f: impl FnOnce(&Cloud) -> R) -> R {
-        let g = self.inner.lock().unwrap();
-        f(&g.cloud)
     }
 
     /// The programmed engine table, canonical.
     pub fn dataplane(&self) -> Value {
-        let g = self.inner.lock().unwrap();
-        let (enis, eips) = g.cloud.dataplane();
-        let (generation, table) = self.cell.load();
-        json!({
-            "Generation": generation,
-            "EipCount": table.eip_count(),
-            "Enis": enis.iter().map(|e| json!({
-                "Index": e.id,
-                "Instance": e.instance.map(|i| json!({"Index": i.id, "Running": i.running})),
-                "Gateway": e.gateway.map(|g| g.to_string()),
-                "PrivateIps": e.private_ips.iter().map(|a| a.to_string()).collect::<Vec<_>>(),
-            })).collect::<Vec<_>>(),
-            "Eips": eips.iter().map(|e| json!({
-                "Slot": e.slot,
-                "Address": e.address.to_string(),
-                "BandwidthMbps": e.bandwidth_mbps,
-                "Association": e.association.map(|a| json!({
-                    "Mode": a.mode.api_name(),
-                    "Eni": a.eni,
-                    "PrivateIp": a.private_ip.map(|p| p.to_string()),
-                    "NatPrivateIpInTable": a.private_ip.and_then(|p| table.nat_eip_of(p)).map(|x| x.to_string()),
-                })),
-            })).collect::<Vec<_>>(),
+        self.cp.with_cloud(|c| {
+            let (enis, eips) = c.dataplane();
+            let (generation, table) = self.cp.cell().load();
+            json!({
+                "Generation": generation,
+                "EipCount": table.eip_count(),
+                "Enis": enis.iter().map(|e| json!({
+                    "Index": e.id,
+                    "Instance": e.instance.map(|i| json!({"Index": i.id, "Running": i.running})),
+                    "Gateway": e.gateway.map(|g| g.to_string()),
+                    "PrivateIps": e.private_ips.iter().map(|a| a.to_string()).collect::<Vec<_>>(),
+                })).collect::<Vec<_>>(),
+                "Eips": eips.iter().map(|e| json!({
+                    "Slot": e.slot,
+                    "Address": e.address.to_string(),
+                    "BandwidthMbps": e.bandwidth_mbps,
+                    "Association": e.association.map(|a| json!({
+                        "Mode": a.mode.api_name(),
+                        "Eni": a.eni,
+                        "PrivateIp": a.private_ip.map(|p| p.to_string()),
+                        "NatPrivateIpInTable": a.private_ip.and_then(|p| table.nat_eip_of(p)).map(|x| x.to_string()),
+                    })),
+                })).collect::<Vec<_>>(),
+            })
         })
     }
 
     /// Moves the lab clock forward (the 7-day recovery window).
     pub fn advance_clock(&self, seconds: u64) -> Result<Value, ApiError> {
-        let mut g = self.inner.lock().unwrap();
-        g.offset_ns = g
-            .offset_ns
-            .saturating_add((seconds as i64).saturating_mul(1_000_000_000));
-        let now = g.lab_now();
-        g.cloud.handle_timeout(now);
-        g.save()?;
-        self.publish(&g.cloud);
-        Ok(json!({"LabTime": sign::iso8601((now / 1_000_000_000) as i64)}))
+        let now = self.cp.advance_clock(seconds)?;
+        Ok(json!({"LabTime": ts(now)}))
     }
-}
-
-fn build_table(cloud: &Cloud, x: &TableExtras) -> Result<Table, String> {
-    let mut b = cloud.table();
-    if let Some(a) = x.alg {
-        b = b.alg_policy(a);
-    }
-    if let Some(s) = x.source_check {
-        b = b.source_check(s);
-    }
-    if let Some(g) = x.internet_gateway {
-        b = b.internet_gateway(g);
-    }
-    b.build().map_err(|e| e.to_string())
 }
 
 fn request_id() -> String {
@@ -782,7 +627,7 @@ fn error_response(e: ApiError, host: &str) -> Response {
 }
 
 async fn rpc(
-    State(cp): State<Arc<ControlPlane>>,
+    State(api): State<Arc<Api>>,
     method: Method,
     uri: Uri,
     headers: HeaderMap,
@@ -809,7 +654,7 @@ async fn rpc(
         headers: &hv,
         body: &body,
     };
-    let result = cp.call(&parts);
+    let result = api.call(&parts);
     match result {
         Ok(v) => axum::Json(v).into_response(),
         Err(e) => {
@@ -819,29 +664,26 @@ async fn rpc(
     }
 }
 
-async fn status(State(cp): State<Arc<ControlPlane>>) -> Response {
-    axum::Json(cp.status()).into_response()
+async fn status(State(api): State<Arc<Api>>) -> Response {
+    axum::Json(api.status()).into_response()
 }
 
-async fn metrics(State(cp): State<Arc<ControlPlane>>) -> Response {
-    (
-        [("content-type", "text/plain; version=0.0.4; charset=utf-8")],
-        cp.metrics(),
-    )
-        .into_response()
+/// OpenMetrics text of the dataplane's counters (EIPs listed even before a dataplane runs).
+async fn metrics_text(State(api): State<Arc<Api>>) -> Response {
+    match metrics::render(&api.metrics) {
+        Ok(text) => ([("content-type", metrics::CONTENT_TYPE)], text).into_response(),
+        Err(_) => error_response(internal("encoding /metrics"), ""),
+    }
 }
 
-async fn dataplane(State(cp): State<Arc<ControlPlane>>) -> Response {
-    axum::Json(cp.dataplane()).into_response()
+async fn dataplane(State(api): State<Arc<Api>>) -> Response {
+    axum::Json(api.dataplane()).into_response()
 }
 
-async fn clock(
-    State(cp): State<Arc<ControlPlane>>,
-    Query(q): Query<HashMap<String, String>>,
-) -> Response {
+async fn clock(State(api): State<Arc<Api>>, Query(q): Query<HashMap<String, String>>) -> Response {
     let secs = q.get("advance_seconds").and_then(|s| s.parse::<u64>().ok());
     match secs {
-        Some(s) => match cp.advance_clock(s) {
+        Some(s) => match api.advance_clock(s) {
             Ok(v) => axum::Json(v).into_response(),
             Err(e) => error_response(e, ""),
         },
@@ -849,14 +691,15 @@ async fn clock(
     }
 }
 
-/// Serves the API until `shutdown` resolves; ends transitions on time meanwhile.
+/// Serves the API until `shutdown` resolves. Transitions end on time only while
+/// [`ControlPlane::run_timers`] runs beside it (else at the next call).
 pub async fn serve(
-    cp: Arc<ControlPlane>,
+    api: Arc<Api>,
     listen: SocketAddr,
     shutdown: impl std::future::Future<Output = ()> + Send + 'static,
 ) -> Result<(), String> {
     let listener = bind(listen).await?;
-    serve_on(cp, listener, shutdown).await
+    serve_on(api, listener, shutdown).await
 }
 
 /// Binds the API's address (an error says how to pick another).
@@ -868,7 +711,7 @@ pub async fn bind(listen: SocketAddr) -> Result<tokio::net::TcpListener, String>
 
 /// Serves the API (and `/metrics`) on a bound listener until `shutdown` resolves.
 pub async fn serve_on(
-    cp: Arc<ControlPlane>,
+    api: Arc<Api>,
     listener: tokio::net::TcpListener,
     shutdown: impl std::future::Future<Output = ()> + Send + 'static,
 ) -> Result<(), String> {
@@ -876,22 +719,13 @@ pub async fn serve_on(
         .route("/_eiplab/status", routing::get(status))
         .route("/_eiplab/dataplane", routing::get(dataplane))
         .route("/_eiplab/clock", post(clock))
-        .route("/metrics", routing::get(metrics))
+        .route("/metrics", routing::get(metrics_text))
         .fallback(any(rpc))
-        .with_state(cp.clone());
+        .with_state(api);
     let addr = listener.local_addr().map_err(|e| e.to_string())?;
     eprintln!("eiplab: api listening on http://{addr}");
-    let ticker = cp.clone();
-    let timer = tokio::spawn(async move {
-        loop {
-            tokio::time::sleep(Duration::from_millis(10)).await;
-            ticker.tick();
-        }
-    });
-    let r = axum::serve(listener, app)
+    axum::serve(listener, app)
         .with_graceful_shutdown(shutdown)
         .await
-        .map_err(|e| e.to_string());
-    timer.abort();
-    r
+        .map_err(|e| e.to_string())
 }

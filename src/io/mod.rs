@@ -33,7 +33,7 @@ mod tests;
 pub use device::{Batch, Device, Offload, Received, MAX_PACKET};
 
 use crate::engine::{Engine, Side, TableCell, Verdict, WatchId};
-use crate::lab::stats::{GatewayErrors, Snapshot};
+use crate::telemetry::{GatewayErrors, Snapshot};
 use poll::{Epoll, EventFd};
 use std::io;
 use std::os::fd::AsRawFd;

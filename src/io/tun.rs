@@ -107,7 +107,7 @@ impl Device for TunDevice {
 /// unaddressed: the caller configures it.
 pub fn open_tun(ns: &str, name: &str) -> Result<TunDevice, String> {
     let n = name.to_string();
-    let dev = crate::lab::netns::enter(ns, move || {
+    let dev = crate::sys::netns::enter(ns, move || {
         tun_rs::DeviceBuilder::new()
             .name(n.clone())
             .offload(true)

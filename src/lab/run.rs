@@ -9,8 +9,8 @@
 
 use super::config::LabFile;
 use super::netns::{self, ip_in};
-use crate::api::server::ControlPlane;
 use crate::cloud::{Cloud, Mode};
+use crate::control::ControlPlane;
 use crate::engine::Side;
 use crate::io::tun::open_tun;
 use crate::io::{pcap::Capture, pcap::Tap, Dataplane, Device};
@@ -467,7 +467,7 @@ impl Lab {
             std::fs::create_dir_all(d)
                 .map_err(|e| format!("--pcap {}: cannot create it: {e}", d.display()))?;
         }
-        let dp = Dataplane::new(cp.cell.clone(), crate::io::Options::default())
+        let dp = Dataplane::new(cp.cell().clone(), crate::io::Options::default())
             .map_err(|e| format!("cannot start the gateway: {e}"))?;
         let mut lab = Lab {
             _lock: lock,
@@ -570,10 +570,10 @@ impl Lab {
             std::thread::Builder::new()
                 .name("reconcile".into())
                 .spawn(move || {
-                    let mut seen = cp.cell.generation();
+                    let mut seen = cp.cell().generation();
                     while !stop.load(Ordering::Acquire) {
                         std::thread::sleep(Duration::from_millis(20));
-                        let g = cp.cell.generation();
+                        let g = cp.cell().generation();
                         if g != seen {
                             seen = g;
                             rec.step(&cp);

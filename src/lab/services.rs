@@ -3,8 +3,8 @@
 //! service at 100.100.100.200, which answers an instance from what the cloud model holds,
 //! recognising the caller by its source address.
 
-use crate::api::server::ControlPlane;
 use crate::cloud::{BindType, Cloud, EipStatus, Mode};
+use crate::control::ControlPlane;
 use axum::extract::{ConnectInfo, Path, State};
 use axum::http::StatusCode;
 use axum::response::{IntoResponse, Response};

@@ -1,0 +1,306 @@
+//! The control plane: the cloud model behind one lock, its state on disk ([`store`]), and the
+//! engine table the state implies, published into a [`TableCell`] after every change.
+//!
+//! Every change goes through [`ControlPlane::transact`]: due transitions end first, the change
+//! runs on the model, a refused change is rolled back, and a state that moved is committed to
+//! the store before the caller hears of it, then published. The API (`crate::api`) runs its
+//! actions this way without this module knowing HTTP; the lab (`crate::lab`) reads the cloud
+//! and the table cell. Transitions (EIP Associating/Unassociating, instance Starting/Stopping)
+//! end on time by [`ControlPlane::run_timers`], which sleeps until the model's next deadline
+//! or until a change wakes it: an idle control plane does not wake at all.
+//!
+//! A shell module: it imports [`crate::telemetry`] and the pure core, nothing else of the shell.
+
+pub mod store;
+
+use crate::cloud::Cloud;
+use crate::engine::table::Table;
+use crate::engine::TableCell;
+use crate::telemetry::{CounterSource, Snapshot};
+use std::path::PathBuf;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex, MutexGuard, OnceLock};
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
+use store::Store;
+use tokio::sync::Notify;
+
+/// The state could not be written to `--state`: the change it belonged to was undone.
+#[derive(Debug, thiserror::Error)]
+#[error("{0}")]
+pub struct StoreError(String);
+
+/// What the control plane starts from besides the cloud.
+#[derive(Clone, Debug, Default)]
+pub struct Options {
+    /// `--state DIR`: restore from it if it holds a state, and commit every change to it.
+    pub state_dir: Option<PathBuf>,
+    pub table: TableExtras,
+}
+
+/// Engine-table settings the lab file gives (the ALG policy, source check, the gateway's
+/// internet-side address); the cloud's state gives the rest.
+#[derive(Clone, Debug, Default)]
+pub struct TableExtras {
+    pub alg: Option<crate::alg::AlgPolicy>,
+    pub source_check: Option<bool>,
+    pub internet_gateway: Option<std::net::Ipv4Addr>,
+}
+
+/// Reads a running dataplane's counters (summed over its workers).
+pub type LiveCounters = Arc<dyn Fn() -> Snapshot + Send + Sync>;
+
+struct Inner {
+    cloud: Cloud,
+    /// Lab clock minus the real clock, nanoseconds (moved by [`ControlPlane::advance_clock`]).
+    offset_ns: i64,
+    store: Option<Store>,
+}
+
+/// The running control plane, shared by the API, the lab and the timer task.
+pub struct ControlPlane {
+    inner: Mutex<Inner>,
+    cell: Arc<TableCell>,
+    /// The running dataplane's counters, when one runs (`--backend netns`).
+    live: OnceLock<LiveCounters>,
+    /// Settings of the engine table that come from the lab file, not the cloud's state.
+    extras: TableExtras,
+    /// Signalled by every change of state, so [`ControlPlane::run_timers`] looks at the next
+    /// deadline again.
+    changed: Notify,
+    /// How often the timer task woke (see [`ControlPlane::timer_wakeups`]).
+    wakeups: AtomicU64,
+}
+
+fn real_ns() -> u64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map_or(0, |d| d.as_nanos() as u64)
+}
+
+impl Inner {
+    fn lab_now(&self) -> u64 {
+        (real_ns() as i64).saturating_add(self.offset_ns).max(0) as u64
+    }
+
+    fn save(&mut self) -> Result<(), StoreError> {
+        let Some(store) = self.store.as_mut() else {
+            return Ok(());
+        };
+        let cloud = serde_json::to_string(&self.cloud).map_err(|e| StoreError(e.to_string()))?;
+        store
+            .put(&[
+                ("cloud", cloud),
+                ("clock_offset_ns", self.offset_ns.to_string()),
+            ])
+            .map_err(StoreError)
+    }
+}
+
+impl ControlPlane {
+    /// Restores the state from `--state` if it holds one, else starts from `initial`; ends
+    /// the transitions due, saves and publishes the first table.
+    pub fn new(initial: Cloud, opts: &Options) -> Result<Arc<ControlPlane>, String> {
+        let mut store = match &opts.state_dir {
+            Some(d) => Some(Store::open(d)?),
+            None => None,
+        };
+        let mut cloud = initial;
+        let mut offset_ns = 0;
+        if let Some(s) = store.as_mut() {
+            if let Some(saved) = s.get("cloud")? {
+                cloud = serde_json::from_str(&saved)
+                    .map_err(|e| format!("--state: the saved cloud cannot be read ({e}); move the directory away to start afresh"))?;
+                tracing::info!(
+                    eips = cloud.eips.len(),
+                    "restored the control plane from --state"
+                );
+            }
+            if let Some(o) = s.get("clock_offset_ns")? {
+                offset_ns = o.parse().unwrap_or(0);
+            }
+        }
+        let table =
+            build_table(&cloud, &opts.table).map_err(|e| format!("the lab's table: {e}"))?;
+        let cp = Arc::new(ControlPlane {
+            inner: Mutex::new(Inner {
+                cloud,
+                offset_ns,
+                store,
+            }),
+            cell: Arc::new(TableCell::new(table)),
+            live: OnceLock::new(),
+            extras: opts.table.clone(),
+            changed: Notify::new(),
+            wakeups: AtomicU64::new(0),
+        });
+        {
+            let mut g = cp.lock();
+            let now = g.lab_now();
+            g.cloud.handle_timeout(now);
+            g.save().map_err(|e| e.to_string())?;
+            cp.publish(&g.cloud);
+        }
+        Ok(cp)
+    }
+
+    fn lock(&self) -> MutexGuard<'_, Inner> {
+        // A panic under the lock may have left a half-made change: refuse to go on with it.
+        self.inner
+            .lock()
+            .expect("the control plane's lock (a change panicked)")
+    }
+
+    fn publish(&self, cloud: &Cloud) {
+        match build_table(cloud, &self.extras) {
+            Ok(t) => {
+                let generation = self.cell.publish(t);
+                tracing::debug!(generation, "engine table published");
+            }
+            Err(e) => tracing::error!("the cloud state makes no valid table (a bug): {e}"),
+        }
+    }
+
+    /// Runs one change (or query) on the cloud: `f` gets the model and the lab time (ns),
+    /// after the transitions due by then have ended. If `f` fails, the model is put back as it
+    /// was before `f` (the ended transitions stay). If the state moved at all, it is committed
+    /// to the store before this returns (a failed commit undoes everything and returns its
+    /// error), published to the engines, and the timer task is woken.
+    pub fn transact<R, E: From<StoreError>>(
+        &self,
+        f: impl FnOnce(&mut Cloud, u64) -> Result<R, E>,
+    ) -> Result<R, E> {
+        let mut g = self.lock();
+        let now = g.lab_now();
+        // Transitions due now end first; they count as a change to save and publish even when
+        // `f` itself is a query.
+        let before = g.cloud.clone();
+        g.cloud.handle_timeout(now);
+        let settled = g.cloud.clone();
+        let result = f(&mut g.cloud, now);
+        if result.is_err() {
+            g.cloud = settled;
+        }
+        if g.cloud != before {
+            if let Err(e) = g.save() {
+                g.cloud = before;
+                return Err(e.into());
+            }
+            self.publish(&g.cloud);
+            self.changed.notify_one();
+        }
+        result
+    }
+
+    /// Reads the cloud's state as it is (held under the control plane's lock: keep `f` short).
+    pub fn with_cloud<R>(&self, f: impl FnOnce(&Cloud) -> R) -> R {
+        let g = self.lock();
+        f(&g.cloud)
+    }
+
+    /// The lab clock now, nanoseconds since the Unix epoch (the real clock plus every
+    /// [`advance_clock`](Self::advance_clock)).
+    pub fn lab_now(&self) -> u64 {
+        self.lock().lab_now()
+    }
+
+    /// Moves the lab clock forward (the 7-day recovery window), ends what is due by the new
+    /// time, saves and publishes; returns the new lab time (ns).
+    pub fn advance_clock(&self, seconds: u64) -> Result<u64, StoreError> {
+        let mut g = self.lock();
+        g.offset_ns = g
+            .offset_ns
+            .saturating_add((seconds as i64).saturating_mul(1_000_000_000));
+        let now = g.lab_now();
+        g.cloud.handle_timeout(now);
+        g.save()?;
+        self.publish(&g.cloud);
+        self.changed.notify_one();
+        Ok(now)
+    }
+
+    /// Where the engines take their tables from.
+    pub fn cell(&self) -> &Arc<TableCell> {
+        &self.cell
+    }
+
+    /// Connects a running dataplane's counters to [`counters`](Self::counters) (once; later
+    /// calls are ignored).
+    pub fn set_live_counters(&self, f: LiveCounters) {
+        let _ = self.live.set(f);
+    }
+
+    /// The running dataplane's counters now, or `None` when no dataplane runs.
+    pub fn counters(&self) -> Option<Snapshot> {
+        self.live.get().map(|f| f())
+    }
+
+    /// Ends every transition on time, forever: sleeps until the model's next deadline, or
+    /// until a change or a clock move may have brought a nearer one. With no transition under
+    /// way it sleeps until the next change. Spawn it once, next to the API.
+    ///
+    /// Deadlines are on the lab clock, which runs at the real clock's rate; the sleep is on
+    /// the monotonic clock, so a jump of the system clock moves an end by at most the time
+    /// that was left.
+    pub async fn run_timers(&self) {
+        loop {
+            let wait = self.end_due_transitions();
+            match wait {
+                None => self.changed.notified().await,
+                Some(ns) => {
+                    tokio::select! {
+                        () = tokio::time::sleep(Duration::from_nanos(ns)) => {}
+                        () = self.changed.notified() => {}
+                    }
+                }
+            }
+            self.wakeups.fetch_add(1, Ordering::Relaxed);
+        }
+    }
+
+    /// How many times [`run_timers`](Self::run_timers) woke: once per deadline and once per
+    /// change, never on a period.
+    pub fn timer_wakeups(&self) -> u64 {
+        self.wakeups.load(Ordering::Relaxed)
+    }
+
+    /// Ends the transitions due now (saving and publishing if any did); returns the time to
+    /// the next deadline (ns), if any.
+    fn end_due_transitions(&self) -> Option<u64> {
+        let mut g = self.lock();
+        let now = g.lab_now();
+        if g.cloud.poll_timeout().is_some_and(|t| t <= now) {
+            g.cloud.handle_timeout(now);
+            if let Err(e) = g.save() {
+                tracing::error!("saving state: {e}");
+            }
+            self.publish(&g.cloud);
+        }
+        g.cloud.poll_timeout().map(|t| t.saturating_sub(now))
+    }
+}
+
+/// `/metrics` reads the cloud and the live counters (zeros before a dataplane runs).
+impl CounterSource for ControlPlane {
+    fn read_counters(&self, f: &mut dyn FnMut(&Cloud, &Snapshot)) {
+        let snap = self.counters().unwrap_or_default();
+        let g = self.lock();
+        f(&g.cloud, &snap)
+    }
+}
+
+fn build_table(cloud: &Cloud, x: &TableExtras) -> Result<Table, String> {
+    let mut b = cloud.table();
+    if let Some(a) = x.alg {
+        b = b.alg_policy(a);
+    }
+    if let Some(s) = x.source_check {
+        b = b.source_check(s);
+    }
+    if let Some(g) = x.internet_gateway {
+        b = b.internet_gateway(g);
+    }
+    b.build().map_err(|e| e.to_string())
+}
+
+#[cfg(test)]
+mod tests;

@@ -1,0 +1,304 @@
+use super::*;
+use crate::cloud::{
+    Associate, BindType, CloudError, EipStatus, Eni, Instance, InstanceStatus, Settings, VSwitch,
+};
+use crate::engine::AssociationMode;
+use std::net::Ipv4Addr;
+use std::time::Instant;
+
+const TRANSITION: Duration = Duration::from_millis(100);
+
+fn ip(s: &str) -> Ipv4Addr {
+    s.parse().unwrap()
+}
+
+/// i-web (Running) with eni-web0 (10.0.1.10), eip-web (Available).
+fn cloud() -> Cloud {
+    let mut c = Cloud::new(Settings {
+        region: "cn-shanghai".into(),
+        multi_binded_allowed: true,
+        transition_ns: TRANSITION.as_nanos() as u64,
+        eip_pool: vec![(ip("198.51.100.0"), 24)],
+    });
+    c.add_vswitch(VSwitch {
+        id: "vsw-a".into(),
+        region: "cn-shanghai".into(),
+        zone: "cn-shanghai-b".into(),
+        network: ip("10.0.1.0"),
+        prefix_len: 24,
+        gateway: ip("10.0.1.253"),
+    });
+    c.add_instance(Instance {
+        id: "i-web".into(),
+        region: "cn-shanghai".into(),
+        instance_type: "ecs.g5.large".into(),
+        status: InstanceStatus::Running,
+        vpc: true,
+        public_ip: None,
+        dhcp: true,
+        index: 0,
+        max_enis: None,
+        max_private_ips_per_eni: None,
+        transition_until: None,
+    });
+    c.add_eni(Eni {
+        id: "eni-web0".into(),
+        region: "cn-shanghai".into(),
+        vswitch: "vsw-a".into(),
+        private_ips: vec![ip("10.0.1.10")],
+        primary: true,
+        instance: Some("i-web".into()),
+        index: 0,
+    });
+    c.add_eip(real_ns(), "eip-web", ip("198.51.100.10"), 5);
+    c
+}
+
+/// What a caller of `transact` returns: the model's refusal or the store's.
+#[derive(Debug)]
+enum Refused {
+    Cloud(#[allow(dead_code)] CloudError),
+    Store(#[allow(dead_code)] StoreError),
+}
+
+impl From<CloudError> for Refused {
+    fn from(e: CloudError) -> Self {
+        Refused::Cloud(e)
+    }
+}
+
+impl From<StoreError> for Refused {
+    fn from(e: StoreError) -> Self {
+        Refused::Store(e)
+    }
+}
+
+fn associate(c: &mut Cloud, now: u64) -> Result<(), Refused> {
+    c.associate(
+        now,
+        &Associate {
+            allocation_id: "eip-web".into(),
+            instance_id: "i-web".into(),
+            bind_type: BindType::EcsInstance,
+            mode: AssociationMode::Nat,
+            private_ip: None,
+        },
+    )?;
+    Ok(())
+}
+
+/// The EIP the published table maps to i-web's private address under NAT.
+fn mapped(cp: &ControlPlane) -> Option<Ipv4Addr> {
+    cp.cell().load().1.nat_eip_of(ip("10.0.1.10"))
+}
+
+fn status(cp: &ControlPlane) -> EipStatus {
+    cp.with_cloud(|c| c.eips["eip-web"].status)
+}
+
+fn temp_dir(tag: &str) -> PathBuf {
+    let d = std::env::temp_dir().join(format!(
+        "eiplab-control-{tag}-{}-{}",
+        std::process::id(),
+        real_ns()
+    ));
+    let _ = std::fs::remove_dir_all(&d);
+    d
+}
+
+fn runtime() -> tokio::runtime::Runtime {
+    tokio::runtime::Builder::new_current_thread()
+        .enable_time()
+        .build()
+        .unwrap()
+}
+
+#[test]
+fn a_refused_change_is_rolled_back_and_nothing_is_published() {
+    let cp = ControlPlane::new(cloud(), &Options::default()).unwrap();
+    let before = cp.with_cloud(Cloud::clone);
+    let generation = cp.cell().generation();
+    let r: Result<(), Refused> = cp.transact(|c, now| {
+        associate(c, now)?;
+        // A second rule fails after the model already changed.
+        c.release(now, "eip-nope")?;
+        Ok(())
+    });
+    assert!(matches!(r, Err(Refused::Cloud(_))), "{r:?}");
+    assert_eq!(cp.with_cloud(Cloud::clone), before);
+    assert_eq!(cp.cell().generation(), generation);
+}
+
+#[test]
+fn a_change_is_saved_before_it_returns_and_published() {
+    let dir = temp_dir("save");
+    let opts = Options {
+        state_dir: Some(dir.clone()),
+        table: TableExtras::default(),
+    };
+    let cp = ControlPlane::new(cloud(), &opts).unwrap();
+    let generation = cp.cell().generation();
+    let r: Result<(), Refused> = cp.transact(associate);
+    r.unwrap();
+    assert_eq!(status(&cp), EipStatus::Associating);
+    assert!(cp.cell().generation() > generation);
+    // The store holds it: a second control plane on the same directory starts from it (and
+    // ends the transition, long due by then or not, at its own time).
+    let saved = Store::open(&dir).unwrap().get("cloud").unwrap().unwrap();
+    let saved: Cloud = serde_json::from_str(&saved).unwrap();
+    assert_eq!(saved, cp.with_cloud(Cloud::clone));
+    drop(cp);
+    let _ = std::fs::remove_dir_all(&dir);
+}
+
+#[test]
+fn a_query_that_ends_a_due_transition_saves_and_publishes() {
+    let dir = temp_dir("query");
+    let opts = Options {
+        state_dir: Some(dir.clone()),
+        table: TableExtras::default(),
+    };
+    let cp = ControlPlane::new(cloud(), &opts).unwrap();
+    let r: Result<(), Refused> = cp.transact(associate);
+    r.unwrap();
+    // No timer task runs here: the transition ends at the next call.
+    std::thread::sleep(TRANSITION + Duration::from_millis(20));
+    assert_eq!(status(&cp), EipStatus::Associating);
+    let generation = cp.cell().generation();
+    let seen: Result<EipStatus, Refused> = cp.transact(|c, _| Ok(c.eips["eip-web"].status));
+    assert_eq!(seen.unwrap(), EipStatus::InUse);
+    assert!(cp.cell().generation() > generation);
+    assert_eq!(mapped(&cp), Some(ip("198.51.100.10")), "InUse is published");
+    let saved = Store::open(&dir).unwrap().get("cloud").unwrap().unwrap();
+    let saved: Cloud = serde_json::from_str(&saved).unwrap();
+    assert_eq!(saved.eips["eip-web"].status, EipStatus::InUse);
+    // A query that changes nothing publishes nothing.
+    let generation = cp.cell().generation();
+    let _: Result<usize, Refused> = cp.transact(|c, _| Ok(c.eips.len()));
+    assert_eq!(cp.cell().generation(), generation);
+    drop(cp);
+    let _ = std::fs::remove_dir_all(&dir);
+}
+
+#[test]
+fn the_timer_ends_transitions_without_a_call_and_sleeps_otherwise() {
+    let cp = ControlPlane::new(cloud(), &Options::default()).unwrap();
+    runtime().block_on(async {
+        let timer = tokio::spawn({
+            let cp = cp.clone();
+            async move { cp.run_timers().await }
+        });
+        // Idle: nothing due, nothing changes, nobody wakes (reads do not wake it either).
+        tokio::time::sleep(Duration::from_millis(300)).await;
+        assert_eq!(status(&cp), EipStatus::Available);
+        assert_eq!(cp.timer_wakeups(), 0, "an idle control plane woke");
+
+        // Associating ends by itself, and the table follows.
+        let generation = cp.cell().generation();
+        let r: Result<(), Refused> = cp.transact(associate);
+        r.unwrap();
+        let started = Instant::now();
+        while status(&cp) != EipStatus::InUse {
+            assert!(
+                started.elapsed() < Duration::from_secs(5),
+                "still {:?} {:?} after the association",
+                status(&cp),
+                started.elapsed()
+            );
+            tokio::time::sleep(Duration::from_millis(5)).await;
+        }
+        assert!(cp.cell().generation() >= generation + 2, "InUse published");
+        assert_eq!(mapped(&cp), Some(ip("198.51.100.10")));
+        // Woken by the change, then by the deadline; a 10 ms period would count ten or more.
+        let woke = cp.timer_wakeups();
+        assert!(
+            (1..=3).contains(&woke),
+            "{woke} wake-ups for one transition"
+        );
+
+        // Unassociating and an instance's Stopping end the same way.
+        let r: Result<(), Refused> = cp.transact(|c, now| {
+            c.unassociate(now, "eip-web", false)?;
+            c.set_running(now, "i-web", false)?;
+            Ok(())
+        });
+        r.unwrap();
+        let started = Instant::now();
+        loop {
+            let (eip, inst) =
+                cp.with_cloud(|c| (c.eips["eip-web"].status, c.instances["i-web"].status));
+            if (eip, inst) == (EipStatus::Available, InstanceStatus::Stopped) {
+                break;
+            }
+            assert!(
+                started.elapsed() < Duration::from_secs(5),
+                "still {eip:?} and {inst:?}"
+            );
+            tokio::time::sleep(Duration::from_millis(5)).await;
+        }
+        assert_eq!(mapped(&cp), None, "Available is published");
+
+        // Idle again: no more wake-ups.
+        let woke = cp.timer_wakeups();
+        tokio::time::sleep(Duration::from_millis(300)).await;
+        assert_eq!(cp.timer_wakeups(), woke, "the timer woke with nothing due");
+
+        // Moving the clock wakes it once (a nearer deadline may follow).
+        cp.advance_clock(60).unwrap();
+        tokio::time::sleep(Duration::from_millis(50)).await;
+        assert_eq!(cp.timer_wakeups(), woke + 1);
+        timer.abort();
+    });
+}
+
+#[test]
+fn a_change_brings_a_nearer_deadline_forward() {
+    // A long transition is under way when a short one starts: the timer, asleep until the
+    // long one ends, must wake for the short one.
+    let mut c = cloud();
+    c.add_instance(Instance {
+        id: "i-db".into(),
+        region: "cn-shanghai".into(),
+        instance_type: "ecs.g5.large".into(),
+        status: InstanceStatus::Running,
+        vpc: true,
+        public_ip: None,
+        dhcp: true,
+        index: 0,
+        max_enis: None,
+        max_private_ips_per_eni: None,
+        transition_until: None,
+    });
+    c.settings.transition_ns = Duration::from_secs(3600).as_nanos() as u64;
+    let cp = ControlPlane::new(c, &Options::default()).unwrap();
+    runtime().block_on(async {
+        let timer = tokio::spawn({
+            let cp = cp.clone();
+            async move { cp.run_timers().await }
+        });
+        let r: Result<(), Refused> = cp.transact(|c, now| {
+            c.set_running(now, "i-db", false)?;
+            Ok(())
+        });
+        r.unwrap();
+        tokio::time::sleep(Duration::from_millis(50)).await;
+        let r: Result<(), Refused> = cp.transact(|c, now| {
+            c.settings.transition_ns = TRANSITION.as_nanos() as u64;
+            associate(c, now)
+        });
+        r.unwrap();
+        let started = Instant::now();
+        while status(&cp) != EipStatus::InUse {
+            assert!(
+                started.elapsed() < Duration::from_secs(5),
+                "the short transition waited for the long one"
+            );
+            tokio::time::sleep(Duration::from_millis(5)).await;
+        }
+        assert_eq!(
+            cp.with_cloud(|c| c.instances["i-db"].status),
+            InstanceStatus::Stopping
+        );
+        timer.abort();
+    });
+}
