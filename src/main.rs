@@ -62,6 +62,9 @@ enum Command {
         /// Write one pcap file per lab interface into this directory.
         #[arg(long)]
         pcap: Option<PathBuf>,
+        /// Gateway worker threads (each serves many interfaces); default: one per core.
+        #[arg(long, value_parser = clap::value_parser!(u16).range(1..=256))]
+        workers: Option<u16>,
     },
     /// Remove what a killed `up` left behind (its namespaces, with their devices and routes).
     Down {
@@ -146,7 +149,8 @@ fn run(cmd: Command) -> Result<ExitCode> {
             api_listen,
             prefix,
             pcap,
-        } => up(lab, backend, state, api_listen, prefix, pcap),
+            workers,
+        } => up(lab, backend, state, api_listen, prefix, pcap, workers),
         Command::Down { lab, prefix } => {
             let file = eiplab::lab::config::load(&lab).map_err(|e| anyhow::anyhow!("{e}"))?;
             let removed = eiplab::lab::run::down(&file, &prefix).map_err(|e| anyhow::anyhow!(e))?;
@@ -165,8 +169,9 @@ fn run(cmd: Command) -> Result<ExitCode> {
         } => {
             use std::os::unix::process::CommandExt;
             let ns = format!("{prefix}{name}");
-            if !eiplab::lab::netns::exists(&ns) {
-                let labs: Vec<String> = eiplab::lab::netns::list()
+            if !eiplab::sys::netns::exists(&ns) {
+                let labs: Vec<String> = eiplab::sys::netns::list()
+                    .unwrap_or_default()
                     .into_iter()
                     .filter(|n| n.starts_with(&prefix))
                     .collect();
@@ -286,12 +291,29 @@ fn send(endpoint: &str, req: &sign::OutgoingRequest) -> Result<(u16, String)> {
     Ok((status, resp.body_mut().read_to_string()?))
 }
 
-async fn shutdown_signal() {
-    use tokio::signal::unix::{signal, SignalKind};
-    let mut term = signal(SignalKind::terminate()).expect("SIGTERM handler");
-    tokio::select! {
-        _ = tokio::signal::ctrl_c() => {}
-        _ = term.recv() => {}
+/// SIGINT or SIGTERM, caught from the moment this is made: one that arrives while the lab
+/// is being built is not lost (nor does it kill the process halfway), it stops the lab as soon
+/// as the lab is up.
+struct StopSignal {
+    term: tokio::signal::unix::Signal,
+    int: tokio::signal::unix::Signal,
+}
+
+impl StopSignal {
+    /// Installs the handlers; call inside the runtime.
+    fn install() -> Result<StopSignal> {
+        use tokio::signal::unix::{signal, SignalKind};
+        Ok(StopSignal {
+            term: signal(SignalKind::terminate()).context("installing the SIGTERM handler")?,
+            int: signal(SignalKind::interrupt()).context("installing the SIGINT handler")?,
+        })
+    }
+
+    async fn wait(mut self) {
+        tokio::select! {
+            _ = self.term.recv() => {}
+            _ = self.int.recv() => {}
+        }
     }
 }
 
@@ -303,6 +325,7 @@ fn up(
     api_listen: Option<SocketAddr>,
     prefix: String,
     pcap: Option<PathBuf>,
+    workers: Option<u16>,
 ) -> Result<ExitCode> {
     if backend == Backend::Sim {
         bail!(
@@ -340,6 +363,7 @@ fn up(
     let listener = rt
         .block_on(eiplab::api::server::bind(listen))
         .map_err(|e| anyhow::anyhow!(e))?;
+    let stop = rt.block_on(async { StopSignal::install() })?;
     // Ends EIP and instance transitions on time; asleep while none is under way.
     let timers = rt.spawn({
         let cp = cp.clone();
@@ -349,12 +373,8 @@ fn up(
         eprintln!("eiplab: backend none: control plane and engine table only (no namespaces)");
         println!("eiplab: ready");
         std::io::stdout().flush()?;
-        rt.block_on(eiplab::api::server::serve_on(
-            api,
-            listener,
-            shutdown_signal(),
-        ))
-        .map_err(|e| anyhow::anyhow!(e))?;
+        rt.block_on(eiplab::api::server::serve_on(api, listener, stop.wait()))
+            .map_err(|e| anyhow::anyhow!(e))?;
         timers.abort();
         eprintln!("eiplab: stopped");
         return Ok(ExitCode::SUCCESS);
@@ -362,6 +382,7 @@ fn up(
     let lab_opts = eiplab::lab::run::Options {
         prefix: prefix.clone(),
         pcap,
+        workers: workers.map_or_else(eiplab::io::default_workers, usize::from),
     };
     let (mut running, services) = eiplab::lab::run::Lab::build(&file, cp.clone(), &lab_opts)
         .map_err(|e| anyhow::anyhow!("{}: {e}", lab.display()))?;
@@ -374,17 +395,22 @@ fn up(
             cp.clone(),
             file.vpc.id.clone(),
         ));
+        let mut shown: Vec<String> = file
+            .instance
+            .iter()
+            .take(10)
+            .map(|i| format!("{prefix}{}", i.id))
+            .collect();
+        if file.instance.len() > shown.len() {
+            shown.push(format!("and {} more", file.instance.len() - shown.len()));
+        }
         eprintln!(
             "eiplab: lab up: namespaces {prefix}internet, {prefix}cloud, {}",
-            file.instance
-                .iter()
-                .map(|i| format!("{prefix}{}", i.id))
-                .collect::<Vec<_>>()
-                .join(", ")
+            shown.join(", ")
         );
         println!("eiplab: ready");
         let _ = std::io::stdout().flush();
-        let r = eiplab::api::server::serve_on(api, listener, shutdown_signal()).await;
+        let r = eiplab::api::server::serve_on(api, listener, stop.wait()).await;
         echo.abort();
         meta.abort();
         timers.abort();

@@ -277,6 +277,23 @@ pub struct Eni {
     pub index: u16,
 }
 
+/// See [`Cloud::eni_resolver`].
+pub struct EniResolver<'a> {
+    cloud: &'a Cloud,
+    primary: std::collections::HashMap<&'a str, &'a Eni>,
+}
+
+impl<'a> EniResolver<'a> {
+    /// The ENI that carries traffic for `b` (as [`Cloud::bound_eni`]).
+    pub fn bound_eni(&self, b: &Binding) -> Option<&'a Eni> {
+        match b.bind_type {
+            BindType::NetworkInterface => self.cloud.enis.get(&b.instance_id),
+            BindType::EcsInstance => self.primary.get(b.instance_id.as_str()).copied(),
+            _ => None,
+        }
+    }
+}
+
 /// An EIP's binding as AssociateEipAddress recorded it.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Binding {
@@ -1604,10 +1621,11 @@ impl Cloud {
             });
         }
         let mut eips = Vec::with_capacity(self.eips.len());
+        let resolve = self.eni_resolver();
         for e in self.eips.values() {
             let mapped = matches!(e.status, EipStatus::InUse | EipStatus::Unassociating);
             let association = e.binding.as_ref().filter(|_| mapped).and_then(|bd| {
-                let eni = self.bound_eni(bd)?;
+                let eni = resolve.bound_eni(bd)?;
                 Some(EipAssociation {
                     mode: bd.mode.into(),
                     eni: eni.index,
@@ -1634,6 +1652,20 @@ impl Cloud {
             BindType::NetworkInterface => self.enis.get(&b.instance_id),
             BindType::EcsInstance => self.primary_eni_of(&b.instance_id),
             _ => None,
+        }
+    }
+
+    /// [`Cloud::bound_eni`] for many bindings: finds every instance's primary ENI once, so
+    /// resolving all EIPs costs O(n log n) rather than a scan of the ENIs per EIP.
+    pub fn eni_resolver(&self) -> EniResolver<'_> {
+        EniResolver {
+            cloud: self,
+            primary: self
+                .enis
+                .values()
+                .filter(|e| e.primary)
+                .filter_map(|e| Some((e.instance.as_deref()?, e)))
+                .collect(),
         }
     }
 

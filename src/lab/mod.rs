@@ -5,7 +5,6 @@
 
 pub mod cloud;
 pub mod config;
-pub mod netns;
 pub mod plan;
 pub mod run;
 pub mod services;

@@ -190,6 +190,23 @@ impl EniFacts {
 /// Every attached ENI of the cloud, primary first within an instance, then by index (the
 /// order the ENIs were created in). `unconfigured` lists the ENI ids with `configure = false`.
 pub fn attached_enis(c: &Cloud, unconfigured: &BTreeSet<String>) -> Vec<EniFacts> {
+    // The EIPs on each ENI, found in one pass over the EIPs.
+    let resolve = c.eni_resolver();
+    let mut on_eni: BTreeMap<u16, (Option<Ipv4Addr>, Vec<Ipv4Addr>)> = BTreeMap::new();
+    for eip in c.eips.values() {
+        let Some(b) = eip.binding.as_ref() else {
+            continue;
+        };
+        let Some(eni) = resolve.bound_eni(b) else {
+            continue;
+        };
+        let slot = on_eni.entry(eni.index).or_default();
+        match b.mode {
+            Mode::Binded => slot.0 = Some(eip.address),
+            Mode::MultiBinded => slot.1.push(eip.address),
+            Mode::Nat => {}
+        }
+    }
     let mut v = Vec::new();
     for e in c.enis.values() {
         let Some(inst) = e.instance.as_ref().and_then(|i| c.instances.get(i)) else {
@@ -198,21 +215,7 @@ pub fn attached_enis(c: &Cloud, unconfigured: &BTreeSet<String>) -> Vec<EniFacts
         let Some(vsw) = c.vswitches.get(&e.vswitch) else {
             continue;
         };
-        let mut binded = None;
-        let mut multi = Vec::new();
-        for eip in c.eips.values() {
-            let Some(b) = eip.binding.as_ref() else {
-                continue;
-            };
-            if c.bound_eni(b).map(|x| x.index) != Some(e.index) {
-                continue;
-            }
-            match b.mode {
-                Mode::Binded => binded = Some(eip.address),
-                Mode::MultiBinded => multi.push(eip.address),
-                Mode::Nat => {}
-            }
-        }
+        let (binded, mut multi) = on_eni.remove(&e.index).unwrap_or_default();
         multi.sort();
         let mode = match (binded, multi.is_empty()) {
             (Some(a), _) => GuestMode::Binded(a),

@@ -6,31 +6,39 @@
 //! instance (`eth0` for the primary, then `eth1`, … in order of attachment), held by the
 //! gateway ([`crate::io::Dataplane`]). A TUN device lives as long as the gateway holds it open,
 //! so a killed run leaves only empty namespaces, which `down` removes.
+//!
+//! Everything is made in-process ([`crate::sys`]): a namespace is created and set up in one
+//! visit, its devices are opened by the thread visiting it, and addresses, routes and rules go
+//! to the kernel as one netlink batch per device. What each ENI wants is decided by
+//! [`super::plan`] (a pure function of the cloud's state); the [`Reconciler`] applies the steps,
+//! once when the lab is built and again whenever the control plane publishes a new table
+//! (it sleeps until then).
 
 use super::config::LabFile;
-use super::netns::{self, ip_in};
-use crate::cloud::{Cloud, Mode};
+use super::plan::{self, GuestConfig, Made, Step};
 use crate::control::ControlPlane;
 use crate::engine::Side;
+use crate::io::pcap::{Capture, Tap};
 use crate::io::tun::open_tun;
-use crate::io::{pcap::Capture, pcap::Tap, Dataplane, Device};
-use std::collections::{BTreeMap, HashMap};
+use crate::io::{Dataplane, Device};
+use crate::sys::netlink::{Batch, Ipv4Cidr, Netlink, Route, Rule};
+use crate::sys::netns::{self, NetnsHandle};
+use std::collections::{BTreeMap, BTreeSet, HashMap};
 use std::net::{Ipv4Addr, SocketAddr};
 use std::path::PathBuf;
 use std::sync::atomic::{AtomicBool, Ordering};
-use std::sync::Arc;
+use std::sync::{mpsc, Arc};
 use std::thread::JoinHandle;
-use std::time::{Duration, Instant};
 
 /// The metadata service's address (SPEC §5).
 pub const METADATA: Ipv4Addr = Ipv4Addr::new(100, 100, 100, 200);
-/// Routing tables the lab uses for a cut-through or multi-EIP ENI `ethN`: `TABLE_BASE + N`.
-const TABLE_BASE: u32 = 100;
 
 #[derive(Clone, Debug)]
 pub struct Options {
     pub prefix: String,
     pub pcap: Option<PathBuf>,
+    /// The gateway's worker threads.
+    pub workers: usize,
 }
 
 /// Checks a `--prefix`: it becomes part of namespace names.
@@ -54,23 +62,18 @@ pub fn namespaces(file: &LabFile, prefix: &str) -> Vec<String> {
     v
 }
 
-/// Removes what a lab of `file` with `prefix` left; returns the namespaces removed.
-pub fn down(file: &LabFile, prefix: &str) -> Result<Vec<String>, String> {
-    check_prefix(prefix)?;
-    // Refuse while a live `up` holds the prefix: its namespaces are not leftovers.
-    let lock = lock_prefix(prefix)?;
+/// Removes every namespace of `names` that exists; returns those removed.
+fn delete_all(names: &[String]) -> Result<Vec<String>, String> {
     let mut removed = Vec::new();
     let mut errors = Vec::new();
-    for ns in namespaces(file, prefix) {
-        if netns::exists(&ns) {
-            match netns::delete(&ns) {
-                Ok(()) => removed.push(ns),
+    for ns in names {
+        if netns::exists(ns) {
+            match netns::delete(ns) {
+                Ok(()) => removed.push(ns.clone()),
                 Err(e) => errors.push(e),
             }
         }
     }
-    let _ = std::fs::remove_file(format!("{LOCK_DIR}/{prefix}lab.lock"));
-    drop(lock);
     if errors.is_empty() {
         Ok(removed)
     } else {
@@ -78,306 +81,210 @@ pub fn down(file: &LabFile, prefix: &str) -> Result<Vec<String>, String> {
     }
 }
 
-/// An ENI as the guest should see it, read from the cloud's state.
-#[derive(Clone, Debug, PartialEq, Eq)]
-struct Want {
-    index: u16,
-    eni_id: String,
-    instance: String,
-    primary: bool,
-    private_ips: Vec<Ipv4Addr>,
-    prefix_len: u8,
-    gateway: Ipv4Addr,
-    mode: GuestMode,
+/// Removes what a lab of `file` with `prefix` left; returns the namespaces removed.
+pub fn down(file: &LabFile, prefix: &str) -> Result<Vec<String>, String> {
+    check_prefix(prefix)?;
+    // Refuse while a live `up` holds the prefix: its namespaces are not leftovers.
+    let lock = lock_prefix(prefix)?;
+    let r = delete_all(&namespaces(file, prefix));
+    let _ = std::fs::remove_file(format!("{LOCK_DIR}/{prefix}lab.lock"));
+    drop(lock);
+    r
 }
 
-#[derive(Clone, Debug, PartialEq, Eq)]
-enum GuestMode {
-    /// Private IPs only (NAT mode, or no EIP).
-    Private,
-    /// Cut-through: the EIP replaces the primary private IP.
-    Binded(Ipv4Addr),
-    /// Private IPs plus these EIPs (configured when the instance has DHCP on).
-    MultiBinded(Vec<Ipv4Addr>, bool),
-}
-
-impl GuestMode {
-    /// The EIPs the guest gets a policy rule for (`from EIP lookup 100+N`).
-    fn ruled_eips(&self) -> Vec<Ipv4Addr> {
-        match self {
-            GuestMode::Private | GuestMode::MultiBinded(_, false) => Vec::new(),
-            GuestMode::Binded(e) => vec![*e],
-            GuestMode::MultiBinded(eips, true) => eips.clone(),
+/// The addresses, routes and rules of `cfg` on `dev`, as netlink requests.
+fn push_config(b: &mut Batch, dev: &str, cfg: &GuestConfig, add: bool) {
+    for a in &cfg.addrs {
+        // Prefixes come from the lab file's checked CIDRs and EIPs (/32): always valid.
+        let Ok(cidr) = Ipv4Cidr::new(a.ip, a.prefix_len) else {
+            continue;
+        };
+        if add {
+            b.addr_add(dev, cidr);
+        } else {
+            b.addr_delete(dev, cidr);
+        }
+    }
+    for r in &cfg.routes {
+        let mut route = Route::default_route().via(r.via).dev(dev);
+        if r.onlink {
+            route = route.onlink();
+        }
+        if let Some(m) = r.metric {
+            route = route.metric(m);
+        }
+        if let Some(t) = r.table {
+            route = route.table(t);
+        }
+        if add {
+            b.route_add(route);
+        } else {
+            b.route_delete(route);
+        }
+    }
+    for r in &cfg.rules {
+        let rule = Rule::from_lookup(r.from, r.table);
+        if add {
+            b.rule_add(rule);
+        } else {
+            b.rule_delete(rule);
         }
     }
 }
 
-fn wanted(c: &Cloud) -> Vec<Want> {
-    let mut v = Vec::new();
-    for e in c.enis.values() {
-        let Some(inst) = e.instance.as_ref().and_then(|i| c.instances.get(i)) else {
-            continue;
-        };
-        let Some(vsw) = c.vswitches.get(&e.vswitch) else {
-            continue;
-        };
-        let mut binded = None;
-        let mut multi = Vec::new();
-        for eip in c.eips.values() {
-            let Some(b) = eip.binding.as_ref() else {
-                continue;
-            };
-            if c.bound_eni(b).map(|x| x.index) != Some(e.index) {
-                continue;
-            }
-            match b.mode {
-                Mode::Binded => binded = Some(eip.address),
-                Mode::MultiBinded => multi.push(eip.address),
-                Mode::Nat => {}
-            }
-        }
-        let mode = match (binded, multi.is_empty()) {
-            (Some(a), _) => GuestMode::Binded(a),
-            (None, false) => GuestMode::MultiBinded(multi, inst.dhcp),
-            (None, true) => GuestMode::Private,
-        };
-        v.push(Want {
-            index: e.index,
-            eni_id: e.id.clone(),
-            instance: inst.id.clone(),
-            primary: e.primary,
-            private_ips: e.private_ips.clone(),
-            prefix_len: vsw.prefix_len,
-            gateway: vsw.gateway,
-            mode,
-        });
-    }
-    // Primary first, then in the order the ENIs were created.
-    v.sort_by_key(|w| (w.instance.clone(), !w.primary, w.index));
-    v
-}
-
-/// A device the lab made for an ENI.
-struct Attached {
-    want: Want,
-    ns: String,
-    dev: String,
-    n: u32,
-}
-
+/// Keeps the ENIs' devices in step with the cloud: plans with [`plan::plan`], applies here.
 struct Reconciler {
     prefix: String,
     pcap: Option<PathBuf>,
     internet_gateway: Ipv4Addr,
     /// ENIs whose guest configuration the lab file turns off (`configure = false`).
-    unconfigured: Vec<String>,
-    attached: BTreeMap<u16, Attached>,
+    unconfigured: BTreeSet<String>,
+    /// What the lab made, by ENI index.
+    have: BTreeMap<u16, Made>,
+    /// Open handles of the instances' namespaces.
+    handles: HashMap<String, NetnsHandle>,
     dp: Arc<Dataplane>,
+    /// Set at teardown: devices are left to their namespaces' removal (see [`open_tun`]).
+    leaving: Arc<AtomicBool>,
 }
 
 impl Reconciler {
     /// Brings the devices in line with the cloud; returns the ENIs whose device could not be
-    /// made (logged; the next change retries them).
+    /// made or changed (logged; the next change of the cloud retries them).
     fn step(&mut self, cp: &ControlPlane) -> Vec<String> {
-        let want = cp.with_cloud(wanted);
-        let keep: HashMap<u16, &Want> = want.iter().map(|w| (w.index, w)).collect();
-        let gone: Vec<u16> = self
-            .attached
-            .iter()
-            .filter(|(i, a)| keep.get(i).is_none_or(|w| w.instance != a.want.instance))
-            .map(|(i, _)| *i)
-            .collect();
-        for i in gone {
-            if let Some(a) = self.attached.remove(&i) {
-                tracing::info!(eni = %a.want.eni_id, ns = %a.ns, dev = %a.dev, "ENI detached: device removed");
-                self.dp.remove_eni(i);
-                // The device's routes went with it; its policy rules stay unless removed.
-                let t = (TABLE_BASE + a.n).to_string();
-                for eip in a.want.mode.ruled_eips() {
-                    let _ = ip_in(
-                        &a.ns,
-                        &["rule", "del", "from", &eip.to_string(), "lookup", &t],
-                    );
-                }
-            }
-        }
+        let want = cp.with_cloud(|c| plan::attached_enis(c, &self.unconfigured));
+        let steps = plan::plan(&want, &self.have, &self.prefix, self.internet_gateway);
         let mut failed = Vec::new();
-        for w in want {
-            if self.attached.contains_key(&w.index) {
-                continue;
-            }
-            let id = w.eni_id.clone();
-            if let Err(e) = self.attach(w) {
-                tracing::error!(eni = %id, "cannot make the ENI's device: {e}");
-                failed.push(id);
+        for s in steps {
+            match self.apply(&s) {
+                Ok(()) => plan::record(&mut self.have, &s, self.internet_gateway),
+                Err(e) => {
+                    let id = match &s {
+                        Step::Remove { eni_id, .. } => eni_id.clone(),
+                        Step::Create { facts, .. } | Step::Update { facts, .. } => {
+                            facts.eni_id.clone()
+                        }
+                    };
+                    tracing::error!(eni = %id, "{e}");
+                    failed.push(id);
+                }
             }
         }
         failed
     }
 
-    fn attach(&mut self, w: Want) -> Result<(), String> {
-        let ns = format!("{}{}", self.prefix, w.instance);
-        let n = if w.primary {
-            0
-        } else {
-            let used: Vec<u32> = self
-                .attached
-                .values()
-                .filter(|a| a.ns == ns)
-                .map(|a| a.n)
-                .collect();
-            (1..).find(|k| !used.contains(k)).unwrap_or(1)
-        };
-        let dev = format!("eth{n}");
-        add_device(
-            &self.dp,
-            self.pcap.as_deref(),
-            &ns,
-            &dev,
-            &format!("{}.{dev}", w.instance),
-            Side::Eni(w.index),
-        )?;
-        let configure = !self.unconfigured.contains(&w.eni_id);
-        configure_eni(&ns, &dev, n, &w, self.internet_gateway, configure)?;
-        tracing::info!(eni = %w.eni_id, ns = %ns, dev = %dev, mode = ?w.mode, "ENI attached");
-        self.attached.insert(
-            w.index,
-            Attached {
-                want: w,
+    fn handle(&mut self, ns: &str) -> Result<&NetnsHandle, String> {
+        if !self.handles.contains_key(ns) {
+            let h = NetnsHandle::open(ns)?;
+            self.handles.insert(ns.to_string(), h);
+        }
+        Ok(&self.handles[ns])
+    }
+
+    fn apply(&mut self, s: &Step) -> Result<(), String> {
+        match s {
+            Step::Remove {
+                eni,
+                eni_id,
                 ns,
                 dev,
-                n,
-            },
-        );
-        Ok(())
+                rules,
+            } => {
+                tracing::info!(eni = %eni_id, ns = %ns, dev = %dev, "ENI detached: device removed");
+                self.dp.remove_eni(*eni);
+                // Its addresses and routes went with the device; its policy rules did not.
+                if !rules.is_empty() {
+                    let mut b = Batch::idempotent();
+                    for r in rules {
+                        b.rule_delete(Rule::from_lookup(r.from, r.table));
+                    }
+                    let h = self.handle(ns)?;
+                    Netlink::open_in(h)?.apply(&b)?;
+                }
+                Ok(())
+            }
+            Step::Create {
+                facts,
+                ns,
+                dev,
+                config,
+                ..
+            } => {
+                let name = format!("{}.{dev}", facts.instance);
+                let pcap = self.pcap.clone();
+                let leaving = self.leaving.clone();
+                let h = self.handle(ns)?;
+                // Opened by this thread while it visits the namespace: the device and the
+                // netlink socket belong to it.
+                let (tun, mut nl) = h.run(|| -> Result<_, String> {
+                    Ok((open_device(dev, leaving)?, Netlink::open()?))
+                })??;
+                let device: Box<dyn Device> = match pcap {
+                    Some(d) => Box::new(Tap::new(tun, Capture::create(&d, &name)?)),
+                    None => Box::new(tun),
+                };
+                self.dp.add_port(name, Side::Eni(facts.index), device);
+                let mut b = Batch::new();
+                b.link_up(dev);
+                push_config(&mut b, dev, config, true);
+                if let Err(e) = nl.apply(&b) {
+                    // Leave nothing half made: the device goes (with its addresses and
+                    // routes), and any rule that was added.
+                    self.dp.remove_eni(facts.index);
+                    let mut undo = Batch::idempotent();
+                    for r in &config.rules {
+                        undo.rule_delete(Rule::from_lookup(r.from, r.table));
+                    }
+                    let _ = nl.apply(&undo);
+                    return Err(format!("cannot configure {dev} in {ns}: {e}"));
+                }
+                tracing::info!(eni = %facts.eni_id, ns = %ns, dev = %dev, mode = ?facts.mode, "ENI attached");
+                Ok(())
+            }
+            Step::Update {
+                facts,
+                ns,
+                dev,
+                add,
+                del,
+                left_to_guest,
+            } => {
+                for m in left_to_guest {
+                    tracing::info!(eni = %facts.eni_id, "{m}");
+                }
+                if add.is_empty() && del.is_empty() {
+                    return Ok(());
+                }
+                // Converge: what is already gone or already there is fine.
+                let mut b = Batch::idempotent();
+                push_config(&mut b, dev, del, false);
+                push_config(&mut b, dev, add, true);
+                let h = self.handle(ns)?;
+                Netlink::open_in(h)?
+                    .apply(&b)
+                    .map_err(|e| format!("cannot update {dev} in {ns}: {e}"))?;
+                tracing::info!(eni = %facts.eni_id, ns = %ns, dev = %dev, mode = ?facts.mode, "ENI changed in the guest");
+                Ok(())
+            }
+        }
     }
 }
 
-/// Opens TUN device `dev` inside `ns` and gives it to the gateway as the port of `side`, with a
-/// capture `name.pcap` under `--pcap`. A device of the same name that was just detached may
-/// still be closing: opening is retried for a few seconds.
-fn add_device(
-    dp: &Arc<Dataplane>,
-    pcap: Option<&std::path::Path>,
-    ns: &str,
-    dev: &str,
-    name: &str,
-    side: Side,
-) -> Result<(), String> {
-    let deadline = Instant::now() + Duration::from_secs(3);
-    let tun = loop {
-        match open_tun(ns, dev) {
-            Ok(t) => break t,
-            Err(e) if Instant::now() < deadline => {
+/// Opens TUN device `dev` in the calling thread's namespace. A device of the same name that
+/// was just detached is closed before `remove_eni` returns, but the kernel may take a moment
+/// to let go of the name: opening is retried for a few seconds.
+fn open_device(dev: &str, leaving: Arc<AtomicBool>) -> Result<crate::io::tun::TunDevice, String> {
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(3);
+    loop {
+        match open_tun(dev, Some(leaving.clone())) {
+            Ok(t) => return Ok(t),
+            Err(e) if std::time::Instant::now() < deadline => {
                 tracing::debug!("{e}; retrying");
-                std::thread::sleep(Duration::from_millis(50));
+                std::thread::sleep(std::time::Duration::from_millis(20));
             }
             Err(e) => return Err(e),
         }
-    };
-    let dev: Box<dyn Device> = match pcap {
-        Some(d) => Box::new(Tap::new(tun, Capture::create(d, name)?)),
-        None => Box::new(tun),
-    };
-    dp.add_port(name.to_string(), side, dev);
-    Ok(())
-}
-
-/// Configures an ENI's device in the guest the way the cloud's images do (SPEC §5).
-fn configure_eni(
-    ns: &str,
-    dev: &str,
-    n: u32,
-    w: &Want,
-    internet_gateway: Ipv4Addr,
-    configure: bool,
-) -> Result<(), String> {
-    ip_in(ns, &["link", "set", dev, "up"])?;
-    if !configure {
-        return Ok(());
     }
-    let table = (TABLE_BASE + n).to_string();
-    let metric = (TABLE_BASE + n).to_string();
-    let add_private = || -> Result<(), String> {
-        for a in &w.private_ips {
-            ip_in(
-                ns,
-                &["addr", "add", &format!("{a}/{}", w.prefix_len), "dev", dev],
-            )?;
-        }
-        Ok(())
-    };
-    match &w.mode {
-        GuestMode::Private => {
-            add_private()?;
-            if w.primary {
-                ip_in(
-                    ns,
-                    &[
-                        "route",
-                        "add",
-                        "default",
-                        "via",
-                        &w.gateway.to_string(),
-                        "dev",
-                        dev,
-                    ],
-                )?;
-            }
-        }
-        GuestMode::Binded(eip) => {
-            // The EIP replaces the private IP; the cloud adds a default route of lower
-            // priority, and (as the image's DHCP hook does) replies from the EIP leave here.
-            let gw = internet_gateway.to_string();
-            ip_in(ns, &["addr", "add", &format!("{eip}/32"), "dev", dev])?;
-            ip_in(
-                ns,
-                &[
-                    "route", "add", "default", "via", &gw, "dev", dev, "onlink", "metric", &metric,
-                ],
-            )?;
-            ip_in(
-                ns,
-                &[
-                    "route", "add", "default", "via", &gw, "dev", dev, "onlink", "table", &table,
-                ],
-            )?;
-            ip_in(
-                ns,
-                &["rule", "add", "from", &eip.to_string(), "lookup", &table],
-            )?;
-            if w.primary {
-                ip_in(
-                    ns,
-                    &["route", "add", "default", "via", &gw, "dev", dev, "onlink"],
-                )?;
-            }
-        }
-        GuestMode::MultiBinded(eips, dhcp) => {
-            add_private()?;
-            let gw = w.gateway.to_string();
-            if w.primary {
-                ip_in(ns, &["route", "add", "default", "via", &gw, "dev", dev])?;
-            }
-            if *dhcp {
-                ip_in(
-                    ns,
-                    &[
-                        "route", "add", "default", "via", &gw, "dev", dev, "onlink", "table",
-                        &table,
-                    ],
-                )?;
-                for e in eips {
-                    ip_in(ns, &["addr", "add", &format!("{e}/32"), "dev", dev])?;
-                    ip_in(
-                        ns,
-                        &["rule", "add", "from", &e.to_string(), "lookup", &table],
-                    )?;
-                }
-            }
-        }
-    }
-    Ok(())
 }
 
 /// Where the per-prefix locks live.
@@ -412,10 +319,31 @@ fn lock_prefix(prefix: &str) -> Result<std::fs::File, String> {
     Ok(f)
 }
 
+/// Raises the open-file limit to its hard maximum: a lab holds a TUN descriptor per ENI and a
+/// namespace handle per instance, more than the customary 1,024 in a large lab.
+fn raise_fd_limit() {
+    let mut r = libc::rlimit {
+        rlim_cur: 0,
+        rlim_max: 0,
+    };
+    // SAFETY: getrlimit/setrlimit with a struct we own.
+    unsafe {
+        if libc::getrlimit(libc::RLIMIT_NOFILE, &mut r) == 0 && r.rlim_cur < r.rlim_max {
+            r.rlim_cur = r.rlim_max;
+            libc::setrlimit(libc::RLIMIT_NOFILE, &r);
+        }
+    }
+}
+
 /// Listeners of the built-in services, bound inside their namespaces; the caller serves them.
 pub struct ServiceListeners {
     pub echo: std::net::TcpListener,
     pub metadata: std::net::TcpListener,
+}
+
+enum Wake {
+    Changed,
+    Stop,
 }
 
 /// A running lab. Dropping it removes everything it made.
@@ -425,9 +353,33 @@ pub struct Lab {
     lock_path: String,
     pub dp: Arc<Dataplane>,
     namespaces: Vec<String>,
-    stop: Arc<AtomicBool>,
+    cp: Arc<ControlPlane>,
+    wake: Option<(mpsc::Sender<Wake>, crate::engine::WatchId)>,
     reconciler: Option<JoinHandle<()>>,
+    /// Set at teardown: the TUN devices are left to the namespaces' removal.
+    leaving: Arc<AtomicBool>,
     torn_down: bool,
+}
+
+/// Sysctls of every lab namespace: no IPv6 in the lab (the engine counts and drops it; nothing
+/// needs the noise). `default` is written before any device exists, so every device inherits
+/// it; `all` covers the loopback, which exists already.
+const NO_IPV6: [(&str, &str); 2] = [
+    ("net.ipv6.conf.default.disable_ipv6", "1"),
+    ("net.ipv6.conf.all.disable_ipv6", "1"),
+];
+/// Loose reverse-path filtering in instances, as common distributions ship: a packet that
+/// arrives on eth1 for a secondary IP is taken even though replies would use eth0. The kernel
+/// uses the larger of `all` (0) and the device's value, which devices take from `default`.
+const LOOSE_RP_FILTER: (&str, &str) = ("net.ipv4.conf.default.rp_filter", "2");
+
+/// Writes `/proc/sys` settings from the calling thread (which is inside the namespace).
+fn write_sysctls(ns: &str, settings: &[(&str, &str)]) -> Result<(), String> {
+    for (name, value) in settings {
+        let path = format!("/proc/sys/{}", name.replace('.', "/"));
+        std::fs::write(&path, value).map_err(|e| format!("{ns}: sysctl {name}: {e}"))?;
+    }
+    Ok(())
 }
 
 impl Lab {
@@ -442,20 +394,14 @@ impl Lab {
         // One running lab per prefix: the lock is held while this process lives, so finding
         // it free with namespaces present means a killed run left them.
         let lock = lock_prefix(&opts.prefix)?;
-        let stale: Vec<&String> = names.iter().filter(|n| netns::exists(n)).collect();
+        let stale: Vec<String> = names.iter().filter(|n| netns::exists(n)).cloned().collect();
         if !stale.is_empty() {
             tracing::warn!(
                 "removing what a killed run with --prefix {:?} left: {}",
                 opts.prefix,
-                stale
-                    .iter()
-                    .map(|s| s.as_str())
-                    .collect::<Vec<_>>()
-                    .join(", ")
+                stale.join(", ")
             );
-            for ns in stale {
-                netns::delete(ns)?;
-            }
+            delete_all(&stale)?;
         }
         if !std::path::Path::new("/dev/net/tun").exists() {
             return Err(
@@ -467,81 +413,71 @@ impl Lab {
             std::fs::create_dir_all(d)
                 .map_err(|e| format!("--pcap {}: cannot create it: {e}", d.display()))?;
         }
-        let dp = Dataplane::new(cp.cell().clone(), crate::io::Options::default())
-            .map_err(|e| format!("cannot start the gateway: {e}"))?;
+        raise_fd_limit();
+        let dp = Dataplane::new(
+            cp.cell().clone(),
+            crate::io::Options {
+                workers: opts.workers,
+                batch: crate::io::BATCH,
+            },
+        )
+        .map_err(|e| format!("cannot start the gateway: {e}"))?;
         let mut lab = Lab {
             _lock: lock,
             lock_path: format!("{LOCK_DIR}/{}lab.lock", opts.prefix),
             dp: dp.clone(),
             namespaces: Vec::new(),
-            stop: Arc::new(AtomicBool::new(false)),
+            cp: cp.clone(),
+            wake: None,
             reconciler: None,
+            leaving: Arc::new(AtomicBool::new(false)),
             torn_down: false,
         };
-        for ns in &names {
-            netns::create(ns)?;
-            lab.namespaces.push(ns.clone());
-            // No IPv6 in the lab (the engine counts and drops it; nothing needs the noise).
-            netns::sysctl(ns, "net.ipv6.conf.all.disable_ipv6", "1")?;
-            netns::sysctl(ns, "net.ipv6.conf.default.disable_ipv6", "1")?;
-        }
+        let leaving = lab.leaving.clone();
         let inet = format!("{}internet", opts.prefix);
         let cloud_ns = format!("{}cloud", opts.prefix);
-        let pcap = opts.pcap.as_deref();
-
-        // The internet: its hosts, the echo service, the way to the EIPs.
         let echo = file.internet.echo_address();
         let gateway = file.internet.gateway;
-        add_device(&dp, pcap, &inet, "eth0", "internet.eth0", Side::Internet)?;
-        ip_in(&inet, &["link", "set", "eth0", "up"])?;
-        ip_in(
-            &inet,
-            &[
-                "addr",
-                "add",
-                &format!("{echo}/{}", file.internet.cidr.len),
-                "dev",
-                "eth0",
-            ],
-        )?;
-        ip_in(
-            &inet,
-            &[
-                "route",
-                "add",
-                "default",
-                "via",
-                &gateway.to_string(),
-                "dev",
-                "eth0",
-            ],
-        )?;
+
+        // The internet: its hosts, the echo service, the way to the EIPs.
+        let cidr = Ipv4Cidr::new(echo, file.internet.cidr.len)?;
+        let l = leaving.clone();
+        let tun = make_namespace(&inet, &NO_IPV6, move |mut nl| {
+            let tun = open_tun("eth0", Some(l))?;
+            let mut b = Batch::new();
+            b.link_up("eth0")
+                .addr_add("eth0", cidr)
+                .route_add(Route::default_route().via(gateway).dev("eth0"));
+            nl.apply(&b)?;
+            Ok(tun)
+        });
+        lab.made(&inet, &tun);
+        lab.add_port(opts, "internet.eth0", Side::Internet, tun?)?;
 
         // The cloud's services: the metadata service, reached from the VPC.
-        add_device(
-            &dp,
-            pcap,
-            &cloud_ns,
-            "eth0",
-            "cloud.eth0",
-            Side::CloudServices,
-        )?;
-        ip_in(&cloud_ns, &["link", "set", "eth0", "up"])?;
-        ip_in(
-            &cloud_ns,
-            &["addr", "add", &format!("{METADATA}/32"), "dev", "eth0"],
-        )?;
-        ip_in(&cloud_ns, &["route", "add", "default", "dev", "eth0"])?;
+        let l = leaving.clone();
+        let tun = make_namespace(&cloud_ns, &NO_IPV6, move |mut nl| {
+            let tun = open_tun("eth0", Some(l))?;
+            let mut b = Batch::new();
+            b.link_up("eth0")
+                .addr_add("eth0", Ipv4Cidr::host(METADATA))
+                .route_add(Route::default_route().dev("eth0"));
+            nl.apply(&b)?;
+            Ok(tun)
+        });
+        lab.made(&cloud_ns, &tun);
+        lab.add_port(opts, "cloud.eth0", Side::CloudServices, tun?)?;
 
+        let mut handles = HashMap::new();
         for i in &file.instance {
             let ns = format!("{}{}", opts.prefix, i.id);
-            // Loose reverse-path filtering, as common distributions ship: a packet that
-            // arrives on eth1 for a secondary IP is taken even though replies would use eth0.
-            netns::sysctl(&ns, "net.ipv4.conf.all.rp_filter", "2")?;
-            netns::sysctl(&ns, "net.ipv4.conf.default.rp_filter", "2")?;
+            let settings = [NO_IPV6[0], NO_IPV6[1], LOOSE_RP_FILTER];
+            let h = make_namespace(&ns, &settings, |_| NetnsHandle::current());
+            lab.made(&ns, &h);
+            handles.insert(ns, h?);
         }
 
-        let mut unconfigured: Vec<String> = file
+        let mut unconfigured: BTreeSet<String> = file
             .eni
             .iter()
             .filter(|e| !e.configure)
@@ -555,9 +491,18 @@ impl Lab {
             pcap: opts.pcap.clone(),
             internet_gateway: gateway,
             unconfigured,
-            attached: BTreeMap::new(),
+            have: BTreeMap::new(),
+            handles,
             dp: dp.clone(),
+            leaving,
         };
+        // Watch before the first step: a change made meanwhile wakes the reconciler at once.
+        let (tx, rx) = mpsc::channel();
+        let t = tx.clone();
+        let id = cp.cell().watch(Box::new(move || {
+            let _ = t.send(Wake::Changed);
+        }));
+        lab.wake = Some((tx, id));
         let missing = rec.step(&cp);
         if !missing.is_empty() {
             return Err(format!(
@@ -565,19 +510,22 @@ impl Lab {
                 missing.join(", ")
             ));
         }
-        let stop = lab.stop.clone();
+        let rcp = cp.clone();
         lab.reconciler = Some(
             std::thread::Builder::new()
                 .name("reconcile".into())
                 .spawn(move || {
-                    let mut seen = cp.cell().generation();
-                    while !stop.load(Ordering::Acquire) {
-                        std::thread::sleep(Duration::from_millis(20));
-                        let g = cp.cell().generation();
-                        if g != seen {
-                            seen = g;
-                            rec.step(&cp);
+                    // Sleeps until the control plane publishes; several publications that
+                    // arrive together make one step.
+                    while let Ok(Wake::Changed) = rx.recv() {
+                        let mut stop = false;
+                        while let Ok(w) = rx.try_recv() {
+                            stop |= matches!(w, Wake::Stop);
                         }
+                        if stop {
+                            break;
+                        }
+                        rec.step(&rcp);
                     }
                 })
                 .map_err(|e| e.to_string())?,
@@ -590,30 +538,67 @@ impl Lab {
         Ok((lab, services))
     }
 
+    /// Notes a namespace that `make_namespace` created (even when what followed failed), so
+    /// that teardown removes it.
+    fn made<T>(&mut self, ns: &str, r: &Result<T, String>) {
+        // `create_with` leaves nothing when it fails; the check is for the unexpected.
+        if r.is_ok() || netns::exists(ns) {
+            self.namespaces.push(ns.to_string());
+        }
+    }
+
+    fn add_port(
+        &self,
+        opts: &Options,
+        name: &str,
+        side: Side,
+        tun: crate::io::tun::TunDevice,
+    ) -> Result<(), String> {
+        let dev: Box<dyn Device> = match &opts.pcap {
+            Some(d) => Box::new(Tap::new(tun, Capture::create(d, name)?)),
+            None => Box::new(tun),
+        };
+        self.dp.add_port(name.to_string(), side, dev);
+        Ok(())
+    }
+
     /// Stops the gateway and removes every namespace (with every device and route in it).
     pub fn teardown(&mut self) -> Result<(), String> {
         if self.torn_down {
             return Ok(());
         }
         self.torn_down = true;
-        self.stop.store(true, Ordering::Release);
+        if let Some((tx, id)) = self.wake.take() {
+            self.cp.cell().unwatch(id);
+            let _ = tx.send(Wake::Stop);
+        }
         if let Some(h) = self.reconciler.take() {
             let _ = h.join();
         }
+        // Closing the devices one by one would unregister them one by one; left to their
+        // namespaces, the kernel removes them all in one batch.
+        self.leaving.store(true, Ordering::Release);
         self.dp.shutdown();
-        let mut errors = Vec::new();
-        for ns in self.namespaces.drain(..).rev() {
-            if let Err(e) = netns::delete(&ns) {
-                errors.push(e);
-            }
-        }
+        let names: Vec<String> = self.namespaces.drain(..).rev().collect();
+        let r = delete_all(&names);
         let _ = std::fs::remove_file(&self.lock_path);
-        if errors.is_empty() {
-            Ok(())
-        } else {
-            Err(errors.join("; "))
-        }
+        r.map(|_| ())
     }
+}
+
+/// Creates namespace `ns` with `settings` written before anything else, then runs `f` inside it.
+fn make_namespace<T: Send + 'static>(
+    ns: &str,
+    settings: &[(&'static str, &'static str)],
+    f: impl FnOnce(Netlink) -> Result<T, String> + Send + 'static,
+) -> Result<T, String> {
+    let settings = settings.to_vec();
+    let label = ns.to_string();
+    netns::create_with(ns, move |nl| {
+        write_sysctls(&label, &settings)?;
+        f(nl)
+    })
+    .map_err(|e| format!("namespace {ns}: {e}"))
 }
 
 impl Drop for Lab {

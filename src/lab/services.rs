@@ -15,7 +15,7 @@ use std::sync::Arc;
 
 /// Binds a TCP listener at `addr` inside namespace `ns` (the socket stays in that namespace).
 pub fn listen_in(ns: &str, addr: SocketAddr) -> Result<std::net::TcpListener, String> {
-    let l = crate::lab::netns::enter(ns, move || std::net::TcpListener::bind(addr))?
+    let l = crate::sys::netns::enter(ns, move || std::net::TcpListener::bind(addr))?
         .map_err(|e| format!("cannot listen on {addr} in namespace {ns}: {e}"))?;
     l.set_nonblocking(true).map_err(|e| e.to_string())?;
     Ok(l)
