@@ -85,11 +85,16 @@ for n in "${sizes[@]}"; do
   rss=$(( $(field VmRSS) / 1024 ))
   threads=$(field Threads)
   if [ "$idle" != 0 ]; then
+    # Clock ticks (user + system, /proc/PID/stat), and for finer grain the nanoseconds on CPU
+    # and the context switches of every thread (/proc/PID/task/*/schedstat and status).
     ticks() { awk '{ print $14 + $15 }' "/proc/$up_pid/stat"; }
+    cpu_ns() { cat /proc/"$up_pid"/task/*/schedstat 2>/dev/null | awk '{ s += $1 } END { print s + 0 }'; }
+    switches() { cat /proc/"$up_pid"/task/*/status 2>/dev/null | awk '/ctxt_switches/ { s += $2 } END { print s + 0 }'; }
     hz=$(getconf CLK_TCK)
-    a=$(ticks); sleep "$idle"; b=$(ticks)
-    idle_pct=$(python3 -c "print('%.3f' % (100.0 * ($b - $a) / $hz / $idle))")
-    echo "idle: $((b - a)) ticks of 1/$hz s in ${idle} s = ${idle_pct}% of a core" >&2
+    a=$(ticks); an=$(cpu_ns); as=$(switches)
+    sleep "$idle"
+    b=$(ticks); bn=$(cpu_ns); bs=$(switches)
+    python3 -c "print('idle %d instances, %s s: %d ticks of 1/%s s = %.3f%% of a core; %.1f ms on CPU (%.4f%%); %d context switches' % ($n, $idle, $b - $a, $hz, 100.0 * ($b - $a) / $hz / $idle, ($bn - $an) / 1e6, 100.0 * ($bn - $an) / 1e9 / $idle, $bs - $as))" >&2
   fi
   t2=$(now)
   kill -TERM "$up_pid"

@@ -10,6 +10,8 @@
 //! nothing is added to the root namespace. Every process a test starts is killed by its pid.
 //! Every wait has a deadline. Tests run in parallel: each lab has its own prefix and API port.
 
+mod common;
+
 use serde_json::Value;
 use std::collections::BTreeSet;
 use std::ffi::OsString;
@@ -29,40 +31,8 @@ const CMD_LIMIT: Duration = Duration::from_secs(20);
 // ---------------------------------------------------------------------------------------------
 // Preconditions
 
-/// True when the tests can run (root and /dev/net/tun). Otherwise prints a loud SKIP, or, when
-/// `EIPLAB_NO_SKIP=1` (CI sets it), fails: a test that cannot run there is a failure.
 fn privileged(test: &str) -> bool {
-    let uid = std::fs::read_to_string("/proc/self/status")
-        .ok()
-        .and_then(|s| {
-            s.lines()
-                .find(|l| l.starts_with("Uid:"))
-                .and_then(|l| l.split_whitespace().nth(2).map(str::to_string))
-        })
-        .unwrap_or_default();
-    let why = if uid != "0" {
-        Some(format!("not running as root (effective uid {uid:?})"))
-    } else if !Path::new("/dev/net/tun").exists() {
-        Some("/dev/net/tun is missing".to_string())
-    } else {
-        None
-    };
-    match why {
-        Some(why) => {
-            assert!(
-                std::env::var("EIPLAB_NO_SKIP").as_deref() != Ok("1"),
-                "{test} cannot run: {why}; EIPLAB_NO_SKIP=1 forbids skipping (the lab tests \
-                 need root and /dev/net/tun)"
-            );
-            eprintln!(
-                "\n*****************************************************************\n\
-                 SKIP {test}: {why}; the lab tests need root and /dev/net/tun\n\
-                 *****************************************************************\n"
-            );
-            false
-        }
-        None => true,
-    }
+    common::privileged(test, true)
 }
 
 fn example(name: &str) -> PathBuf {

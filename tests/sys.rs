@@ -10,6 +10,8 @@
 //! namespaces.
 #![cfg(feature = "runtime")]
 
+mod common;
+
 use std::net::Ipv4Addr;
 use std::panic::AssertUnwindSafe;
 use std::process::Command;
@@ -22,30 +24,8 @@ use eiplab::sys::netns::{self, NetnsHandle};
 // ---------------------------------------------------------------------------------------------
 // Helpers
 
-/// True when the tests can run (as root). Otherwise prints a loud SKIP and returns false, or,
-/// with `EIPLAB_NO_SKIP=1`, panics: a run that must exercise these tests cannot skip them.
 fn privileged(test: &str) -> bool {
-    let uid = std::fs::read_to_string("/proc/self/status")
-        .ok()
-        .and_then(|s| {
-            s.lines()
-                .find(|l| l.starts_with("Uid:"))
-                .and_then(|l| l.split_whitespace().nth(2).map(str::to_string))
-        })
-        .unwrap_or_default();
-    if uid == "0" {
-        return true;
-    }
-    let why = format!("not running as root (effective uid {uid:?})");
-    if std::env::var("EIPLAB_NO_SKIP").as_deref() == Ok("1") {
-        panic!("{test}: {why}, and EIPLAB_NO_SKIP=1 forbids skipping; run the tests as root");
-    }
-    eprintln!(
-        "\n*****************************************************************\n\
-         SKIP {test}: {why}; the sys tests need root\n\
-         *****************************************************************\n"
-    );
-    false
+    common::privileged(test, false)
 }
 
 /// The namespaces of one test, deleted when it ends however it ends.

@@ -1,7 +1,5 @@
 use super::*;
-use crate::cloud::{
-    Associate, BindType, CloudError, EipStatus, Eni, Instance, InstanceStatus, Settings, VSwitch,
-};
+use crate::cloud::{Associate, BindType, CloudError, EipStatus, Instance, InstanceStatus};
 use crate::engine::AssociationMode;
 use std::net::Ipv4Addr;
 use std::time::Instant;
@@ -14,44 +12,7 @@ fn ip(s: &str) -> Ipv4Addr {
 
 /// i-web (Running) with eni-web0 (10.0.1.10), eip-web (Available).
 fn cloud() -> Cloud {
-    let mut c = Cloud::new(Settings {
-        region: "cn-shanghai".into(),
-        multi_binded_allowed: true,
-        transition_ns: TRANSITION.as_nanos() as u64,
-        eip_pool: vec![(ip("198.51.100.0"), 24)],
-    });
-    c.add_vswitch(VSwitch {
-        id: "vsw-a".into(),
-        region: "cn-shanghai".into(),
-        zone: "cn-shanghai-b".into(),
-        network: ip("10.0.1.0"),
-        prefix_len: 24,
-        gateway: ip("10.0.1.253"),
-    });
-    c.add_instance(Instance {
-        id: "i-web".into(),
-        region: "cn-shanghai".into(),
-        instance_type: "ecs.g5.large".into(),
-        status: InstanceStatus::Running,
-        vpc: true,
-        public_ip: None,
-        dhcp: true,
-        index: 0,
-        max_enis: None,
-        max_private_ips_per_eni: None,
-        transition_until: None,
-    });
-    c.add_eni(Eni {
-        id: "eni-web0".into(),
-        region: "cn-shanghai".into(),
-        vswitch: "vsw-a".into(),
-        private_ips: vec![ip("10.0.1.10")],
-        primary: true,
-        instance: Some("i-web".into()),
-        index: 0,
-    });
-    c.add_eip(real_ns(), "eip-web", ip("198.51.100.10"), 5);
-    c
+    crate::cloud::fixture::web(TRANSITION.as_nanos() as u64, real_ns())
 }
 
 /// What a caller of `transact` returns: the model's refusal or the store's.

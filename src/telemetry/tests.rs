@@ -1,9 +1,7 @@
 use super::metrics::{registry, render, CounterSource};
 use super::*;
 use crate::alg::AlgProtocol;
-use crate::cloud::{
-    Associate, BindType, Cloud, EipStatus, Eni, Instance, InstanceStatus, Settings, VSwitch,
-};
+use crate::cloud::{Associate, BindType, Cloud, EipStatus};
 use crate::engine::{AssociationMode, Counter, DropReason};
 use core::net::Ipv4Addr;
 use serde_json::{json, Value};
@@ -17,45 +15,13 @@ fn ip(s: &str) -> Ipv4Addr {
 /// i-web with eni-web0 (10.0.1.10); eni-spare detached; eip-web (NAT on i-web, InUse) and
 /// `eip-"q"` (Available, an id with a quote to exercise label escaping).
 fn cloud() -> Cloud {
-    let mut c = Cloud::new(Settings {
-        region: "cn-shanghai".into(),
-        multi_binded_allowed: true,
-        transition_ns: 1_000_000,
-        eip_pool: vec![(ip("198.51.100.0"), 24)],
-    });
-    c.add_vswitch(VSwitch {
-        id: "vsw-a".into(),
-        region: "cn-shanghai".into(),
-        zone: "cn-shanghai-b".into(),
-        network: ip("10.0.1.0"),
-        prefix_len: 24,
-        gateway: ip("10.0.1.253"),
-    });
-    c.add_instance(Instance {
-        id: "i-web".into(),
-        region: "cn-shanghai".into(),
-        instance_type: "ecs.g5.large".into(),
-        status: InstanceStatus::Running,
-        vpc: true,
-        public_ip: None,
-        dhcp: true,
-        index: 0,
-        max_enis: None,
-        max_private_ips_per_eni: None,
-        transition_until: None,
-    });
-    let eni = |id: &str, a: &str, primary, inst: Option<&str>| Eni {
-        id: id.into(),
-        region: "cn-shanghai".into(),
-        vswitch: "vsw-a".into(),
-        private_ips: vec![ip(a)],
-        primary,
-        instance: inst.map(Into::into),
-        index: 0,
-    };
-    c.add_eni(eni("eni-web0", "10.0.1.10", true, Some("i-web")));
-    c.add_eni(eni("eni-spare", "10.0.1.30", false, None));
-    c.add_eip(NOW, "eip-web", ip("198.51.100.10"), 5);
+    let mut c = crate::cloud::fixture::web(1_000_000, NOW);
+    c.add_eni(crate::cloud::fixture::eni(
+        "eni-spare",
+        "10.0.1.30",
+        false,
+        None,
+    ));
     c.add_eip(NOW, "eip-\"q\"", ip("198.51.100.11"), 5);
     c.associate(
         NOW,

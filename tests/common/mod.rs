@@ -1,0 +1,35 @@
+//! What the root-only integration tests share.
+
+use std::path::Path;
+
+/// True when a test that needs root (and, with `tun`, /dev/net/tun) can run. Otherwise it
+/// prints a loud SKIP and returns false, or, when `EIPLAB_NO_SKIP=1` (`.ci/run` sets it),
+/// panics: where the tests must run, one that cannot is a failure.
+pub fn privileged(test: &str, tun: bool) -> bool {
+    let uid = std::fs::read_to_string("/proc/self/status")
+        .ok()
+        .and_then(|s| {
+            s.lines()
+                .find(|l| l.starts_with("Uid:"))
+                .and_then(|l| l.split_whitespace().nth(2).map(str::to_string))
+        })
+        .unwrap_or_default();
+    let why = if uid != "0" {
+        format!("not running as root (effective uid {uid:?})")
+    } else if tun && !Path::new("/dev/net/tun").exists() {
+        "/dev/net/tun is missing".to_string()
+    } else {
+        return true;
+    };
+    let needs = if tun { "root and /dev/net/tun" } else { "root" };
+    assert!(
+        std::env::var("EIPLAB_NO_SKIP").as_deref() != Ok("1"),
+        "{test} cannot run: {why}; EIPLAB_NO_SKIP=1 forbids skipping (it needs {needs})"
+    );
+    eprintln!(
+        "\n*****************************************************************\n\
+         SKIP {test}: {why}; it needs {needs}\n\
+         *****************************************************************\n"
+    );
+    false
+}
