@@ -59,6 +59,7 @@ fn bench(c: &mut Criterion) {
             Options {
                 workers: 2,
                 batch: eiplab::io::BATCH,
+                ..Options::default()
             },
         )
         .unwrap();

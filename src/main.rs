@@ -43,29 +43,42 @@ enum Signature {
     V1,
 }
 
+#[derive(clap::Args)]
+struct UpArgs {
+    lab: PathBuf,
+    #[arg(long, value_enum, default_value = "netns")]
+    backend: Backend,
+    /// Keep the control plane's state here; a restart with the same directory restores it.
+    #[arg(long)]
+    state: Option<PathBuf>,
+    /// Overrides `[api] listen`.
+    #[arg(long)]
+    api_listen: Option<SocketAddr>,
+    /// Starts every namespace name: `{prefix}internet`, `{prefix}{instance id}`.
+    #[arg(long, default_value = DEFAULT_PREFIX)]
+    prefix: String,
+    /// Write one pcap file per lab interface into this directory.
+    #[arg(long)]
+    pcap: Option<PathBuf>,
+    /// Gateway worker threads (each serves many interfaces); default: one per core.
+    #[arg(long, value_parser = clap::value_parser!(u16).range(1..=256))]
+    workers: Option<u16>,
+    /// After moving packets, how long (µs) a gateway worker keeps polling before it sleeps:
+    /// an answer arriving meanwhile crosses without a wake-up. 0: sleep at once.
+    #[arg(long, default_value_t = eiplab::io::DEFAULT_BUSY_POLL.as_micros() as u32,
+          value_parser = clap::value_parser!(u32).range(0..=10_000))]
+    busy_poll_us: u32,
+    /// Send every UDP datagram into a namespace on its own, instead of merging a burst of one
+    /// flow into one segmented super-packet (the kernel splits it back before the socket, but
+    /// tcpdump inside the namespace shows it merged, as behind a NIC doing UDP GRO).
+    #[arg(long)]
+    no_udp_coalesce: bool,
+}
+
 #[derive(Subcommand)]
 enum Command {
     /// Run the lab of LAB.toml until SIGINT/SIGTERM.
-    Up {
-        lab: PathBuf,
-        #[arg(long, value_enum, default_value = "netns")]
-        backend: Backend,
-        /// Keep the control plane's state here; a restart with the same directory restores it.
-        #[arg(long)]
-        state: Option<PathBuf>,
-        /// Overrides `[api] listen`.
-        #[arg(long)]
-        api_listen: Option<SocketAddr>,
-        /// Starts every namespace name: `{prefix}internet`, `{prefix}{instance id}`.
-        #[arg(long, default_value = DEFAULT_PREFIX)]
-        prefix: String,
-        /// Write one pcap file per lab interface into this directory.
-        #[arg(long)]
-        pcap: Option<PathBuf>,
-        /// Gateway worker threads (each serves many interfaces); default: one per core.
-        #[arg(long, value_parser = clap::value_parser!(u16).range(1..=256))]
-        workers: Option<u16>,
-    },
+    Up(UpArgs),
     /// Remove what a killed `up` left behind (its namespaces, with their devices and routes).
     Down {
         lab: PathBuf,
@@ -142,15 +155,7 @@ fn main() -> ExitCode {
 
 fn run(cmd: Command) -> Result<ExitCode> {
     match cmd {
-        Command::Up {
-            lab,
-            backend,
-            state,
-            api_listen,
-            prefix,
-            pcap,
-            workers,
-        } => up(lab, backend, state, api_listen, prefix, pcap, workers),
+        Command::Up(args) => up(args),
         Command::Down { lab, prefix } => {
             let file = eiplab::lab::config::load(&lab).map_err(|e| anyhow::anyhow!("{e}"))?;
             let removed = eiplab::lab::run::down(&file, &prefix).map_err(|e| anyhow::anyhow!(e))?;
@@ -318,15 +323,18 @@ impl StopSignal {
 }
 
 /// `eiplab up`: the control plane, then (netns) the lab around it, then the API until a signal.
-fn up(
-    lab: PathBuf,
-    backend: Backend,
-    state: Option<PathBuf>,
-    api_listen: Option<SocketAddr>,
-    prefix: String,
-    pcap: Option<PathBuf>,
-    workers: Option<u16>,
-) -> Result<ExitCode> {
+fn up(args: UpArgs) -> Result<ExitCode> {
+    let UpArgs {
+        lab,
+        backend,
+        state,
+        api_listen,
+        prefix,
+        pcap,
+        workers,
+        busy_poll_us,
+        no_udp_coalesce,
+    } = args;
     if backend == Backend::Sim {
         bail!(
             "--backend sim is not built yet: use --backend netns (root) or --backend none \
@@ -383,6 +391,8 @@ fn up(
         prefix: prefix.clone(),
         pcap,
         workers: workers.map_or_else(eiplab::io::default_workers, usize::from),
+        busy_poll: std::time::Duration::from_micros(busy_poll_us.into()),
+        udp_coalesce: !no_udp_coalesce,
     };
     let (mut running, services) = eiplab::lab::run::Lab::build(&file, cp.clone(), &lab_opts)
         .map_err(|e| anyhow::anyhow!("{}: {e}", lab.display()))?;

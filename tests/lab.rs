@@ -2029,3 +2029,120 @@ fn attach_and_detach_through_the_api() {
         "expected the MULTI_BINDED EIPs' rules removed with the ENI; got {rules}"
     );
 }
+
+// ---------------------------------------------------------------------------------------------
+// UDP coalescing: a burst of one flow crosses as segmented super-packets and arrives as sent
+
+const UDP_SINK: &str = r#"
+import socket, sys
+n, size = int(sys.argv[1]), int(sys.argv[2])
+s = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+s.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 1 << 22)
+s.bind(("0.0.0.0", 7000))
+s.settimeout(5)
+print("listening", flush=True)
+seqs, bad = [], 0
+try:
+    while len(seqs) < n:
+        d, _ = s.recvfrom(65536)
+        seq = int.from_bytes(d[:4], "big")
+        if len(d) != size or d[4:] != bytes([seq % 251]) * (size - 4):
+            bad += 1
+        seqs.append(seq)
+except socket.timeout:
+    pass
+print("got %d bad %d in-order %s" % (len(seqs), bad, seqs == sorted(seqs)), flush=True)
+"#;
+
+const UDP_BURST: &str = r#"
+import socket, sys
+n, size = int(sys.argv[1]), int(sys.argv[2])
+s = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+s.setsockopt(socket.SOL_SOCKET, socket.SO_SNDBUF, 1 << 22)
+for i in range(n):
+    s.sendto(i.to_bytes(4, "big") + bytes([i % 251]) * (size - 4), ("198.51.100.10", 7000))
+"#;
+
+#[test]
+fn udp_bursts_cross_merged_and_arrive_as_sent() {
+    if !privileged("udp_bursts_cross_merged_and_arrive_as_sent") {
+        return;
+    }
+    let lab = Lab::up("one-eip.toml");
+    let (n, size) = (300, 200);
+    let mut merged_seen = false;
+    // A burst is merged when the gateway finds several of its datagrams waiting at once,
+    // which a tight send loop all but guarantees; a few tries make it certain.
+    for attempt in 1..=3 {
+        let mut dump = lab.bg(
+            "i-web",
+            &[
+                "tcpdump", "-i", "eth0", "-n", "-q", "-l", "udp", "port", "7000",
+            ],
+        );
+        dump.wait_until(
+            Duration::from_secs(10),
+            "tcpdump listening on eth0",
+            |_, e| e.contains("listening on"),
+        );
+        let mut sink = lab.bg(
+            "i-web",
+            &[
+                "python3",
+                "-u",
+                "-c",
+                UDP_SINK,
+                &n.to_string(),
+                &size.to_string(),
+            ],
+        );
+        sink.wait_until(Duration::from_secs(10), "UDP sink ready", |o, _| {
+            o.contains("listening")
+        });
+        lab.exec(
+            "internet",
+            &[
+                "python3",
+                "-c",
+                UDP_BURST,
+                &n.to_string(),
+                &size.to_string(),
+            ],
+        )
+        .expect_ok("UDP burst from internet");
+        sink.wait_until(Duration::from_secs(10), "UDP sink done", |o, _| {
+            o.contains("got ")
+        });
+        assert!(
+            sink.out().contains(&format!("got {n} bad 0 in-order True")),
+            "attempt {attempt}: expected all {n} datagrams intact and in order; sink said {:?}",
+            sink.out()
+        );
+        std::thread::sleep(Duration::from_millis(300));
+        dump.stop();
+        let lengths: Vec<usize> = dump
+            .out()
+            .lines()
+            .filter_map(|l| l.rsplit("length ").next()?.trim().parse().ok())
+            .collect();
+        assert!(
+            !lengths.is_empty(),
+            "tcpdump saw the burst: {:?} {:?}",
+            dump.out(),
+            dump.err()
+        );
+        assert!(
+            lengths.iter().all(|&l| l % size == 0),
+            "every packet the guest sees is whole datagrams: {lengths:?}"
+        );
+        if lengths.iter().any(|&l| l > size) {
+            merged_seen = true;
+            break;
+        }
+    }
+    assert!(
+        merged_seen,
+        "expected the guest's capture to show a burst merged into a super-packet (UDP length a \
+         multiple of one datagram's)"
+    );
+}

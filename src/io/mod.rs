@@ -21,6 +21,7 @@
 //! segments it or takes it as one. Answers of the gateway itself (ICMP) and released
 //! fragments leave with none.
 
+pub mod coalesce;
 pub mod device;
 pub mod mem;
 pub mod pcap;
@@ -44,6 +45,8 @@ use std::time::{Duration, Instant};
 
 /// Packets a worker takes from one device at a time.
 pub const BATCH: usize = 64;
+/// How long a worker polls without sleeping after it moved packets (see [`Options::busy_poll`]).
+pub const DEFAULT_BUSY_POLL: Duration = Duration::from_micros(2000);
 /// How long [`Dataplane::snapshot`] waits for a busy worker's answer before it uses the
 /// worker's previous one.
 const SNAPSHOT_WAIT: Duration = Duration::from_millis(500);
@@ -68,6 +71,12 @@ pub struct Options {
     pub workers: usize,
     /// Packets taken from one device at a time (at least 1).
     pub batch: usize,
+    /// After a batch that moved packets, how long a worker keeps polling its devices without
+    /// sleeping (`epoll_wait` with no timeout) before it sleeps again. A packet arriving in
+    /// that window is taken without a wake-up (an answer right behind the question it
+    /// forwarded, the next packets of a burst). Zero: sleep at once. An idle worker never
+    /// spins: the window opens only when packets move.
+    pub busy_poll: Duration,
 }
 
 impl Default for Options {
@@ -75,6 +84,7 @@ impl Default for Options {
         Options {
             workers: default_workers(),
             batch: BATCH,
+            busy_poll: DEFAULT_BUSY_POLL,
         }
     }
 }
@@ -162,6 +172,7 @@ struct Shared {
     shell: ShellCounters,
     epoch: Instant,
     batch: usize,
+    busy_poll_ns: u64,
 }
 
 impl Shared {
@@ -223,6 +234,7 @@ impl Dataplane {
             shell: ShellCounters::default(),
             epoch: Instant::now(),
             batch: opts.batch.max(1),
+            busy_poll_ns: opts.busy_poll.as_nanos().min(u64::MAX as u128) as u64,
         });
         let dp = Arc::new(Dataplane {
             sh: sh.clone(),
@@ -399,6 +411,36 @@ struct Worker {
     answered: u64,
 }
 
+/// Moves the calling thread into the idle scheduling class (or back to the normal one);
+/// returns whether it is in the idle class now. Leaving it takes root or `RLIMIT_NICE`; a
+/// thread that cannot leave it is never put there.
+fn sched_idle(on: bool) -> bool {
+    let param = libc::sched_param { sched_priority: 0 };
+    let policy = if on {
+        libc::SCHED_IDLE
+    } else {
+        libc::SCHED_OTHER
+    };
+    if on && !CAN_LEAVE_IDLE.load(Ordering::Relaxed) {
+        return false;
+    }
+    // SAFETY: `param` lives across the call; pid 0 is the calling thread.
+    let ok = unsafe { libc::sched_setscheduler(0, policy, &param) } == 0;
+    if !on && !ok {
+        // Stuck in the idle class: stop using it (and say so once).
+        if CAN_LEAVE_IDLE.swap(false, Ordering::Relaxed) {
+            tracing::warn!(
+                "cannot leave the idle scheduling class: polling stays in the normal class"
+            );
+        }
+        return true;
+    }
+    on && ok
+}
+
+/// Whether workers may poll in the idle class: only a process allowed to come back from it.
+static CAN_LEAVE_IDLE: AtomicBool = AtomicBool::new(true);
+
 /// Milliseconds from `now` until `t` (nanoseconds), rounded up, for `epoll_wait`.
 fn ms_until(t: u64, now: u64) -> i32 {
     (t.saturating_sub(now).div_ceil(1_000_000)).min(i32::MAX as u64) as i32
@@ -429,8 +471,15 @@ impl Worker {
     fn run(mut self) {
         tracing::debug!(worker = self.me, "worker started");
         let mut ready: Vec<u64> = Vec::with_capacity(64);
+        // Until when (ns since the epoch) to poll without sleeping; 0: not polling.
+        let mut spin_until = 0u64;
+        let mut woken = true;
+        let mut idle_class = false;
         loop {
-            self.take_commands();
+            if woken {
+                self.take_commands();
+                woken = false;
+            }
             self.refresh_routes();
             self.engine.refresh(&self.sh.cell);
             let req = self.sh.requests.load(Ordering::Acquire);
@@ -444,7 +493,12 @@ impl Worker {
             if self.engine.poll_timeout().is_some_and(|t| t <= now) {
                 self.engine.handle_timeout(now);
             }
-            let timeout = self.engine.poll_timeout().map_or(-1, |t| ms_until(t, now));
+            let timeout = if spin_until > now {
+                0
+            } else {
+                spin_until = 0;
+                self.engine.poll_timeout().map_or(-1, |t| ms_until(t, now))
+            };
             ready.clear();
             match self.ep.wait(timeout) {
                 Ok(tokens) => ready.extend(tokens),
@@ -453,13 +507,29 @@ impl Worker {
                     std::thread::sleep(Duration::from_millis(10));
                 }
             }
+            if timeout == 0 && ready.is_empty() && !idle_class {
+                // Polling and nothing came: poll in the idle class, so whatever else is
+                // runnable on this CPU (the lab's own senders and receivers, on a small
+                // machine) goes first and polling only takes time nobody wants.
+                idle_class = sched_idle(true);
+            }
+            let mut moved = 0;
             for &token in &ready {
                 if token == WAKE {
                     self.sh.workers[self.me].wake.clear();
+                    woken = true;
                 } else if let Some(i) = self.reading.iter().position(|(id, _)| *id == token) {
                     let port = self.reading[i].1.clone();
-                    self.serve(&port);
+                    moved += self.serve(&port);
                 }
+            }
+            if moved > 0 && self.sh.busy_poll_ns > 0 {
+                spin_until = self.sh.now() + self.sh.busy_poll_ns;
+            }
+            if idle_class && (moved > 0 || spin_until == 0) {
+                // Work again (or going to sleep): back to the normal class, or the worker
+                // would be starved on a busy CPU.
+                idle_class = sched_idle(false);
             }
         }
         self.publish(u64::MAX);
@@ -501,8 +571,9 @@ impl Worker {
         self.answered = req;
     }
 
-    /// Receives one batch from `port`, translates it and sends every packet on its way.
-    fn serve(&mut self, port: &Arc<Port>) {
+    /// Receives one batch from `port`, translates it and sends every packet on its way;
+    /// returns how many packets it received.
+    fn serve(&mut self, port: &Arc<Port>) -> usize {
         self.batch.clear();
         let got = match port.dev.recv(&mut self.batch) {
             Ok(g) => g,
@@ -512,7 +583,7 @@ impl Worker {
                 self.sh.shell.short_reads.fetch_add(1, Ordering::Relaxed);
                 self.ep.remove(port.dev.ready_fd());
                 self.reading.retain(|(id, _)| *id != port.id);
-                return;
+                return 0;
             }
         };
         if got.discarded > 0 {
@@ -523,7 +594,7 @@ impl Worker {
         }
         let n = self.batch.len;
         if n == 0 {
-            return;
+            return 0;
         }
         // Both may have changed while this worker slept: a port added for a destination, a
         // new table.
@@ -570,6 +641,7 @@ impl Worker {
                 break;
             }
         }
+        n
     }
 }
 

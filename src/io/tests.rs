@@ -32,6 +32,11 @@ fn dst_of(p: &[u8]) -> Ipv4Addr {
 /// ENI `i` (1..=n) has 10.0.<i/250>.<i%250+1>, its instance runs, and EIP 198.51.<100+i/250>.
 /// <i%250+1> (slot i) maps to it in NAT mode unless `unassociated` holds `i`.
 fn table(n: u16, unassociated: &[u16]) -> Table {
+    table_at(n, unassociated, 100_000)
+}
+
+/// As [`table`], every EIP policed at `mbps`.
+fn table_at(n: u16, unassociated: &[u16], mbps: u32) -> Table {
     let mut b = TableBuilder::new()
         .vpc_prefix(a("10.0.0.0"), 8)
         .internet_gateway(a("203.0.113.254"));
@@ -48,7 +53,7 @@ fn table(n: u16, unassociated: &[u16]) -> Table {
         b = b.eip(EipConfig {
             slot: i as u32,
             address: eip(i),
-            bandwidth_mbps: 100_000,
+            bandwidth_mbps: mbps,
             association: (!unassociated.contains(&i)).then_some(EipAssociation {
                 mode: AssociationMode::Nat,
                 eni: i,
@@ -88,6 +93,7 @@ impl Lab {
             Options {
                 workers,
                 batch: BATCH,
+                ..Options::default()
             },
         )
         .unwrap();
@@ -193,6 +199,83 @@ fn offload_metadata_travels_with_a_forwarded_packet_and_not_with_a_reply() {
     assert_eq!(off, gso);
     let (_, off) = lab.internet.recv_timeout(WAIT).expect("answered");
     assert_eq!(off, Offload::default());
+}
+
+/// A TCP super-packet as a namespace's stack hands it to a TUN device with TSO: one header,
+/// `payload` bytes behind it, segmentation and the checksum left to the device.
+fn tcp_super(src: Ipv4Addr, dst: Ipv4Addr, payload: usize) -> (Vec<u8>, Offload) {
+    let p = build::tcp(src, 40000, dst, 5201, 0x18, &vec![0x3c; payload]);
+    let off = Offload {
+        flags: device::NEEDS_CSUM,
+        gso_type: 1, // VIRTIO_NET_HDR_GSO_TCPV4
+        hdr_len: 40,
+        gso_size: 1448,
+        csum_start: 20,
+        csum_offset: 16,
+    };
+    (p, off)
+}
+
+#[test]
+fn a_super_packet_to_a_policed_eip_passes_whole_within_the_burst_and_is_dropped_whole_beyond() {
+    let lab = Lab::new(1, 1, 64);
+    lab.cell.publish(table_at(1, &[], 1));
+    let (p, off) = tcp_super(client(), eip(1), 60_000);
+    // 128 KiB of burst at 1 Mbit/s: two 60 KB super-packets pass, the third does not.
+    lab.internet.send_all((0..3).map(|_| (p.clone(), off)));
+    let got = lab.eni(1).recv_n(2, WAIT);
+    assert_eq!(got.len(), 2);
+    for (q, o) in &got {
+        assert_eq!(q.len(), p.len(), "translated whole, never segmented");
+        assert_eq!(dst_of(q), private(1));
+        assert_eq!(*o, off, "the segmentation metadata goes with it");
+    }
+    assert!(lab.eni(1).recv_timeout(QUIET).is_none());
+    let s = lab.dp.snapshot();
+    assert_eq!(s.eips[&1].drops[DropReason::BandwidthExceeded as usize], 1);
+    assert_eq!(s.eips[&1].to_guest.packets, 2);
+}
+
+#[test]
+fn a_super_packet_to_another_instances_eip_hairpins_whole() {
+    let lab = Lab::new(2, 2, 64);
+    let (p, off) = tcp_super(private(1), eip(2), 30_000);
+    lab.eni(1).send_all([(p.clone(), off)]);
+    let (q, o) = lab.eni(2).recv_timeout(WAIT).expect("hairpinned to ENI 2");
+    assert_eq!(q.len(), p.len());
+    assert_eq!(dst_of(&q), private(2));
+    assert_eq!(
+        src_of(&q),
+        eip(1),
+        "the sender's EIP, as the internet would show it"
+    );
+    assert_eq!(o, off);
+    assert_eq!(lab.dp.snapshot().global.hairpin, 1);
+}
+
+#[test]
+fn an_icmp_error_about_a_super_packet_quotes_its_head_and_carries_no_offload() {
+    let lab = Lab::new(1, 1, 64);
+    let (mut p, off) = tcp_super(client(), eip(1), 60_000);
+    p[8] = 1; // TTL
+    p[10..12].copy_from_slice(&[0, 0]);
+    let c = crate::wire::checksum::checksum(&p[..20]);
+    p[10..12].copy_from_slice(&c.to_be_bytes());
+    lab.internet.send_all([(p.clone(), off)]);
+    let (q, o) = lab.internet.recv_timeout(WAIT).expect("time exceeded");
+    assert_eq!(o, Offload::default(), "the answer is one small packet");
+    assert_eq!(q[9], 1, "ICMP");
+    assert_eq!(q[20], 11, "time exceeded");
+    assert!(
+        q.len() <= 576,
+        "a quote, not the whole super-packet: {}",
+        q.len()
+    );
+    assert!(crate::wire::checksum::verify(&q[..20]));
+    assert!(crate::wire::checksum::verify(&q[20..]), "ICMP checksum");
+    assert_eq!(&q[28..48], &p[..20], "quotes the offending header");
+    assert!(lab.eni(1).recv_timeout(QUIET).is_none());
+    assert_eq!(lab.dp.snapshot().global.icmp_errors_sent, 1);
 }
 
 #[test]

@@ -39,6 +39,12 @@ pub struct Options {
     pub pcap: Option<PathBuf>,
     /// The gateway's worker threads.
     pub workers: usize,
+    /// How long a worker polls without sleeping after it moved packets
+    /// ([`crate::io::Options::busy_poll`]).
+    pub busy_poll: std::time::Duration,
+    /// Merge bursts of one UDP flow into segmented super-packets on the way into a namespace
+    /// ([`crate::io::coalesce`]), where the kernel supports it.
+    pub udp_coalesce: bool,
 }
 
 /// Checks a `--prefix`: it becomes part of namespace names.
@@ -136,6 +142,7 @@ fn push_config(b: &mut Batch, dev: &str, cfg: &GuestConfig, add: bool) {
 struct Reconciler {
     prefix: String,
     pcap: Option<PathBuf>,
+    udp_coalesce: bool,
     internet_gateway: Ipv4Addr,
     /// ENIs whose guest configuration the lab file turns off (`configure = false`).
     unconfigured: BTreeSet<String>,
@@ -216,9 +223,10 @@ impl Reconciler {
                 let h = self.handle(ns)?;
                 // Opened by this thread while it visits the namespace: the device and the
                 // netlink socket belong to it.
-                let (tun, mut nl) = h.run(|| -> Result<_, String> {
+                let (mut tun, mut nl) = h.run(|| -> Result<_, String> {
                     Ok((open_device(dev, leaving)?, Netlink::open()?))
                 })??;
+                tun.set_coalesce(self.udp_coalesce);
                 let device: Box<dyn Device> = match pcap {
                     Some(d) => Box::new(Tap::new(tun, Capture::create(&d, &name)?)),
                     None => Box::new(tun),
@@ -419,6 +427,7 @@ impl Lab {
             crate::io::Options {
                 workers: opts.workers,
                 batch: crate::io::BATCH,
+                busy_poll: opts.busy_poll,
             },
         )
         .map_err(|e| format!("cannot start the gateway: {e}"))?;
@@ -489,6 +498,7 @@ impl Lab {
         let mut rec = Reconciler {
             prefix: opts.prefix.clone(),
             pcap: opts.pcap.clone(),
+            udp_coalesce: opts.udp_coalesce,
             internet_gateway: gateway,
             unconfigured,
             have: BTreeMap::new(),
@@ -552,8 +562,9 @@ impl Lab {
         opts: &Options,
         name: &str,
         side: Side,
-        tun: crate::io::tun::TunDevice,
+        mut tun: crate::io::tun::TunDevice,
     ) -> Result<(), String> {
+        tun.set_coalesce(opts.udp_coalesce);
         let dev: Box<dyn Device> = match &opts.pcap {
             Some(d) => Box::new(Tap::new(tun, Capture::create(d, name)?)),
             None => Box::new(tun),
