@@ -214,6 +214,9 @@ impl Dataplane {
     /// Starts the workers; they serve the tables published into `cell`.
     pub fn new(cell: Arc<TableCell>, opts: Options) -> io::Result<Arc<Dataplane>> {
         let n = opts.workers.max(1);
+        if !opts.busy_poll.is_zero() {
+            idle_class_usable();
+        }
         let mut workers = Vec::with_capacity(n);
         for _ in 0..n {
             workers.push(WorkerSlot {
@@ -412,22 +415,20 @@ struct Worker {
 }
 
 /// Moves the calling thread into the idle scheduling class (or back to the normal one);
-/// returns whether it is in the idle class now. Leaving it takes root or `RLIMIT_NICE`; a
-/// thread that cannot leave it is never put there.
+/// returns whether it is in the idle class now. Only where [`idle_class_usable`] said a thread
+/// can come back from it (that takes root, `CAP_SYS_NICE` or `RLIMIT_NICE`): a worker that
+/// could not would poll and forward in the idle class for good, starved on any busy CPU.
 fn sched_idle(on: bool) -> bool {
-    let param = libc::sched_param { sched_priority: 0 };
-    let policy = if on {
-        libc::SCHED_IDLE
-    } else {
-        libc::SCHED_OTHER
-    };
     if on && !CAN_LEAVE_IDLE.load(Ordering::Relaxed) {
         return false;
     }
-    // SAFETY: `param` lives across the call; pid 0 is the calling thread.
-    let ok = unsafe { libc::sched_setscheduler(0, policy, &param) } == 0;
+    let ok = set_policy(if on {
+        libc::SCHED_IDLE
+    } else {
+        libc::SCHED_OTHER
+    });
     if !on && !ok {
-        // Stuck in the idle class: stop using it (and say so once).
+        // Should not happen after the probe; stop using the idle class (and say so once).
         if CAN_LEAVE_IDLE.swap(false, Ordering::Relaxed) {
             tracing::warn!(
                 "cannot leave the idle scheduling class: polling stays in the normal class"
@@ -438,8 +439,35 @@ fn sched_idle(on: bool) -> bool {
     on && ok
 }
 
-/// Whether workers may poll in the idle class: only a process allowed to come back from it.
-static CAN_LEAVE_IDLE: AtomicBool = AtomicBool::new(true);
+fn set_policy(policy: libc::c_int) -> bool {
+    let param = libc::sched_param { sched_priority: 0 };
+    // SAFETY: `param` lives across the call; pid 0 is the calling thread.
+    unsafe { libc::sched_setscheduler(0, policy, &param) == 0 }
+}
+
+/// Whether a thread of this process can enter the idle class and leave it again: tried once,
+/// on a thread of its own that ends right after.
+fn idle_class_usable() -> bool {
+    static PROBED: std::sync::OnceLock<bool> = std::sync::OnceLock::new();
+    *PROBED.get_or_init(|| {
+        let usable = std::thread::Builder::new()
+            .name("gw-sched-probe".into())
+            .spawn(|| set_policy(libc::SCHED_IDLE) && set_policy(libc::SCHED_OTHER))
+            .ok()
+            .and_then(|h| h.join().ok())
+            .unwrap_or(false);
+        if !usable {
+            tracing::debug!(
+                "workers poll in the normal scheduling class (cannot leave the idle one)"
+            );
+        }
+        CAN_LEAVE_IDLE.store(usable, Ordering::Relaxed);
+        usable
+    })
+}
+
+/// Whether workers may poll in the idle class (see [`idle_class_usable`]).
+static CAN_LEAVE_IDLE: AtomicBool = AtomicBool::new(false);
 
 /// Milliseconds from `now` until `t` (nanoseconds), rounded up, for `epoll_wait`.
 fn ms_until(t: u64, now: u64) -> i32 {

@@ -442,3 +442,27 @@ fn shutdown_stops_the_workers_and_closes_every_device() {
     // Counters survive the workers.
     assert_eq!(lab.dp.snapshot().global.forwarded.packets, 1);
 }
+
+#[test]
+fn polling_enters_the_idle_class_only_where_a_thread_can_leave_it_again() {
+    let usable = super::idle_class_usable();
+    // On a thread of our own: what a worker does around a polling phase.
+    let back_to_normal = std::thread::spawn(move || {
+        let entered = super::sched_idle(true);
+        assert_eq!(
+            entered, usable,
+            "enters the idle class exactly where usable"
+        );
+        let still_idle = super::sched_idle(false);
+        // SAFETY: reads the calling thread's policy.
+        let policy = unsafe { libc::sched_getscheduler(0) };
+        (still_idle, policy)
+    })
+    .join()
+    .unwrap();
+    assert_eq!(
+        back_to_normal,
+        (false, libc::SCHED_OTHER),
+        "a worker always ends a polling phase in the normal class"
+    );
+}
