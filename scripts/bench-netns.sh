@@ -30,7 +30,8 @@
 #
 # Prints a table of medians and eiplab/kernel ratios and writes them as JSON (OUT, default
 # target/bench-netns.json). Everything lives in namespaces this script makes (prefix bn<pid>-)
-# and removes on success and failure; every tool runs under a timeout, so it ends by itself.
+# and removes on success and failure; every tool runs under a timeout, so it ends by itself. A
+# SIGINT/SIGTERM is acted on when the running measurement ends (at most SECONDS + 15 s).
 # Needs root, iperf3, nft (Debian: nftables), ping.
 set -euo pipefail
 cd "$(dirname "$0")/.."
