@@ -185,6 +185,13 @@ impl Device for TunDevice {
                         };
                         if n == buf.len() as libc::c_long {
                             sent += members;
+                        } else {
+                            // Refused whole (a kernel that takes no UDP segmentation from a
+                            // writer after all): the datagrams go one by one.
+                            for m in 0..members {
+                                let i = c.group(k)[m] as usize;
+                                sent += usize::from(self.write_one(batch, i));
+                            }
                         }
                     }
                 }
