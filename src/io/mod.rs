@@ -525,6 +525,11 @@ impl Worker {
                 0
             } else {
                 spin_until = 0;
+                if idle_class {
+                    // Sleep in the normal class: woken in the idle one, a worker would wait
+                    // for a CPU nobody else wants before it could even read the packet.
+                    idle_class = sched_idle(false);
+                }
                 self.engine.poll_timeout().map_or(-1, |t| ms_until(t, now))
             };
             ready.clear();
@@ -541,6 +546,11 @@ impl Worker {
                 // machine) goes first and polling only takes time nobody wants.
                 idle_class = sched_idle(true);
             }
+            if idle_class && !ready.is_empty() {
+                // Work again: back to the normal class before doing it, or the worker would
+                // be starved on a busy CPU.
+                idle_class = sched_idle(false);
+            }
             let mut moved = 0;
             for &token in &ready {
                 if token == WAKE {
@@ -553,11 +563,6 @@ impl Worker {
             }
             if moved > 0 && self.sh.busy_poll_ns > 0 {
                 spin_until = self.sh.now() + self.sh.busy_poll_ns;
-            }
-            if idle_class && (moved > 0 || spin_until == 0) {
-                // Work again (or going to sleep): back to the normal class, or the worker
-                // would be starved on a busy CPU.
-                idle_class = sched_idle(false);
             }
         }
         self.publish(u64::MAX);
