@@ -214,9 +214,6 @@ impl Dataplane {
     /// Starts the workers; they serve the tables published into `cell`.
     pub fn new(cell: Arc<TableCell>, opts: Options) -> io::Result<Arc<Dataplane>> {
         let n = opts.workers.max(1);
-        if !opts.busy_poll.is_zero() {
-            idle_class_usable();
-        }
         let mut workers = Vec::with_capacity(n);
         for _ in 0..n {
             workers.push(WorkerSlot {
@@ -414,61 +411,6 @@ struct Worker {
     answered: u64,
 }
 
-/// Moves the calling thread into the idle scheduling class (or back to the normal one);
-/// returns whether it is in the idle class now. Only where [`idle_class_usable`] said a thread
-/// can come back from it (that takes root, `CAP_SYS_NICE` or `RLIMIT_NICE`): a worker that
-/// could not would poll and forward in the idle class for good, starved on any busy CPU.
-fn sched_idle(on: bool) -> bool {
-    if on && !CAN_LEAVE_IDLE.load(Ordering::Relaxed) {
-        return false;
-    }
-    let ok = set_policy(if on {
-        libc::SCHED_IDLE
-    } else {
-        libc::SCHED_OTHER
-    });
-    if !on && !ok {
-        // Should not happen after the probe; stop using the idle class (and say so once).
-        if CAN_LEAVE_IDLE.swap(false, Ordering::Relaxed) {
-            tracing::warn!(
-                "cannot leave the idle scheduling class: polling stays in the normal class"
-            );
-        }
-        return true;
-    }
-    on && ok
-}
-
-fn set_policy(policy: libc::c_int) -> bool {
-    let param = libc::sched_param { sched_priority: 0 };
-    // SAFETY: `param` lives across the call; pid 0 is the calling thread.
-    unsafe { libc::sched_setscheduler(0, policy, &param) == 0 }
-}
-
-/// Whether a thread of this process can enter the idle class and leave it again: tried once,
-/// on a thread of its own that ends right after.
-fn idle_class_usable() -> bool {
-    static PROBED: std::sync::OnceLock<bool> = std::sync::OnceLock::new();
-    *PROBED.get_or_init(|| {
-        let usable = std::thread::Builder::new()
-            .name("gw-sched-probe".into())
-            .spawn(|| set_policy(libc::SCHED_IDLE) && set_policy(libc::SCHED_OTHER))
-            .ok()
-            .and_then(|h| h.join().ok())
-            .unwrap_or(false);
-        if !usable {
-            tracing::debug!(
-                "workers poll in the normal scheduling class (cannot leave the idle one)"
-            );
-        }
-        CAN_LEAVE_IDLE.store(usable, Ordering::Relaxed);
-        usable
-    })
-}
-
-/// Whether workers may poll in the idle class (see [`idle_class_usable`]).
-static CAN_LEAVE_IDLE: AtomicBool = AtomicBool::new(false);
-
 /// Milliseconds from `now` until `t` (nanoseconds), rounded up, for `epoll_wait`.
 fn ms_until(t: u64, now: u64) -> i32 {
     (t.saturating_sub(now).div_ceil(1_000_000)).min(i32::MAX as u64) as i32
@@ -502,7 +444,6 @@ impl Worker {
         // Until when (ns since the epoch) to poll without sleeping; 0: not polling.
         let mut spin_until = 0u64;
         let mut woken = true;
-        let mut idle_class = false;
         loop {
             if woken {
                 self.take_commands();
@@ -525,11 +466,6 @@ impl Worker {
                 0
             } else {
                 spin_until = 0;
-                if idle_class {
-                    // Sleep in the normal class: woken in the idle one, a worker would wait
-                    // for a CPU nobody else wants before it could even read the packet.
-                    idle_class = sched_idle(false);
-                }
                 self.engine.poll_timeout().map_or(-1, |t| ms_until(t, now))
             };
             ready.clear();
@@ -540,16 +476,12 @@ impl Worker {
                     std::thread::sleep(Duration::from_millis(10));
                 }
             }
-            if timeout == 0 && ready.is_empty() && !idle_class {
-                // Polling and nothing came: poll in the idle class, so whatever else is
-                // runnable on this CPU (the lab's own senders and receivers, on a small
-                // machine) goes first and polling only takes time nobody wants.
-                idle_class = sched_idle(true);
-            }
-            if idle_class && !ready.is_empty() {
-                // Work again: back to the normal class before doing it, or the worker would
-                // be starved on a busy CPU.
-                idle_class = sched_idle(false);
+            if timeout == 0 && ready.is_empty() {
+                // Polling and nothing came: let whatever else is runnable on this CPU (the
+                // lab's own senders and receivers, on a small machine) have its turn. (Polling
+                // in SCHED_IDLE was tried: under a flood a worker there got almost no CPU
+                // even once packets were waiting.)
+                std::thread::yield_now();
             }
             let mut moved = 0;
             for &token in &ready {

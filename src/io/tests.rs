@@ -7,7 +7,6 @@ use crate::engine::{
     TableBuilder,
 };
 use crate::wire::build;
-use std::collections::BTreeSet;
 use std::net::Ipv4Addr;
 
 const WAIT: Duration = Duration::from_secs(5);
@@ -442,82 +441,4 @@ fn shutdown_stops_the_workers_and_closes_every_device() {
     assert!(lab.enis.iter().all(MemHost::device_dropped));
     // Counters survive the workers.
     assert_eq!(lab.dp.snapshot().global.forwarded.packets, 1);
-}
-
-#[test]
-fn polling_enters_the_idle_class_only_where_a_thread_can_leave_it_again() {
-    let usable = super::idle_class_usable();
-    // On a thread of our own: what a worker does around a polling phase.
-    let back_to_normal = std::thread::spawn(move || {
-        let entered = super::sched_idle(true);
-        assert_eq!(
-            entered, usable,
-            "enters the idle class exactly where usable"
-        );
-        let still_idle = super::sched_idle(false);
-        // SAFETY: reads the calling thread's policy.
-        let policy = unsafe { libc::sched_getscheduler(0) };
-        (still_idle, policy)
-    })
-    .join()
-    .unwrap();
-    assert_eq!(
-        back_to_normal,
-        (false, libc::SCHED_OTHER),
-        "a worker always ends a polling phase in the normal class"
-    );
-}
-
-/// (thread id, state, scheduling policy) of every gateway worker thread of this process.
-fn worker_threads() -> Vec<(String, char, u32)> {
-    let mut v = Vec::new();
-    for e in std::fs::read_dir("/proc/self/task").unwrap().flatten() {
-        let dir = e.path();
-        let comm = std::fs::read_to_string(dir.join("comm")).unwrap_or_default();
-        if !comm.starts_with("gw-worker") {
-            continue;
-        }
-        let Ok(stat) = std::fs::read_to_string(dir.join("stat")) else {
-            continue;
-        };
-        // After the command's closing parenthesis: field 3 (state) is first, field 41
-        // (policy) is the 39th.
-        let rest: Vec<&str> = stat[stat.rfind(')').unwrap() + 2..].split(' ').collect();
-        let state = rest[0].chars().next().unwrap();
-        let policy: u32 = rest[38].parse().unwrap();
-        v.push((e.file_name().to_string_lossy().into_owned(), state, policy));
-    }
-    v
-}
-
-#[test]
-fn a_worker_that_polled_goes_to_sleep_in_the_normal_scheduling_class() {
-    let lab = Lab::new(2, 1, 64);
-    for sport in 1..=20 {
-        lab.internet.send(&udp_to(eip(1), sport));
-        assert!(lab.eni(1).recv_timeout(WAIT).is_some());
-        std::thread::sleep(Duration::from_micros(300));
-    }
-    // The polling window (2 ms) is long over: the workers sleep. A worker seen asleep in the
-    // idle class three times in a row is sleeping there (woken in it, on a busy CPU, it would
-    // wait for time nobody else wants before it could read a packet).
-    std::thread::sleep(Duration::from_millis(50));
-    let mut idle_sleepers: Option<BTreeSet<String>> = None;
-    for _ in 0..3 {
-        let now: BTreeSet<String> = worker_threads()
-            .into_iter()
-            .filter(|(_, state, policy)| *state == 'S' && *policy == libc::SCHED_IDLE as u32)
-            .map(|(tid, _, _)| tid)
-            .collect();
-        idle_sleepers = Some(match idle_sleepers {
-            None => now,
-            Some(before) => before.intersection(&now).cloned().collect(),
-        });
-        std::thread::sleep(Duration::from_millis(5));
-    }
-    assert_eq!(idle_sleepers, Some(BTreeSet::new()));
-    assert!(
-        !worker_threads().is_empty(),
-        "the workers are found by name"
-    );
 }
