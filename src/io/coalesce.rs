@@ -21,6 +21,8 @@
 
 use super::device::{Batch, Offload, NEEDS_CSUM};
 use crate::wire::checksum;
+use crate::wire::ipv4::{protocol, Ipv4Packet};
+use crate::wire::udp::UdpPacket;
 
 /// `VIRTIO_NET_HDR_GSO_UDP_L4` (linux/virtio_net.h).
 pub const GSO_UDP_L4: u8 = 5;
@@ -89,25 +91,23 @@ fn candidate(p: &[u8], off: &Offload) -> Option<(Key, u16, usize)> {
     } else {
         return None;
     };
-    if p.len() <= HDRS || p[0] != 0x45 || p[9] != 17 {
+    let ip = Ipv4Packet::new_checked(p).ok()?;
+    if ip.header_len() != IP_HDR
+        || ip.protocol() != protocol::UDP
+        || ip.total_len() != p.len()
+        || ip.is_fragment()
+        || !ip.verify_checksum()
+    {
         return None;
     }
-    let total = u16::from_be_bytes([p[2], p[3]]) as usize;
-    let frag = u16::from_be_bytes([p[6], p[7]]);
-    let udp_len = u16::from_be_bytes([p[24], p[25]]) as usize;
-    if total != p.len() || frag & 0x3fff != 0 || udp_len != total - IP_HDR {
-        return None;
-    }
-    if !checksum::verify(&p[..IP_HDR]) {
+    let seg = ip.payload();
+    let udp = UdpPacket::new_checked(seg).ok()?;
+    if udp.len_field() != seg.len() || udp.payload().is_empty() {
         return None;
     }
     if !partial {
-        let src = u32::from_be_bytes([p[12], p[13], p[14], p[15]]);
-        let dst = u32::from_be_bytes([p[16], p[17], p[18], p[19]]);
-        let acc = checksum::pseudo_header(src, dst, 17, udp_len as u32);
-        if u16::from_be_bytes([p[26], p[27]]) == 0
-            || checksum::fold(checksum::sum(acc, &p[IP_HDR..])) != 0xffff
-        {
+        let acc = checksum::pseudo_header(ip.src(), ip.dst(), protocol::UDP, seg.len() as u32);
+        if udp.checksum() == 0 || checksum::fold(checksum::sum(acc, seg)) != 0xffff {
             return None;
         }
     }
@@ -116,11 +116,12 @@ fn candidate(p: &[u8], off: &Offload) -> Option<(Key, u16, usize)> {
     let key = Key {
         addrs,
         ports: [p[20], p[21], p[22], p[23]],
-        tos: p[1],
-        ttl: p[8],
+        tos: ip.dscp_ecn(),
+        ttl: ip.ttl(),
+        // DF and the reserved bit (MF and the offset are zero: not a fragment).
         flags: p[6] & 0xe0,
     };
-    Some((key, u16::from_be_bytes([p[4], p[5]]), total - HDRS))
+    Some((key, ip.ident(), udp.payload().len()))
 }
 
 impl Coalescer {
@@ -232,15 +233,15 @@ impl Coalescer {
         }
         let h = Offload::LEN;
         b[h + 2..h + 4].copy_from_slice(&(total as u16).to_be_bytes());
-        b[h + 10..h + 12].copy_from_slice(&[0, 0]);
-        let ip_sum = checksum::checksum(&b[h..h + IP_HDR]);
-        b[h + 10..h + 12].copy_from_slice(&ip_sum.to_be_bytes());
         let udp_len = (total - IP_HDR) as u32;
         b[h + 24..h + 26].copy_from_slice(&(udp_len as u16).to_be_bytes());
-        let src = u32::from_be_bytes([b[h + 12], b[h + 13], b[h + 14], b[h + 15]]);
-        let dst = u32::from_be_bytes([b[h + 16], b[h + 17], b[h + 18], b[h + 19]]);
-        let partial = checksum::fold(checksum::pseudo_header(src, dst, 17, udp_len));
-        b[h + 26..h + 28].copy_from_slice(&partial.to_be_bytes());
+        let mut ip = Ipv4Packet::new_unchecked(&mut b[h..]);
+        ip.fill_checksum();
+        let seed = checksum::pseudo_header(ip.src(), ip.dst(), protocol::UDP, udp_len);
+        // The pseudo-header sum the split completes (the header is there: HDRS bytes copied).
+        if let Ok(mut udp) = UdpPacket::new_checked(ip.payload_mut()) {
+            udp.set_checksum(checksum::fold(seed));
+        }
         &self.buf
     }
 }
@@ -249,28 +250,13 @@ impl Coalescer {
 mod tests {
     use super::*;
 
-    /// An IPv4/UDP datagram with correct checksums.
+    /// An IPv4/UDP datagram with correct checksums, DF set and IP ID `id`, to 10.0.1.10:5001.
     fn udp(src: [u8; 4], sport: u16, id: u16, payload: &[u8]) -> Vec<u8> {
-        let total = HDRS + payload.len();
-        let mut p = vec![0u8; total];
-        p[0] = 0x45;
-        p[2..4].copy_from_slice(&(total as u16).to_be_bytes());
+        let to = core::net::Ipv4Addr::new(10, 0, 1, 10);
+        let mut p = crate::wire::build::udp(src.into(), sport, to, 5001, payload);
         p[4..6].copy_from_slice(&id.to_be_bytes());
-        p[6] = 0x40; // DF
-        p[8] = 64;
-        p[9] = 17;
-        p[12..16].copy_from_slice(&src);
-        p[16..20].copy_from_slice(&[10, 0, 1, 10]);
-        let ip = checksum::checksum(&p[..20]);
-        p[10..12].copy_from_slice(&ip.to_be_bytes());
-        p[20..22].copy_from_slice(&sport.to_be_bytes());
-        p[22..24].copy_from_slice(&5001u16.to_be_bytes());
-        p[24..26].copy_from_slice(&((total - 20) as u16).to_be_bytes());
-        p[28..].copy_from_slice(payload);
-        let s = u32::from_be_bytes(src);
-        let acc = checksum::pseudo_header(s, 0x0a00_010a, 17, (total - 20) as u32);
-        let c = !checksum::fold(checksum::sum(acc, &p[20..]));
-        p[26..28].copy_from_slice(&c.to_be_bytes());
+        p[6] |= 0x40; // DF
+        Ipv4Packet::new_unchecked(&mut p[..]).fill_checksum();
         p
     }
 
@@ -399,28 +385,60 @@ mod tests {
 
     #[test]
     fn what_the_split_could_not_give_back_is_sent_alone() {
-        let mut bad_udp = udp([203, 0, 113, 1], 4000, 2, &[2; 64]);
-        bad_udp[40] ^= 0xff; // payload changed, checksum not
-        let mut bad_ip = udp([203, 0, 113, 1], 4000, 3, &[3; 64]);
-        bad_ip[10] ^= 1;
-        let mut no_csum = udp([203, 0, 113, 1], 4000, 4, &[4; 64]);
-        no_csum[26..28].copy_from_slice(&[0, 0]);
-        let mut fragment = udp([203, 0, 113, 1], 4000, 5, &[5; 64]);
-        fragment[6] = 0x20; // MF
-        let pkts = vec![
-            udp([203, 0, 113, 1], 4000, 1, &[1; 64]),
-            bad_udp,
-            bad_ip,
-            no_csum,
-            fragment,
-            udp([203, 0, 113, 1], 4000, 9, &[9; 64]), // IDs not consecutive
-            udp([203, 0, 113, 1], 4000, 11, &[11; 64]),
+        let at = |id: u16| udp([203, 0, 113, 1], 4000, id, &[id as u8; 64]);
+        type Spoil = (&'static str, fn(&mut Vec<u8>));
+        let spoil: [Spoil; 4] = [
+            ("UDP checksum wrong", |p| p[40] ^= 0xff),
+            ("IP header checksum wrong", |p| p[10] ^= 1),
+            (
+                "no UDP checksum (even where the data happens to sum right)",
+                |p| {
+                    p[26..28].copy_from_slice(&[0, 0]);
+                    let n = p.len();
+                    p[n - 2..].copy_from_slice(&[0, 0]);
+                    let acc = checksum::pseudo_header(
+                        u32::from_be_bytes([p[12], p[13], p[14], p[15]]),
+                        u32::from_be_bytes([p[16], p[17], p[18], p[19]]),
+                        17,
+                        (n - 20) as u32,
+                    );
+                    let w = !checksum::fold(checksum::sum(acc, &p[20..]));
+                    p[n - 2..].copy_from_slice(&w.to_be_bytes());
+                },
+            ),
+            ("IP ID not the next one", |p| {
+                p[5] ^= 0x10;
+                Ipv4Packet::new_unchecked(&mut p[..]).fill_checksum();
+            }),
         ];
-        let b = batch_of(&pkts);
-        let which: Vec<u16> = (0..7).collect();
+        for (what, f) in spoil {
+            // Between two good neighbours: merged with the first if it were taken.
+            let mut mid = at(2);
+            f(&mut mid);
+            let b = batch_of(&[at(1), mid, at(3)]);
+            let mut c = Coalescer::new();
+            let plan = c.plan(&b, &[0, 1, 2]).to_vec();
+            assert_eq!(plan, (0..3).map(Write::One).collect::<Vec<_>>(), "{what}");
+        }
+        // First fragments with consecutive IDs are still fragments.
+        let first_fragment = |id: u16| {
+            let mut p = at(id);
+            p[6] |= 0x20; // MF
+            Ipv4Packet::new_unchecked(&mut p[..]).fill_checksum();
+            p
+        };
+        let b = batch_of(&[first_fragment(1), first_fragment(2), first_fragment(3)]);
         let mut c = Coalescer::new();
-        let plan = c.plan(&b, &which).to_vec();
-        assert_eq!(plan, (0..7).map(Write::One).collect::<Vec<_>>());
+        let plan = c.plan(&b, &[0, 1, 2]).to_vec();
+        assert_eq!(
+            plan,
+            (0..3).map(Write::One).collect::<Vec<_>>(),
+            "fragments"
+        );
+        // The same three unspoilt: one group.
+        let b = batch_of(&[at(1), at(2), at(3)]);
+        let mut c = Coalescer::new();
+        assert_eq!(c.plan(&b, &[0, 1, 2]), &[Write::Merged(0)]);
     }
 
     #[test]

@@ -73,11 +73,6 @@ impl TunDevice {
         self.coalesce = on && self.dev.udp_gso();
     }
 
-    /// Whether sends merge UDP bursts ([`super::coalesce`]).
-    pub fn coalesces(&self) -> bool {
-        self.coalesce
-    }
-
     /// Writes one packet with its virtio header; whether the device took it whole.
     #[inline]
     fn write_one(&self, batch: &Batch, i: usize) -> bool {
