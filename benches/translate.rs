@@ -539,6 +539,7 @@ impl Runner {
             self.bufs[j].set(self.traffic.packet(i));
             self.idx[j] = i;
             let side = self.traffic.sides[i];
+            self.bufs[j].ingress = side;
             match self.runs.last_mut() {
                 Some((s, _, end)) if *s == side => *end = j + 1,
                 _ => self.runs.push((side, j, j + 1)),
@@ -562,8 +563,8 @@ impl Runner {
         let bufs = black_box(&mut bufs[..]);
         match api {
             Api::Batch => {
-                for &(side, a, b) in runs.iter() {
-                    engine.process_batch(black_box(*now), black_box(side), &mut bufs[a..b]);
+                for &(_, a, b) in runs.iter() {
+                    engine.process_batch(black_box(*now), &mut bufs[a..b]);
                 }
             }
             Api::Single => {

@@ -1886,10 +1886,11 @@ fn run_items(
                     let mut b = PacketBuf::with_capacity(p.len() + it.extra);
                     b.set(p);
                     b.flags = flags;
+                    b.ingress = it.side;
                     b
                 })
                 .collect();
-            e.process_batch(now, it.side, &mut bufs);
+            e.process_batch(now, &mut bufs);
             for b in &bufs {
                 verdict_sane(b.verdict, it.side, &b.data, b.len)?;
             }

@@ -345,7 +345,7 @@ fn describe_eip(c: &Cloud, e: &cloud::Eip) -> Value {
 }
 
 fn cloud_mode_name(m: Mode) -> &'static str {
-    crate::engine::table::AssociationMode::from(m).api_name()
+    m.api_name()
 }
 
 /// Runs one action on the model.

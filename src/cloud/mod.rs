@@ -307,33 +307,8 @@ pub struct Binding {
     pub private_ip: Option<Ipv4Addr>,
 }
 
-/// Serializable twin of [`AssociationMode`].
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
-pub enum Mode {
-    Nat,
-    Binded,
-    MultiBinded,
-}
-
-impl From<AssociationMode> for Mode {
-    fn from(m: AssociationMode) -> Self {
-        match m {
-            AssociationMode::Nat => Mode::Nat,
-            AssociationMode::Binded => Mode::Binded,
-            AssociationMode::MultiBinded => Mode::MultiBinded,
-        }
-    }
-}
-
-impl From<Mode> for AssociationMode {
-    fn from(m: Mode) -> Self {
-        match m {
-            Mode::Nat => AssociationMode::Nat,
-            Mode::Binded => AssociationMode::Binded,
-            Mode::MultiBinded => AssociationMode::MultiBinded,
-        }
-    }
-}
+/// How an EIP reaches its ENI: the engine's own type, stored as is.
+pub use crate::engine::AssociationMode as Mode;
 
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Eip {
@@ -1079,7 +1054,7 @@ impl Cloud {
         if eni.region != eip.region {
             return Err(Self::mismatch(eip, &eni.id, &eni.region));
         }
-        let mode = Mode::from(req.mode);
+        let mode = req.mode;
         if mode != Mode::Nat {
             let regions = if mode == Mode::Binded {
                 BINDED_REGIONS
@@ -1121,7 +1096,7 @@ impl Cloud {
                         "{} already carries EIP {} in {} mode: an ENI carries one mode of EIP",
                         eni.id,
                         other.allocation_id,
-                        AssociationMode::from(b.mode).api_name()
+                        b.mode.api_name()
                     ),
                 ));
             }
@@ -1629,7 +1604,7 @@ impl Cloud {
             let association = e.binding.as_ref().filter(|_| mapped).and_then(|bd| {
                 let eni = resolve.bound_eni(bd)?;
                 Some(EipAssociation {
-                    mode: bd.mode.into(),
+                    mode: bd.mode,
                     eni: eni.index,
                     private_ip: if bd.mode == Mode::Nat {
                         bd.private_ip

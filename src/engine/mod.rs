@@ -90,6 +90,8 @@ pub struct PacketBuf {
     pub data: Vec<u8>,
     pub len: usize,
     pub flags: PacketFlags,
+    /// The side the packet came from: a batch may mix them.
+    pub ingress: Side,
     pub verdict: Verdict,
 }
 
@@ -99,6 +101,7 @@ impl PacketBuf {
             data: vec![0; cap],
             len: 0,
             flags: PacketFlags::default(),
+            ingress: Side::Internet,
             verdict: Verdict::Drop(DropReason::Truncated),
         }
     }
@@ -413,10 +416,10 @@ impl Engine {
     /// measured): the bucket of packet `i + 2D`
     /// and the EIP state of packet `i + D` are being fetched while packet `i` is processed.
     /// A table small enough to stay in cache skips the pipeline, which would only cost.
-    pub fn process_batch(&mut self, now: u64, ingress: Side, pkts: &mut [PacketBuf]) {
+    pub fn process_batch(&mut self, now: u64, pkts: &mut [PacketBuf]) {
         if !self.table.large {
             for p in pkts.iter_mut() {
-                self.process_buf(now, ingress, p);
+                self.process_buf(now, p);
             }
             return;
         }
@@ -424,21 +427,21 @@ impl Engine {
         let n = pkts.len();
         for i in 0..n + 2 * D {
             if let Some(p) = pkts.get(i) {
-                self.prefetch_bucket(ingress, p.packet());
+                self.prefetch_bucket(p.ingress, p.packet());
             }
             if let Some(p) = i.checked_sub(D).and_then(|j| pkts.get(j)) {
-                self.prefetch_state(ingress, p.packet());
+                self.prefetch_state(p.ingress, p.packet());
             }
             if let Some(p) = i.checked_sub(2 * D).and_then(|j| pkts.get_mut(j)) {
-                self.process_buf(now, ingress, p);
+                self.process_buf(now, p);
             }
         }
     }
 
     /// One batch entry: its verdict, and its new length when the gateway answers.
     #[inline(always)]
-    fn process_buf(&mut self, now: u64, ingress: Side, p: &mut PacketBuf) {
-        p.verdict = self.process(now, ingress, &mut p.data, p.len, p.flags);
+    fn process_buf(&mut self, now: u64, p: &mut PacketBuf) {
+        p.verdict = self.process(now, p.ingress, &mut p.data, p.len, p.flags);
         if let Verdict::Reply { len, .. } = p.verdict {
             p.len = len;
         }

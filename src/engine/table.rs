@@ -20,8 +20,8 @@ pub(crate) const NONE: u32 = u32::MAX;
 /// See [`Table::large`].
 const LARGE_TABLE_BYTES: usize = 512 * 1024;
 
-/// How an EIP reaches its ENI (SPEC §1).
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+/// How an EIP reaches its ENI (SPEC §1). The cloud model stores it as is (`cloud::Mode`).
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, serde::Serialize, serde::Deserialize)]
 pub enum AssociationMode {
     /// The gateway rewrites EIP <-> private IP; the guest never sees the EIP.
     Nat,

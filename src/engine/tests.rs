@@ -1242,10 +1242,11 @@ fn batch_gives_the_same_verdicts_and_bytes_as_single_calls() {
         .map(|p| {
             let mut b = PacketBuf::with_capacity(1500);
             b.set(p);
+            b.ingress = Side::Internet;
             b
         })
         .collect();
-    batched.process_batch(T0, Side::Internet, &mut bufs);
+    batched.process_batch(T0, &mut bufs);
     for (p, b) in pkts.iter().zip(&bufs) {
         let (v, out) = run(&mut single, Side::Internet, p);
         assert_eq!(v, b.verdict);
@@ -1336,10 +1337,11 @@ fn the_prefetching_pipeline_of_large_tables_changes_no_verdict() {
         .map(|p| {
             let mut b = PacketBuf::with_capacity(1500);
             b.set(p);
+            b.ingress = Side::Internet;
             b
         })
         .collect();
-    batched.process_batch(T0, Side::Internet, &mut bufs);
+    batched.process_batch(T0, &mut bufs);
     let mut forwarded = 0;
     for (p, b) in pkts.iter().zip(&bufs) {
         let (v, out) = run(&mut single, Side::Internet, p);
@@ -1400,8 +1402,9 @@ fn tables_published_while_traffic_flows_are_taken_whole_between_batches() {
                 changes += e.refresh(&cell) as u64;
                 for (b, p) in bufs.iter_mut().zip(&pkts) {
                     b.set(p);
+                    b.ingress = Side::Internet;
                 }
-                e.process_batch(T0 + batches, Side::Internet, &mut bufs);
+                e.process_batch(T0 + batches, &mut bufs);
                 // One batch, one table: every verdict the same.
                 let first = bufs[0].verdict;
                 assert!(

@@ -566,8 +566,10 @@ impl Worker {
         self.refresh_routes();
         self.engine.refresh(&self.sh.cell);
         let now = self.sh.now();
-        self.engine
-            .process_batch(now, port.side, &mut self.batch.pkts[..n]);
+        for p in &mut self.batch.pkts[..n] {
+            p.ingress = port.side;
+        }
+        self.engine.process_batch(now, &mut self.batch.pkts[..n]);
         for i in 0..n {
             match self.batch.pkts[i].verdict {
                 Verdict::Forward(side) => route(&mut self.out, side, i),
