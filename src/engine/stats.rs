@@ -167,42 +167,47 @@ pub fn burst_bytes(rate_mbps: u32) -> u64 {
     (rate_mbps as u64 * 125_000 / 10).max(128 * 1024)
 }
 
-impl Bucket {
-    /// Takes `bytes` if there are enough tokens; `rate_mbps == 0` is unlimited.
+/// A policer's rate and burst, worked out once when a table is taken rather than on every
+/// packet: `rate` in nano-bytes per nanosecond (= bytes per second; 0 is unlimited) and
+/// `burst` in nano-bytes.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub(crate) struct Policer {
+    rate: u64,
+    burst: u64,
+}
+
+impl Policer {
+    /// The policer of an EIP of `rate_mbps` Mbit/s each way (0: unlimited).
+    pub(crate) fn from_mbps(rate_mbps: u32) -> Policer {
+        Policer {
+            rate: rate_mbps as u64 * 125_000,
+            burst: burst_bytes(rate_mbps).saturating_mul(1_000_000_000),
+        }
+    }
+
+    /// Takes `bytes` from `b` if it holds enough tokens.
     #[inline(always)]
-    pub(crate) fn admit(&mut self, rate_mbps: u32, now: u64, bytes: usize) -> bool {
-        if rate_mbps == 0 {
+    pub(crate) fn admit(&self, b: &mut Bucket, now: u64, bytes: usize) -> bool {
+        if self.rate == 0 {
             return true;
         }
-        let rate = rate_mbps as u64 * 125_000; // bytes per second = nano-bytes per ns
-        let burst = burst_bytes(rate_mbps).saturating_mul(1_000_000_000);
-        let elapsed = now.saturating_sub(self.last_ns);
-        if now > self.last_ns {
-            self.last_ns = now;
+        let elapsed = now.saturating_sub(b.last_ns);
+        if now > b.last_ns {
+            b.last_ns = now;
         }
-        let tokens = self
+        let tokens = b
             .tokens
-            .saturating_add(elapsed.saturating_mul(rate))
-            .min(burst);
+            .saturating_add(elapsed.saturating_mul(self.rate))
+            .min(self.burst);
         let need = bytes as u64 * 1_000_000_000;
         if tokens >= need {
-            self.tokens = tokens - need;
+            b.tokens = tokens - need;
             true
         } else {
-            self.tokens = tokens;
+            b.tokens = tokens;
             false
         }
     }
-}
-
-/// What changes per packet for one EIP: one cache line.
-#[derive(Clone, Copy, Debug, Default)]
-#[repr(C, align(64))]
-pub(crate) struct EipHot {
-    pub to_guest_bucket: Bucket,
-    pub from_guest_bucket: Bucket,
-    pub to_guest: Counter,
-    pub from_guest: Counter,
 }
 
 /// Counters of one EIP, as read from an engine.
@@ -343,12 +348,13 @@ mod tests {
     fn bucket_polices_to_its_rate() {
         // 8 Mbit/s = 1 MB/s; burst max(100 KB, 128 KiB) = 131072 B.
         let mut b = Bucket::default();
+        let p = Policer::from_mbps(8);
         let mut passed = 0u64;
         let start = 1_000_000_000u64;
         // Offer 1500-byte packets at 4 MB/s for one second.
         for i in 0..(4_000_000 / 1500) {
             let now = start + i * 375_000; // 1500 B / 4 MB/s = 375 µs
-            if b.admit(8, now, 1500) {
+            if p.admit(&mut b, now, 1500) {
                 passed += 1500;
             }
         }
@@ -361,16 +367,17 @@ mod tests {
     #[test]
     fn bucket_unlimited_and_slow_refill_keep_fractions() {
         let mut b = Bucket::default();
-        assert!(b.admit(0, 0, usize::MAX / 2_000_000_000));
+        assert!(Policer::from_mbps(0).admit(&mut b, 0, usize::MAX / 2_000_000_000));
         // Drain a 1 Mbit/s bucket, then refill it by 1 µs steps: 0.125 B each, which must add up.
         let mut b = Bucket::default();
+        let p = Policer::from_mbps(1);
         let t0 = 5_000_000_000;
-        while b.admit(1, t0, 1000) {}
+        while p.admit(&mut b, t0, 1000) {}
         let mut t = t0;
         let mut ok = false;
         for _ in 0..9000 {
             t += 1000;
-            if b.admit(1, t, 1000) {
+            if p.admit(&mut b, t, 1000) {
                 ok = true;
                 break;
             }
@@ -383,7 +390,8 @@ mod tests {
     #[test]
     fn bucket_survives_time_going_backwards() {
         let mut b = Bucket::default();
-        assert!(b.admit(1, 10_000, 100));
-        assert!(b.admit(1, 5_000, 100));
+        let p = Policer::from_mbps(1);
+        assert!(p.admit(&mut b, 10_000, 100));
+        assert!(p.admit(&mut b, 5_000, 100));
     }
 }

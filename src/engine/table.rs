@@ -17,11 +17,9 @@ pub type EipSlot = u32;
 
 pub(crate) const NONE: u32 = u32::MAX;
 
-/// See [`Table::large`].
-const LARGE_TABLE_BYTES: usize = 512 * 1024;
-
 /// How an EIP reaches its ENI (SPEC §1). The cloud model stores it as is (`cloud::Mode`).
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, serde::Serialize, serde::Deserialize)]
+#[repr(u8)]
 pub enum AssociationMode {
     /// The gateway rewrites EIP <-> private IP; the guest never sees the EIP.
     Nat,
@@ -155,29 +153,25 @@ impl std::error::Error for TableError {}
 
 // ---- the address map -------------------------------------------------------------------------
 
-pub(crate) const KIND_EIP: u8 = 1;
-pub(crate) const KIND_PRIVATE: u8 = 2;
-pub(crate) const KIND_VPC_GATEWAY: u8 = 3;
-pub(crate) const KIND_INTERNET_GATEWAY: u8 = 4;
-
-pub(crate) const MODE_NONE: u8 = 0;
-pub(crate) const MODE_NAT: u8 = 1;
-pub(crate) const MODE_BINDED: u8 = 2;
-pub(crate) const MODE_MULTI: u8 = 3;
-
-fn mode_code(m: AssociationMode) -> u8 {
-    match m {
-        AssociationMode::Nat => MODE_NAT,
-        AssociationMode::Binded => MODE_BINDED,
-        AssociationMode::MultiBinded => MODE_MULTI,
-    }
+/// What an address in the map is.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+#[repr(u8)]
+pub(crate) enum Kind {
+    /// An empty bucket.
+    #[default]
+    Empty = 0,
+    Eip,
+    Private,
+    VpcGateway,
+    InternetGateway,
 }
 
 /// One address, 16 bytes so four share a cache line.
 ///
-/// - `KIND_EIP`: `slot` = the EIP's slot, `mode` = its association mode (or none), `eni` = its
-///   ENI, `other` = the mapped private IP (NAT mode).
-/// - `KIND_PRIVATE`: `eni` = the owner, `other` = its NAT EIP (0 if none), `slot` = that EIP's slot.
+/// - [`Kind::Eip`]: `slot` = the EIP's slot, `mode` = its association mode (or none), `eni` =
+///   its ENI, `other` = the mapped private IP (NAT mode).
+/// - [`Kind::Private`]: `eni` = the owner, `other` = its NAT EIP (0 if none), `slot` = that
+///   EIP's slot.
 /// - gateways: the address the gateway itself answers on.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
 #[repr(C, align(16))]
@@ -186,8 +180,8 @@ pub(crate) struct Entry {
     pub other: u32,
     pub slot: u32,
     pub eni: u16,
-    pub kind: u8,
-    pub mode: u8,
+    pub kind: Kind,
+    pub mode: Option<AssociationMode>,
 }
 
 /// Open addressing, linear probing, load at most one half; key 0 marks an empty bucket
@@ -249,19 +243,6 @@ impl AddrMap {
         }
     }
 
-    /// Bytes of the bucket array.
-    pub fn bytes(&self) -> usize {
-        self.buckets.len() * core::mem::size_of::<Entry>()
-    }
-
-    /// Starts fetching the bucket `key` probes first (see [`super::prefetch`]).
-    #[inline(always)]
-    pub fn prefetch(&self, key: u32) {
-        if let Some(b) = self.buckets.get(self.home(key)) {
-            super::prefetch(b);
-        }
-    }
-
     #[inline(always)]
     pub fn get(&self, key: u32) -> Option<&Entry> {
         if key == 0 {
@@ -287,8 +268,8 @@ impl AddrMap {
 pub(crate) struct EniEntry {
     pub present: bool,
     pub running: bool,
-    /// MODE_* of the EIPs on it (MODE_NONE if none).
-    pub mode: u8,
+    /// The mode of the EIPs on it, if any.
+    pub mode: Option<AssociationMode>,
     /// Instance number, or NONE when detached.
     pub instance: u32,
     /// vSwitch gateway, or 0.
@@ -308,6 +289,9 @@ pub(crate) struct EipInfo {
     pub slot: EipSlot,
     pub address: u32,
     pub bandwidth_mbps: u32,
+    /// Its association: the mode, the ENI, and the address packets to the EIP are delivered
+    /// to (the mapped private IP in NAT mode, the EIP itself in cut-through).
+    pub association: Option<(AssociationMode, EniId, u32)>,
 }
 
 /// The programmed gateway. Build with [`TableBuilder`].
@@ -328,8 +312,6 @@ pub struct Table {
     pub(crate) other_protocols: OtherProtocols,
     pub(crate) internet_gateway: u32,
     pub(crate) max_slot: Option<EipSlot>,
-    /// Whether the table's state outgrows the caches, so that batches should prefetch.
-    pub(crate) large: bool,
 }
 
 impl Table {
@@ -373,7 +355,7 @@ impl Table {
     /// The EIP mapped to a NAT private IP, if any (for tests and status).
     pub fn nat_eip_of(&self, private_ip: Ipv4Addr) -> Option<Ipv4Addr> {
         let e = self.map.get(u32::from(private_ip))?;
-        (e.kind == KIND_PRIVATE && e.other != 0).then(|| Ipv4Addr::from(e.other))
+        (e.kind == Kind::Private && e.other != 0).then(|| Ipv4Addr::from(e.other))
     }
 
     /// EIP slots with their addresses and bandwidths.
@@ -484,7 +466,7 @@ impl TableBuilder {
         };
 
         // Which ENIs carry which mode, and which primary IPs a BINDED EIP replaces.
-        let mut eni_mode = vec![MODE_NONE; max_eni];
+        let mut eni_mode: Vec<Option<AssociationMode>> = vec![None; max_eni];
         let mut binded_count = vec![0u32; max_eni];
         for eip in &self.eips {
             if let Some(a) = eip.association {
@@ -495,12 +477,12 @@ impl TableBuilder {
                         eni: a.eni,
                     });
                 }
-                let m = mode_code(a.mode);
-                if eni_mode[i] != MODE_NONE && eni_mode[i] != m {
+                let m = a.mode;
+                if eni_mode[i].is_some_and(|old| old != m) {
                     return Err(TableError::ModeConflict(a.eni));
                 }
-                eni_mode[i] = m;
-                if m == MODE_BINDED {
+                eni_mode[i] = Some(m);
+                if m == AssociationMode::Binded {
                     binded_count[i] += 1;
                     if binded_count[i] > 1 {
                         return Err(TableError::ModeConflict(a.eni));
@@ -521,7 +503,7 @@ impl TableBuilder {
                 instance: eni.instance.map(|r| r.id).unwrap_or(NONE),
                 gateway: eni.gateway.map(u32::from).unwrap_or(0),
             };
-            let skip = if eni_mode[i] == MODE_BINDED {
+            let skip = if eni_mode[i] == Some(AssociationMode::Binded) {
                 if eni.private_ips.is_empty() {
                     return Err(TableError::NoPrimaryIp(eni.id));
                 }
@@ -537,8 +519,8 @@ impl TableBuilder {
                         other: 0,
                         slot: NONE,
                         eni: eni.id,
-                        kind: KIND_PRIVATE,
-                        mode: MODE_NONE,
+                        kind: Kind::Private,
+                        mode: None,
                     },
                 )?;
             }
@@ -549,12 +531,12 @@ impl TableBuilder {
                         &mut map,
                         Entry {
                             key: u32::from(gw),
-                            kind: KIND_VPC_GATEWAY,
+                            kind: Kind::VpcGateway,
                             slot: NONE,
                             ..Entry::default()
                         },
                     )?;
-                } else if map.get(u32::from(gw)).map(|e| e.kind) != Some(KIND_VPC_GATEWAY) {
+                } else if map.get(u32::from(gw)).map(|e| e.kind) != Some(Kind::VpcGateway) {
                     return Err(TableError::DuplicateAddress(gw));
                 }
             }
@@ -575,12 +557,14 @@ impl TableBuilder {
                 other: 0,
                 slot: eip.slot,
                 eni: 0,
-                kind: KIND_EIP,
-                mode: MODE_NONE,
+                kind: Kind::Eip,
+                mode: None,
             };
+            let mut association = None;
             if let Some(a) = eip.association {
-                e.mode = mode_code(a.mode);
+                e.mode = Some(a.mode);
                 e.eni = a.eni;
+                association = Some((a.mode, a.eni, addr));
                 if a.mode == AssociationMode::Nat {
                     let eni = eni_config[a.eni as usize].expect("checked above");
                     let private = a
@@ -589,7 +573,7 @@ impl TableBuilder {
                         .ok_or(TableError::NoPrimaryIp(a.eni))?;
                     let p = map.get_mut(u32::from(private));
                     match p {
-                        Some(p) if p.kind == KIND_PRIVATE && p.eni == a.eni => {
+                        Some(p) if p.kind == Kind::Private && p.eni == a.eni => {
                             if p.other != 0 {
                                 return Err(TableError::PrivateIpMappedTwice(private));
                             }
@@ -605,6 +589,7 @@ impl TableBuilder {
                         }
                     }
                     e.other = u32::from(private);
+                    association = Some((a.mode, a.eni, e.other));
                 }
             }
             put(&mut map, e)?;
@@ -614,6 +599,7 @@ impl TableBuilder {
                 slot: eip.slot,
                 address: addr,
                 bandwidth_mbps: eip.bandwidth_mbps,
+                association,
             });
         }
 
@@ -623,7 +609,7 @@ impl TableBuilder {
                     &mut map,
                     Entry {
                         key: u32::from(a),
-                        kind: KIND_INTERNET_GATEWAY,
+                        kind: Kind::InternetGateway,
                         slot: NONE,
                         ..Entry::default()
                     },
@@ -633,11 +619,7 @@ impl TableBuilder {
             None => 0,
         };
 
-        // Prefetching pays once the map and the per-EIP state (64 bytes each) stop fitting
-        // in a core's L2 (1 MiB on the machines measured); below that it is pure overhead.
-        let large = map.bytes() + eips.len() * 64 > LARGE_TABLE_BYTES;
         Ok(Table {
-            large,
             map,
             enis,
             eips,
@@ -720,7 +702,12 @@ mod tests {
         let e = t.map.get(u32::from(ip("198.51.100.10"))).unwrap();
         assert_eq!(
             (e.kind, e.mode, e.other, e.slot),
-            (KIND_EIP, MODE_NAT, u32::from(ip("10.0.1.21")), 7)
+            (
+                Kind::Eip,
+                Some(AssociationMode::Nat),
+                u32::from(ip("10.0.1.21")),
+                7
+            )
         );
         assert!(t.maybe_eip(u32::from(ip("198.51.7.7"))));
         assert!(!t.maybe_eip(u32::from(ip("203.0.113.1"))));
@@ -796,6 +783,6 @@ mod tests {
             .build()
             .unwrap();
         assert!(t.map.get(u32::from(ip("10.0.1.30"))).is_none());
-        assert_eq!(t.eni(1).unwrap().mode, MODE_BINDED);
+        assert_eq!(t.eni(1).unwrap().mode, Some(AssociationMode::Binded));
     }
 }

@@ -35,10 +35,19 @@ fn eip(
     addr: &str,
     mode: Option<(AssociationMode, EniId, Option<&str>)>,
 ) -> EipConfig {
+    eip_with_bandwidth(slot, addr, mode, 1000)
+}
+
+fn eip_with_bandwidth(
+    slot: EipSlot,
+    addr: &str,
+    mode: Option<(AssociationMode, EniId, Option<&str>)>,
+    bandwidth_mbps: u32,
+) -> EipConfig {
     EipConfig {
         slot,
         address: a(addr),
-        bandwidth_mbps: 1000,
+        bandwidth_mbps,
         association: mode.map(|(mode, eni, p)| EipAssociation {
             mode,
             eni,
@@ -48,7 +57,13 @@ fn eip(
 }
 
 fn builder() -> TableBuilder {
+    builder_with_bandwidth(1000)
+}
+
+/// The lab above, every EIP of `mbps` Mbit/s.
+fn builder_with_bandwidth(mbps: u32) -> TableBuilder {
     use AssociationMode::*;
+    let eip = |slot, addr, mode| eip_with_bandwidth(slot, addr, mode, mbps);
     TableBuilder::new()
         .vpc_prefix(a("10.0.0.0"), 16)
         .internet_gateway(a("203.0.113.254"))
@@ -1277,7 +1292,7 @@ fn every_packet_is_accounted_for() {
 
 #[test]
 fn the_prefetching_pipeline_of_large_tables_changes_no_verdict() {
-    // 20,000 NAT EIPs: a map of 1 MiB, past the size where batches prefetch.
+    // 20,000 NAT EIPs: records of 2 × 4 MiB, past the size where batches prefetch.
     let mut b = TableBuilder::new().vpc_prefix(a("10.0.0.0"), 8);
     for e in 0..400u16 {
         let ips: Vec<Ipv4Addr> = (0..50u32)
@@ -1307,8 +1322,8 @@ fn the_prefetching_pipeline_of_large_tables_changes_no_verdict() {
         });
     }
     let table = Arc::new(b.build().unwrap());
-    assert!(table.large);
-    let pkts: Vec<Vec<u8>> = (0..300u32)
+    assert!(Engine::new(table.clone()).st.large);
+    let pkts: Vec<(Side, Vec<u8>)> = (0..300u32)
         .map(|i| match i % 5 {
             0 => build::udp(client(), 1, Ipv4Addr::from(0xc612_0000 + i * 61), 2, b"x"),
             1 => build::tcp(
@@ -1329,27 +1344,48 @@ fn the_prefetching_pipeline_of_large_tables_changes_no_verdict() {
             3 => build::udp(client(), 1, Ipv4Addr::from(0xc612_0000 + i), 5060, b""),
             _ => vec![0x45, 0, 0, 20],
         })
+        .map(|p| (Side::Internet, p))
+        // Guests of many ENIs in the same batch: to the internet, and from a source their
+        // ENI does not own.
+        .chain((0..200u32).map(|i| {
+            let e = (i * 7) % 400;
+            let own = Ipv4Addr::from(0x0a00_0000 + e * 64 + (i % 50) + 1);
+            let other = Ipv4Addr::from(0x0a00_0000 + ((e + 1) % 400) * 64 + 1);
+            let src = if i % 4 == 3 { other } else { own };
+            (Side::Eni(e as u16 + 1), build::udp(src, 7, client(), 9, b"out"))
+        }))
         .collect();
     let mut single = Engine::new(table.clone());
     let mut batched = Engine::new(table);
     let mut bufs: Vec<PacketBuf> = pkts
         .iter()
-        .map(|p| {
+        .map(|(side, p)| {
             let mut b = PacketBuf::with_capacity(1500);
             b.set(p);
-            b.ingress = Side::Internet;
+            b.ingress = *side;
             b
         })
         .collect();
     batched.process_batch(T0, &mut bufs);
     let mut forwarded = 0;
-    for (p, b) in pkts.iter().zip(&bufs) {
-        let (v, out) = run(&mut single, Side::Internet, p);
+    for ((side, p), b) in pkts.iter().zip(&bufs) {
+        let (v, out) = run(&mut single, *side, p);
         assert_eq!(v, b.verdict);
         assert_eq!(&out[..], b.packet());
         forwarded += matches!(v, Verdict::Forward(_)) as usize;
     }
-    assert_eq!(forwarded, 120);
+    assert_eq!(forwarded, 120 + 150);
+    for slot in 0..20_000 {
+        assert_eq!(single.eip_counters(slot), batched.eip_counters(slot));
+    }
+    assert_eq!(single.all_eni_counters(), batched.all_eni_counters());
+    assert_eq!(
+        batched.all_eni_counters()[1..]
+            .iter()
+            .map(|c| c.from_guest.packets + c.drops[DropReason::SourceCheck as usize])
+            .sum::<u64>(),
+        200
+    );
     assert_eq!(single.global_counters(), batched.global_counters());
 }
 
@@ -1484,4 +1520,152 @@ fn time_exceeded_quotes_the_packet_not_its_padding() {
         }
     );
     assert_eq!(&out[28..], &pkt[..n]);
+}
+
+/// [`Engine::fast_step`] is only a shortcut: with it and without it, every packet of a wide
+/// mix (every ingress, every kind of address, ALG ports and signatures, TTL 1, offloaded
+/// checksums, link padding, broken headers, policers that run dry) gets the same verdict,
+/// the same bytes, and the same counts everywhere.
+#[test]
+fn the_fast_path_agrees_with_the_general_path_on_every_packet() {
+    let mut seed = 0x2545_f491_4f6c_dd1du64;
+    let mut next = move |n: u64| {
+        seed ^= seed << 13;
+        seed ^= seed >> 7;
+        seed ^= seed << 17;
+        seed % n
+    };
+    let sources = [
+        "203.0.113.7",
+        "10.0.1.10",
+        "10.0.1.21",
+        "10.0.1.22",
+        "198.51.100.30",
+        "198.51.100.50",
+        "10.0.1.40",
+        "10.0.1.60",
+        "10.0.1.70",
+        "10.0.1.99",
+    ];
+    let dests = [
+        "198.51.100.1",
+        "198.51.100.10",
+        "198.51.100.30",
+        "198.51.100.51",
+        "198.51.100.60",
+        "198.51.100.70",
+        "198.51.100.99",
+        "198.51.100.200",
+        "203.0.113.9",
+        "203.0.113.254",
+        "10.0.1.40",
+        "10.0.1.253",
+        "100.100.100.200",
+        "127.0.0.1",
+    ];
+    let sides = [
+        Side::Internet,
+        Side::Eni(1),
+        Side::Eni(2),
+        Side::Eni(3),
+        Side::Eni(4),
+        Side::Eni(5),
+        Side::Eni(6),
+        Side::Eni(7),
+        Side::Eni(9),
+        Side::CloudServices,
+    ];
+    let payloads: [&[u8]; 5] = [
+        b"",
+        b"hello",
+        b"INVITE sip:bob@203.0.113.9 SIP/2.0\r\n\r\n",
+        b"PORT 10,0,1,10,4,1\r\n",
+        &[0xc0, 0, 0, 0, 1, 8, 1, 2, 3, 4, 5, 6, 7, 8],
+    ];
+    // Small bandwidths so that policers run dry.
+    let table = Arc::new(builder_with_bandwidth(1).build().unwrap());
+    let mut fast = Engine::new(table.clone());
+    let mut general = Engine::new(table);
+    general.st.fast_path_off = true;
+    let mut now = T0;
+    for n in 0..20_000u32 {
+        now += next(20_000);
+        let mut src = a(sources[next(sources.len() as u64) as usize]);
+        let mut dst = a(dests[next(dests.len() as u64) as usize]);
+        let mut side = sides[next(sides.len() as u64) as usize];
+        // Half of them take the common paths, through an EIP to or from the internet.
+        match next(4) {
+            0 => {
+                (side, dst) = (Side::Internet, a(dests[next(4) as usize]));
+                src = a("203.0.113.7");
+            }
+            1 => {
+                let (e, s) = [(1, "10.0.1.10"), (2, "10.0.1.21"), (3, "198.51.100.30")]
+                    [next(3) as usize];
+                (side, src, dst) = (Side::Eni(e), a(s), a("203.0.113.9"));
+            }
+            _ => {}
+        }
+        let payload = payloads[next(payloads.len() as u64) as usize];
+        let big = vec![0x5a; next(1400) as usize];
+        let payload = if next(4) == 0 { &big[..] } else { payload };
+        let ports = [21u16, 53, 5060, 554, 40000, 443];
+        let sp = ports[next(ports.len() as u64) as usize];
+        let dp = ports[next(ports.len() as u64) as usize];
+        let mut p = match next(4) {
+            0 => build::tcp(src, sp, dst, dp, 0x18, payload),
+            1 => build::ping(src, dst, 1, n as u16, payload),
+            _ => build::udp(src, sp, dst, dp, payload),
+        };
+        let mut flags = PacketFlags::default();
+        match next(16) {
+            0 => {
+                p[8] = 1;
+                p[10..12].copy_from_slice(&[0, 0]);
+                let c = checksum::checksum(&p[..20]);
+                p[10..12].copy_from_slice(&c.to_be_bytes());
+            }
+            1 => {
+                let i = next(p.len() as u64) as usize;
+                p[i] ^= 1 << next(8);
+            }
+            2 => p.extend_from_slice(&[0; 6]),
+            3 => p.truncate(next(p.len() as u64) as usize),
+            4 => flags.csum_partial = true,
+            // A UDP datagram sent without a checksum keeps none.
+            6 if p.len() >= 28 && p[9] == 17 => p[26..28].copy_from_slice(&[0, 0]),
+            5 => {
+                p[6] = 0x20;
+                p[10..12].copy_from_slice(&[0, 0]);
+                let c = checksum::checksum(&p[..20]);
+                p[10..12].copy_from_slice(&c.to_be_bytes());
+            }
+            _ => {}
+        }
+        let (vf, of) = {
+            let mut buf = vec![0u8; p.len().max(576) + 64];
+            buf[..p.len()].copy_from_slice(&p);
+            let v = fast.process(now, side, &mut buf, p.len(), flags);
+            (v, buf)
+        };
+        let (vg, og) = {
+            let mut buf = vec![0u8; p.len().max(576) + 64];
+            buf[..p.len()].copy_from_slice(&p);
+            let v = general.process(now, side, &mut buf, p.len(), flags);
+            (v, buf)
+        };
+        assert_eq!(vf, vg, "packet {n}: {side:?} {src} -> {dst}");
+        assert_eq!(of, og, "packet {n}: {side:?} {src} -> {dst}");
+    }
+    assert_eq!(fast.global_counters(), general.global_counters());
+    assert!(
+        fast.global_counters().forwarded.packets > 4_000,
+        "{:?}",
+        fast.global_counters()
+    );
+    assert!(fast.global_counters().drops[DropReason::BandwidthExceeded as usize] > 100);
+    for slot in 0..100 {
+        assert_eq!(fast.eip_counters(slot), general.eip_counters(slot));
+    }
+    assert_eq!(fast.all_eni_counters(), general.all_eni_counters());
 }

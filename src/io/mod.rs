@@ -662,8 +662,7 @@ fn snapshot_of(engine: &Engine) -> Snapshot {
             s.eips.insert(slot, c);
         }
     }
-    for id in 0..engine.counted_enis().min(u16::MAX as usize + 1) {
-        let c = engine.eni_counters(id as u16);
+    for (id, c) in engine.all_eni_counters().into_iter().enumerate() {
         if c.to_guest.packets + c.from_guest.packets + c.total_drops() > 0 {
             s.enis.insert(id as u16, c);
         }

@@ -1,0 +1,193 @@
+//! An engine's own per-EIP records: what a packet through an EIP needs, in one cache line.
+//!
+//! Each engine keeps two hash tables of 64-byte [`Rec`]ords built from the [`Table`] it
+//! takes: `inbound`, keyed by the EIP (internet -> guest), and `outbound`, keyed by the
+//! address a guest sends from (the mapped private IP in NAT mode, the EIP itself in
+//! cut-through). A record is its own hash slot, and holds everything the common path reads
+//! and writes: the key, the address to translate to, the ENI, whether the EIP can deliver at
+//! all (worked out once per table), the policer's precomputed rate and burst, its tokens, and
+//! the packets and bytes it forwarded. So a packet through an EIP touches one line of table
+//! state, whose address depends only on the packet's own bytes: a batch can fetch it ahead
+//! with no dependent load ([`Records::prefetch`]).
+//!
+//! The per-ENI counters are not on that line: an ENI's count is what its records forwarded
+//! plus what the engine counted for it directly (traffic no record carries, and records of
+//! earlier tables, folded in when a new table is taken), summed when read.
+
+use super::stats::{Bucket, Counter, DropReason, Policer};
+use super::table::{AssociationMode, EniId, EipSlot, Table};
+
+/// One EIP in one direction: 64 bytes, one cache line.
+#[derive(Clone, Copy, Debug, Default)]
+#[repr(C, align(64))]
+pub(crate) struct Rec {
+    /// The address looked up (0: an empty slot; 0.0.0.0 is never programmed).
+    pub key: u32,
+    /// Inbound: the address the packet is delivered to (the private IP in NAT mode, the EIP
+    /// in cut-through). Outbound: the EIP the source speaks through.
+    pub addr: u32,
+    pub slot: EipSlot,
+    /// Inbound: the ENI the EIP delivers to. Outbound: the ENI that owns the source.
+    pub eni: EniId,
+    /// `None` when the EIP is associated and its ENI can take or send traffic; otherwise
+    /// what such a packet is dropped for.
+    pub refuse: Option<DropReason>,
+    /// The association's mode (`None`: unassociated, inbound only).
+    pub mode: Option<AssociationMode>,
+    pub policer: Policer,
+    pub bucket: Bucket,
+    /// Forwarded through this record since it was built.
+    pub count: Counter,
+}
+
+const _: () = assert!(core::mem::size_of::<Rec>() == 64);
+
+/// Open addressing with linear probing, load at most one half, Fibonacci hashing (consecutive
+/// addresses, which EIP pools and subnets are, land in distinct lines).
+#[derive(Clone, Debug)]
+pub(crate) struct Records {
+    slots: Box<[Rec]>,
+    mask: usize,
+    shift: u32,
+}
+
+impl Records {
+    pub fn with_capacity(n: usize) -> Records {
+        let cap = (n * 2).next_power_of_two().max(16);
+        Records {
+            slots: vec![Rec::default(); cap].into_boxed_slice(),
+            mask: cap - 1,
+            shift: 32 - cap.trailing_zeros(),
+        }
+    }
+
+    #[inline(always)]
+    fn home(&self, key: u32) -> usize {
+        (key.wrapping_mul(0x9E37_79B1) >> self.shift) as usize
+    }
+
+    /// Adds a record whose key is not yet present (the table builder checked uniqueness);
+    /// returns its index.
+    fn insert(&mut self, r: Rec) -> u32 {
+        debug_assert!(r.key != 0);
+        let mut i = self.home(r.key);
+        while self.slots[i].key != 0 {
+            debug_assert!(self.slots[i].key != r.key, "duplicate record key");
+            i = (i + 1) & self.mask;
+        }
+        self.slots[i] = r;
+        i as u32
+    }
+
+    /// The index of the record for `key`.
+    #[inline(always)]
+    pub fn find(&self, key: u32) -> Option<u32> {
+        if key == 0 {
+            return None;
+        }
+        let mut i = self.home(key);
+        loop {
+            let k = self.slots[i].key;
+            if k == key {
+                return Some(i as u32);
+            }
+            if k == 0 {
+                return None;
+            }
+            i = (i + 1) & self.mask;
+        }
+    }
+
+    /// Starts fetching the line `key`'s lookup reads first.
+    #[inline(always)]
+    pub fn prefetch(&self, key: u32) {
+        super::prefetch(self.slots.as_ptr().wrapping_add(self.home(key)));
+    }
+
+    #[inline(always)]
+    pub fn get(&self, i: u32) -> &Rec {
+        &self.slots[i as usize]
+    }
+
+    #[inline(always)]
+    pub fn get_mut(&mut self, i: u32) -> &mut Rec {
+        &mut self.slots[i as usize]
+    }
+
+    /// The records present.
+    pub fn iter(&self) -> impl Iterator<Item = &Rec> + '_ {
+        self.slots.iter().filter(|r| r.key != 0)
+    }
+
+    pub fn bytes(&self) -> usize {
+        core::mem::size_of_val(&*self.slots)
+    }
+}
+
+/// What a packet to an associated EIP, or from its source, is dropped for when the ENI cannot
+/// take it (D7): `None` when it can.
+pub(crate) fn refusal(t: &Table, eni: EniId) -> Option<DropReason> {
+    match t.eni(eni as u32) {
+        None => Some(DropReason::EniDetached),
+        Some(e) if !e.attached() => Some(DropReason::EniDetached),
+        Some(e) if !e.running => Some(DropReason::InstanceStopped),
+        Some(_) => None,
+    }
+}
+
+/// Builds an engine's two record tables for `t`. `bucket(slot)` gives the tokens each
+/// direction's policer starts with (carried over from the previous table).
+pub(crate) fn build(
+    t: &Table,
+    mut bucket: impl FnMut(EipSlot) -> (Bucket, Bucket),
+) -> (Records, Records, Vec<(EipSlot, u32, u32)>) {
+    let associated = t.eips.iter().filter(|e| e.association.is_some()).count();
+    let mut inbound = Records::with_capacity(t.eips.len());
+    let mut outbound = Records::with_capacity(associated);
+    let mut index = Vec::with_capacity(t.eips.len());
+    for e in &t.eips {
+        let policer = Policer::from_mbps(e.bandwidth_mbps);
+        let (in_bucket, out_bucket) = bucket(e.slot);
+        let base = Rec {
+            key: e.address,
+            slot: e.slot,
+            policer,
+            bucket: in_bucket,
+            ..Rec::default()
+        };
+        match e.association {
+            None => {
+                let i = inbound.insert(Rec {
+                    refuse: Some(DropReason::EipUnassociated),
+                    ..base
+                });
+                index.push((e.slot, i, super::NONE));
+            }
+            Some((mode, eni, to)) => {
+                let refuse = refusal(t, eni);
+                let i = inbound.insert(Rec {
+                    addr: to,
+                    eni,
+                    refuse,
+                    mode: Some(mode),
+                    ..base
+                });
+                let o = outbound.insert(Rec {
+                    key: if mode == AssociationMode::Nat {
+                        to
+                    } else {
+                        e.address
+                    },
+                    addr: e.address,
+                    bucket: out_bucket,
+                    eni,
+                    refuse,
+                    mode: Some(mode),
+                    ..base
+                });
+                index.push((e.slot, i, o));
+            }
+        }
+    }
+    (inbound, outbound, index)
+}
