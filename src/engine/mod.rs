@@ -32,6 +32,7 @@ use crate::wire::ipv4::protocol;
 use crate::wire::{icmp, Error as WireError, Ipv4Packet};
 use core::net::Ipv4Addr;
 use frag::{FragKey, FragTable, HeldFragment, Lookup};
+pub use records::RecordMemory;
 use records::{Rec, Records};
 use stats::Bucket;
 use std::collections::VecDeque;
@@ -368,6 +369,8 @@ struct State {
     drop_log: Vec<DropEvent>,
     /// Whether the records outgrow the caches, so that batches should prefetch.
     large: bool,
+    /// Where records are allocated (the heap if `None`).
+    memory: Option<Arc<dyn RecordMemory>>,
     /// Tests compare [`Engine::fast_step`] with the general path by turning it off.
     #[cfg(test)]
     fast_path_off: bool,
@@ -399,18 +402,29 @@ impl Engine {
     }
 
     pub fn with_config(table: Arc<Table>, config: EngineConfig) -> Self {
+        Engine::with_memory(table, config, None)
+    }
+
+    /// An engine whose records live in `memory` (huge pages, from the shell) where it gives
+    /// them, on the heap otherwise.
+    pub fn with_memory(
+        table: Arc<Table>,
+        config: EngineConfig,
+        memory: Option<Arc<dyn RecordMemory>>,
+    ) -> Self {
         let mut e = Engine {
             table: Arc::new(Table::empty()),
             generation: 0,
             st: State {
-                inbound: Records::with_capacity(0),
-                outbound: Records::with_capacity(0),
+                inbound: Records::with_capacity(0, None),
+                outbound: Records::with_capacity(0, None),
                 slot_in: Vec::new(),
                 slot_out: Vec::new(),
                 slots: Vec::new(),
                 enis: Vec::new(),
                 drop_log: Vec::new(),
                 large: false,
+                memory: None,
                 #[cfg(test)]
                 fast_path_off: false,
                 global: GlobalCounters::default(),
@@ -425,6 +439,7 @@ impl Engine {
                 config,
             },
         };
+        e.st.memory = memory;
         e.set_table(table);
         e
     }
@@ -468,8 +483,11 @@ impl Engine {
                 };
             }
         }
+        // The old records go first, so that their memory can be reused.
+        st.inbound = Records::with_capacity(0, None);
+        st.outbound = Records::with_capacity(0, None);
         let slots = &st.slots;
-        let (inbound, outbound, index) = records::build(&table, |slot| {
+        let (inbound, outbound, index) = records::build(&table, st.memory.as_ref(), |slot| {
             let s = &slots[slot as usize];
             (s.in_bucket, s.out_bucket)
         });
@@ -765,26 +783,32 @@ impl Engine {
         if r.refuse.is_some() {
             return None;
         }
+        // Whom a drop from here on is counted against (as `Plan::blame` would say).
+        let blame = Blame {
+            eip: r.slot,
+            eni: match ingress {
+                Side::Eni(e) => e as u32,
+                _ => r.eni as u32,
+            },
+        };
         if r.mode == Some(AssociationMode::Nat) && !t.alg_all_pass {
             let (sp, dp) = (
                 u16::from_be_bytes([pkt[20], pkt[21]]),
                 u16::from_be_bytes([pkt[22], pkt[23]]),
             );
-            if alg::classify(transport, sp, dp, &pkt[payload..]).is_some() {
-                return None;
+            if let Some(p) = alg::classify(transport, sp, dp, &pkt[payload..]) {
+                // D3 drops here; `pass` and `inspect` count and report on the general path.
+                if t.alg.get(p) != AlgAction::Drop {
+                    return None;
+                }
+                st.global.received.add(len);
+                return Some(st.drop(DropReason::alg(p), ingress, blame));
             }
         }
 
         // From here on the packet is this path's: count it.
         st.global.received.add(len);
         if !r.policer.admit(&mut r.bucket, now, len) {
-            let blame = Blame {
-                eip: r.slot,
-                eni: match ingress {
-                    Side::Eni(e) => e as u32,
-                    _ => r.eni as u32,
-                },
-            };
             return Some(st.drop(DropReason::BandwidthExceeded, ingress, blame));
         }
         r.count.add(len);

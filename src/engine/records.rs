@@ -16,6 +16,107 @@
 
 use super::stats::{Bucket, Counter, DropReason, Policer};
 use super::table::{AssociationMode, EniId, EipSlot, Table};
+use core::ptr::NonNull;
+use std::sync::Arc;
+
+/// Where an engine's records live, when not on the heap: the shell can give memory backed by
+/// huge pages, so that a table of 100,000 EIPs (2 × 16 MiB of records) costs a few TLB
+/// entries instead of thousands. The engine itself makes no system call.
+pub trait RecordMemory: Send + Sync + core::fmt::Debug {
+    /// `bytes` of zeroed, writable memory aligned to 64 bytes, or `None` to use the heap.
+    fn allocate(&self, bytes: usize) -> Option<NonNull<u8>>;
+
+    /// Gives back what [`RecordMemory::allocate`] returned.
+    ///
+    /// # Safety
+    /// `p` came from `allocate(bytes)` on this memory and is no longer used.
+    unsafe fn release(&self, p: NonNull<u8>, bytes: usize);
+}
+
+/// The slots of a [`Records`]: a boxed slice, or memory from a [`RecordMemory`].
+struct Slots {
+    ptr: NonNull<Rec>,
+    len: usize,
+    from: Option<Arc<dyn RecordMemory>>,
+}
+
+// SAFETY: `Slots` owns its memory exclusively (like a `Box<[Rec]>`), and `Rec` is plain data.
+unsafe impl Send for Slots {}
+// SAFETY: shared access only reads, as for a `Box<[Rec]>`.
+unsafe impl Sync for Slots {}
+
+impl Slots {
+    fn new(len: usize, memory: Option<&Arc<dyn RecordMemory>>) -> Slots {
+        let bytes = len * core::mem::size_of::<Rec>();
+        if let Some(m) = memory {
+            if let Some(p) = m.allocate(bytes) {
+                assert!(
+                    p.as_ptr() as usize % core::mem::align_of::<Rec>() == 0,
+                    "record memory must be aligned to 64 bytes"
+                );
+                // Zeroed memory is a valid `Rec` (every field is an integer, or an `Option`
+                // of a fieldless enum whose first variant is 0) with key 0: an empty slot.
+                return Slots {
+                    ptr: p.cast(),
+                    len,
+                    from: Some(m.clone()),
+                };
+            }
+        }
+        let b: Box<[Rec]> = vec![Rec::default(); len].into_boxed_slice();
+        Slots {
+            // SAFETY: `Box::into_raw` never returns null.
+            ptr: unsafe { NonNull::new_unchecked(Box::into_raw(b) as *mut Rec) },
+            len,
+            from: None,
+        }
+    }
+}
+
+impl core::ops::Deref for Slots {
+    type Target = [Rec];
+    #[inline(always)]
+    fn deref(&self) -> &[Rec] {
+        // SAFETY: `ptr` points to `len` initialised records that this value owns.
+        unsafe { core::slice::from_raw_parts(self.ptr.as_ptr(), self.len) }
+    }
+}
+
+impl core::ops::DerefMut for Slots {
+    #[inline(always)]
+    fn deref_mut(&mut self) -> &mut [Rec] {
+        // SAFETY: as for `deref`, and `&mut self` makes the access exclusive.
+        unsafe { core::slice::from_raw_parts_mut(self.ptr.as_ptr(), self.len) }
+    }
+}
+
+impl Drop for Slots {
+    fn drop(&mut self) {
+        match &self.from {
+            // SAFETY: allocated by this memory with this size, and dropped once.
+            Some(m) => unsafe {
+                m.release(self.ptr.cast(), self.len * core::mem::size_of::<Rec>())
+            },
+            // SAFETY: came from `Box::into_raw` of a boxed slice of `len` records.
+            None => drop(unsafe {
+                Box::from_raw(core::ptr::slice_from_raw_parts_mut(
+                    self.ptr.as_ptr(),
+                    self.len,
+                ))
+            }),
+        }
+    }
+}
+
+impl core::fmt::Debug for Slots {
+    fn fmt(&self, f: &mut core::fmt::Formatter<'_>) -> core::fmt::Result {
+        write!(f, "{} record slots", self.len)?;
+        if let Some(m) = &self.from {
+            write!(f, " in {m:?}")?;
+        }
+        Ok(())
+    }
+}
 
 /// One EIP in one direction: 64 bytes, one cache line.
 #[derive(Clone, Copy, Debug, Default)]
@@ -44,18 +145,18 @@ const _: () = assert!(core::mem::size_of::<Rec>() == 64);
 
 /// Open addressing with linear probing, load at most one half, Fibonacci hashing (consecutive
 /// addresses, which EIP pools and subnets are, land in distinct lines).
-#[derive(Clone, Debug)]
+#[derive(Debug)]
 pub(crate) struct Records {
-    slots: Box<[Rec]>,
+    slots: Slots,
     mask: usize,
     shift: u32,
 }
 
 impl Records {
-    pub fn with_capacity(n: usize) -> Records {
+    pub fn with_capacity(n: usize, memory: Option<&Arc<dyn RecordMemory>>) -> Records {
         let cap = (n * 2).next_power_of_two().max(16);
         Records {
-            slots: vec![Rec::default(); cap].into_boxed_slice(),
+            slots: Slots::new(cap, memory),
             mask: cap - 1,
             shift: 32 - cap.trailing_zeros(),
         }
@@ -135,15 +236,16 @@ pub(crate) fn refusal(t: &Table, eni: EniId) -> Option<DropReason> {
     }
 }
 
-/// Builds an engine's two record tables for `t`. `bucket(slot)` gives the tokens each
-/// direction's policer starts with (carried over from the previous table).
+/// Builds an engine's two record tables for `t`, in `memory` if given. `bucket(slot)` gives
+/// the tokens each direction's policer starts with (carried over from the previous table).
 pub(crate) fn build(
     t: &Table,
+    memory: Option<&Arc<dyn RecordMemory>>,
     mut bucket: impl FnMut(EipSlot) -> (Bucket, Bucket),
 ) -> (Records, Records, Vec<(EipSlot, u32, u32)>) {
     let associated = t.eips.iter().filter(|e| e.association.is_some()).count();
-    let mut inbound = Records::with_capacity(t.eips.len());
-    let mut outbound = Records::with_capacity(associated);
+    let mut inbound = Records::with_capacity(t.eips.len(), memory);
+    let mut outbound = Records::with_capacity(associated, memory);
     let mut index = Vec::with_capacity(t.eips.len());
     for e in &t.eips {
         let policer = Policer::from_mbps(e.bandwidth_mbps);

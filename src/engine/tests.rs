@@ -1356,7 +1356,16 @@ fn the_prefetching_pipeline_of_large_tables_changes_no_verdict() {
         }))
         .collect();
     let mut single = Engine::new(table.clone());
-    let mut batched = Engine::new(table);
+    // The batched engine keeps its records in memory of its own (as the shell's huge pages).
+    let memory = Arc::new(CountedMemory::default());
+    let mut batched = Engine::with_memory(
+        table.clone(),
+        EngineConfig::default(),
+        Some(memory.clone() as Arc<dyn RecordMemory>),
+    );
+    assert_eq!(memory.live(), 2, "inbound and outbound records");
+    batched.set_table(table.clone());
+    assert_eq!(memory.live(), 2, "a new table's records replace the old ones");
     let mut bufs: Vec<PacketBuf> = pkts
         .iter()
         .map(|(side, p)| {
@@ -1387,6 +1396,37 @@ fn the_prefetching_pipeline_of_large_tables_changes_no_verdict() {
         200
     );
     assert_eq!(single.global_counters(), batched.global_counters());
+    drop(batched);
+    assert_eq!(memory.live(), 0, "an engine gives its records back");
+}
+
+/// Record memory from the global allocator that counts what is out.
+#[derive(Debug, Default)]
+struct CountedMemory {
+    out: std::sync::atomic::AtomicUsize,
+}
+
+impl CountedMemory {
+    fn live(&self) -> usize {
+        self.out.load(std::sync::atomic::Ordering::SeqCst)
+    }
+}
+
+impl RecordMemory for CountedMemory {
+    fn allocate(&self, bytes: usize) -> Option<core::ptr::NonNull<u8>> {
+        let layout = std::alloc::Layout::from_size_align(bytes, 64).ok()?;
+        // SAFETY: the layout has a non-zero size (records tables have at least 16 slots).
+        let p = core::ptr::NonNull::new(unsafe { std::alloc::alloc_zeroed(layout) })?;
+        self.out.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+        Some(p)
+    }
+
+    unsafe fn release(&self, p: core::ptr::NonNull<u8>, bytes: usize) {
+        let layout = std::alloc::Layout::from_size_align(bytes, 64).unwrap();
+        // SAFETY: allocated above with this layout.
+        unsafe { std::alloc::dealloc(p.as_ptr(), layout) };
+        self.out.fetch_sub(1, std::sync::atomic::Ordering::SeqCst);
+    }
 }
 
 #[test]

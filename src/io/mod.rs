@@ -33,7 +33,7 @@ mod tests;
 
 pub use device::{Batch, Device, Offload, Received, MAX_PACKET};
 
-use crate::engine::{Engine, Side, TableCell, Verdict, WatchId};
+use crate::engine::{Engine, EngineConfig, Side, TableCell, Verdict, WatchId};
 use crate::telemetry::{GatewayErrors, Snapshot};
 use poll::{Epoll, EventFd};
 use std::io;
@@ -419,7 +419,11 @@ fn ms_until(t: u64, now: u64) -> i32 {
 impl Worker {
     fn new(sh: Arc<Shared>, me: usize, ep: Epoll) -> Worker {
         let (_, table) = sh.cell.load();
-        let mut engine = Engine::new(table);
+        let mut engine = Engine::with_memory(
+            table,
+            EngineConfig::default(),
+            Some(Arc::new(crate::sys::memory::HugePages)),
+        );
         engine.refresh(&sh.cell);
         let (routes_generation, routes) = sh.load_routes();
         let batch = Batch::new(sh.batch, MAX_PACKET);

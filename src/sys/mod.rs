@@ -10,8 +10,11 @@
 //!   policy rules, many requests per `send`, every failure reported with the request written
 //!   the way `ip` would take it.
 //!
+//! - [`memory`]: huge-page memory for the engines' records.
+//!
 //! Nothing here knows about the lab or the cloud model: callers (the lab's applier) decide what
 //! to build; this module only builds it.
 
+pub mod memory;
 pub mod netlink;
 pub mod netns;
