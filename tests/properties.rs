@@ -15,6 +15,9 @@
 //! | p7 | no panic on any bytes; every verdict accounted in the global counters |
 //! | p8 | ALG ports: always dropped under NAT (policy drop), never under cut-through |
 
+mod common;
+
+use common::cases;
 use eiplab::alg::{AlgAction, AlgPolicy, AlgProtocol};
 use eiplab::engine::{
     AssociationMode, DropReason, EipAssociation, EipConfig, Engine, EngineConfig, EniConfig, EniId,
@@ -31,14 +34,6 @@ use std::collections::HashMap;
 use std::net::Ipv4Addr;
 use std::ops::Range;
 use std::sync::{Arc, OnceLock};
-
-/// Cases per property: 256, or `PROPTEST_CASES` for a deeper run.
-fn cases() -> u32 {
-    std::env::var("PROPTEST_CASES")
-        .ok()
-        .and_then(|v| v.parse().ok())
-        .unwrap_or(256)
-}
 
 // ---- topology ------------------------------------------------------------------------------
 

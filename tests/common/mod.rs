@@ -1,10 +1,12 @@
-//! What the root-only integration tests share.
+//! What the integration tests share: the root check of the root-only ones, and the case count
+//! of the property tests. Each test binary uses only some of it.
 
 use std::path::Path;
 
 /// True when a test that needs root (and, with `tun`, /dev/net/tun) can run. Otherwise it
 /// prints a loud SKIP and returns false, or, when `EIPLAB_NO_SKIP=1` (`.ci/run` sets it),
 /// panics: where the tests must run, one that cannot is a failure.
+#[allow(dead_code)]
 pub fn privileged(test: &str, tun: bool) -> bool {
     let uid = std::fs::read_to_string("/proc/self/status")
         .ok()
@@ -32,4 +34,13 @@ pub fn privileged(test: &str, tun: bool) -> bool {
          *****************************************************************\n"
     );
     false
+}
+
+/// Cases per property test: 256, or `PROPTEST_CASES` for a deeper run.
+#[allow(dead_code)]
+pub fn cases() -> u32 {
+    std::env::var("PROPTEST_CASES")
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(256)
 }
