@@ -569,7 +569,11 @@ impl Engine {
             from_guest: base.from_guest,
             drops: base.drops,
         };
-        for r in st.inbound.iter().filter(|r| r.eni == eni && r.mode.is_some()) {
+        for r in st
+            .inbound
+            .iter()
+            .filter(|r| r.eni == eni && r.mode.is_some())
+        {
             c.to_guest.merge(&r.count);
         }
         for r in st.outbound.iter().filter(|r| r.eni == eni) {
@@ -791,7 +795,7 @@ impl Engine {
                 _ => r.eni as u32,
             },
         };
-        if r.mode == Some(AssociationMode::Nat) && !t.alg_all_pass {
+        if r.mode == Some(AssociationMode::Nat) {
             let (sp, dp) = (
                 u16::from_be_bytes([pkt[20], pkt[21]]),
                 u16::from_be_bytes([pkt[22], pkt[23]]),
@@ -1421,10 +1425,7 @@ impl State {
             ident: h.ident,
             protocol: h.proto,
         };
-        if plan.nat.1 == 0
-            || table.alg_all_pass
-            || !matches!(h.proto, protocol::TCP | protocol::UDP)
-        {
+        if plan.nat.1 == 0 || !matches!(h.proto, protocol::TCP | protocol::UDP) {
             if h.is_fragment && h.l4.is_some() {
                 // No ALG decision is needed now (the table changed since later fragments
                 // were held, or the datagram is not NAT-mode TCP/UDP after all): let them go.
@@ -1615,7 +1616,11 @@ impl State {
             return;
         }
         let to_guest = plan.slot_out == NONE;
-        let slot = if to_guest { plan.slot_in } else { plan.slot_out };
+        let slot = if to_guest {
+            plan.slot_in
+        } else {
+            plan.slot_out
+        };
         if self.reports.len() >= self.config.report_capacity {
             self.reports.pop_front();
         }

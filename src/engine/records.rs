@@ -15,7 +15,7 @@
 //! earlier tables, folded in when a new table is taken), summed when read.
 
 use super::stats::{Bucket, Counter, DropReason, Policer};
-use super::table::{AssociationMode, EniId, EipSlot, Table};
+use super::table::{AssociationMode, EipSlot, EniId, Table};
 use core::ptr::NonNull;
 use std::sync::Arc;
 

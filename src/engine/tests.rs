@@ -1352,7 +1352,10 @@ fn the_prefetching_pipeline_of_large_tables_changes_no_verdict() {
             let own = Ipv4Addr::from(0x0a00_0000 + e * 64 + (i % 50) + 1);
             let other = Ipv4Addr::from(0x0a00_0000 + ((e + 1) % 400) * 64 + 1);
             let src = if i % 4 == 3 { other } else { own };
-            (Side::Eni(e as u16 + 1), build::udp(src, 7, client(), 9, b"out"))
+            (
+                Side::Eni(e as u16 + 1),
+                build::udp(src, 7, client(), 9, b"out"),
+            )
         }))
         .collect();
     let mut single = Engine::new(table.clone());
@@ -1365,7 +1368,11 @@ fn the_prefetching_pipeline_of_large_tables_changes_no_verdict() {
     );
     assert_eq!(memory.live(), 2, "inbound and outbound records");
     batched.set_table(table.clone());
-    assert_eq!(memory.live(), 2, "a new table's records replace the old ones");
+    assert_eq!(
+        memory.live(),
+        2,
+        "a new table's records replace the old ones"
+    );
     let mut bufs: Vec<PacketBuf> = pkts
         .iter()
         .map(|(side, p)| {
@@ -1640,8 +1647,8 @@ fn the_fast_path_agrees_with_the_general_path_on_every_packet() {
                 src = a("203.0.113.7");
             }
             1 => {
-                let (e, s) = [(1, "10.0.1.10"), (2, "10.0.1.21"), (3, "198.51.100.30")]
-                    [next(3) as usize];
+                let (e, s) =
+                    [(1, "10.0.1.10"), (2, "10.0.1.21"), (3, "198.51.100.30")][next(3) as usize];
                 (side, src, dst) = (Side::Eni(e), a(s), a("203.0.113.9"));
             }
             _ => {}

@@ -79,10 +79,7 @@ pub fn huge_kib(start: usize, len: usize) -> Option<u64> {
     for line in smaps.lines() {
         let first = line.split_whitespace().next().unwrap_or("");
         if let Some((a, b)) = first.split_once('-') {
-            if let (Ok(a), Ok(b)) = (
-                usize::from_str_radix(a, 16),
-                usize::from_str_radix(b, 16),
-            ) {
+            if let (Ok(a), Ok(b)) = (usize::from_str_radix(a, 16), usize::from_str_radix(b, 16)) {
                 inside = a < start + len && start < b;
                 continue;
             }
@@ -119,7 +116,11 @@ mod tests {
             assert_eq!(huge, 0);
         } else {
             // The kernel's policy allows them, and five aligned huge pages were touched.
-            assert!(huge >= 2048, "no huge pages under THP policy {}", thp.trim());
+            assert!(
+                huge >= 2048,
+                "no huge pages under THP policy {}",
+                thp.trim()
+            );
         }
         // SAFETY: from `allocate(bytes)` above, not used after this.
         unsafe { m.release(p, bytes) };
