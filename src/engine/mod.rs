@@ -662,22 +662,28 @@ impl Engine {
     /// in table state is under way long before it is needed.
     pub fn process_batch(&mut self, now: u64, pkts: &mut [PacketBuf]) {
         const D: usize = PREFETCH_DISTANCE;
-        let n = pkts.len();
         let large = self.st.large;
-        for i in 0..n + 2 * D {
-            if let Some(p) = pkts.get(i) {
+        for p in pkts.iter().take(2 * D) {
+            prefetch(p.data.as_ptr());
+        }
+        if large {
+            for p in pkts.iter().take(D) {
+                self.st.prefetch_record(p.ingress, p.packet());
+            }
+        }
+        for i in 0..pkts.len() {
+            if let Some(p) = pkts.get(i + 2 * D) {
                 prefetch(p.data.as_ptr());
             }
             if large {
-                if let Some(p) = i.checked_sub(D).and_then(|j| pkts.get(j)) {
+                if let Some(p) = pkts.get(i + D) {
                     self.st.prefetch_record(p.ingress, p.packet());
                 }
             }
-            if let Some(p) = i.checked_sub(2 * D).and_then(|j| pkts.get_mut(j)) {
-                p.verdict = self.one(now, p.ingress, &mut p.data, p.len, p.flags);
-                if let Verdict::Reply { len, .. } = p.verdict {
-                    p.len = len;
-                }
+            let p = &mut pkts[i];
+            p.verdict = self.one(now, p.ingress, &mut p.data, p.len, p.flags);
+            if let Verdict::Reply { len, .. } = p.verdict {
+                p.len = len;
             }
         }
         self.st.flush_drops();
@@ -745,7 +751,10 @@ impl Engine {
         }
         let src = u32::from_be_bytes([h[12], h[13], h[14], h[15]]);
         let dst = u32::from_be_bytes([h[16], h[17], h[18], h[19]]);
-        if checksum::fold(checksum::sum20(h)) != 0xffff || martian(src) || martian(dst) {
+        // A header checksums right when its ones' complement sum is all ones: when the plain
+        // sum is a non-zero multiple of 0xffff (a multiply, not a fold).
+        let sum = checksum::sum20(h);
+        if sum % 0xffff != 0 || sum == 0 || martian(src) || martian(dst) {
             return None;
         }
         let (transport, payload) = match proto {
@@ -943,9 +952,18 @@ fn wire_reason(e: WireError) -> DropReason {
 /// (which includes the limited broadcast).
 #[inline(always)]
 fn martian(a: u32) -> bool {
-    let top = a >> 24;
-    top == 0 || top == 127 || top >= 224
+    MARTIAN_FIRST_OCTET[(a >> 24) as usize]
 }
+
+const MARTIAN_FIRST_OCTET: [bool; 256] = {
+    let mut t = [false; 256];
+    let mut i = 0;
+    while i < 256 {
+        t[i] = i == 0 || i == 127 || i >= 224;
+        i += 1;
+    }
+    t
+};
 
 /// Reads what the rules need from the transport header of a whole packet or first fragment.
 #[inline]
