@@ -257,8 +257,9 @@ enum Payload {
 fn quic_payload(rng: &mut Rng) -> Vec<u8> {
     if rng.below(8) == 0 {
         let mut p = rng.bytes(1_200);
-        let ty = if rng.below(2) == 0 { 0 } else { 2 }; // Initial or Handshake
-        // The low four bits are under header protection: random on the wire.
+        // An Initial (type 0) or a Handshake (type 2); the low four bits are under header
+        // protection: random on the wire.
+        let ty = if rng.below(2) == 0 { 0 } else { 2 };
         p[0] = 0xC0 | (ty << 4) | rng.below(16) as u8;
         p[1..5].copy_from_slice(&1u32.to_be_bytes());
         p[5] = 8; // DCID length, DCID in 6..14
@@ -811,13 +812,8 @@ impl Runner {
             Api::Batch => engine.process_batch(black_box(*now), bufs),
             Api::Single => {
                 for p in bufs.iter_mut() {
-                    p.verdict = engine.process(
-                        black_box(*now),
-                        p.ingress,
-                        &mut p.data,
-                        p.len,
-                        p.flags,
-                    );
+                    p.verdict =
+                        engine.process(black_box(*now), p.ingress, &mut p.data, p.len, p.flags);
                 }
             }
         }

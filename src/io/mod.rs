@@ -637,8 +637,7 @@ impl Step {
             self.extra.clear();
             while !self.extra.is_full() {
                 let k = self.extra.len;
-                let Some((len, v)) = engine.poll_released(now, &mut self.extra.pkts[k].data)
-                else {
+                let Some((len, v)) = engine.poll_released(now, &mut self.extra.pkts[k].data) else {
                     break;
                 };
                 self.extra.pkts[k].len = len;
