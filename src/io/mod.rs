@@ -403,11 +403,7 @@ struct Worker {
     reading: Vec<(u64, Arc<Port>)>,
     routes: Arc<Routes>,
     routes_generation: u64,
-    batch: Batch,
-    /// Released fragments, sent after the batch that released them.
-    extra: Batch,
-    /// Per destination, the batch positions going there (reused from batch to batch).
-    out: Vec<(Side, Vec<u16>)>,
+    step: Step,
     answered: u64,
 }
 
@@ -426,7 +422,7 @@ impl Worker {
         );
         engine.refresh(&sh.cell);
         let (routes_generation, routes) = sh.load_routes();
-        let batch = Batch::new(sh.batch, MAX_PACKET);
+        let step = Step::new(sh.batch);
         Worker {
             sh,
             me,
@@ -435,9 +431,7 @@ impl Worker {
             reading: Vec::new(),
             routes,
             routes_generation,
-            batch,
-            extra: Batch::new(8, MAX_PACKET),
-            out: Vec::new(),
+            step,
             answered: 0,
         }
     }
@@ -543,8 +537,7 @@ impl Worker {
     /// Receives one batch from `port`, translates it and sends every packet on its way;
     /// returns how many packets it received.
     fn serve(&mut self, port: &Arc<Port>) -> usize {
-        self.batch.clear();
-        let got = match port.dev.recv(&mut self.batch) {
+        let got = match self.step.recv(&*port.dev) {
             Ok(g) => g,
             Err(e) => {
                 // A device that fails to read would be reported ready forever: stop reading it.
@@ -561,8 +554,7 @@ impl Worker {
                 .short_reads
                 .fetch_add(got.discarded as u64, Ordering::Relaxed);
         }
-        let n = self.batch.len;
-        if n == 0 {
+        if self.step.batch().len == 0 {
             return 0;
         }
         // Both may have changed while this worker slept: a port added for a destination, a
@@ -570,10 +562,69 @@ impl Worker {
         self.refresh_routes();
         self.engine.refresh(&self.sh.cell);
         let now = self.sh.now();
-        for p in &mut self.batch.pkts[..n] {
-            p.ingress = port.side;
+        let routes = &self.routes;
+        self.step.forward(
+            &mut self.engine,
+            now,
+            port.side,
+            |side| routes.get(side).map(|p| &*p.dev),
+            &self.sh.shell,
+        )
+    }
+}
+
+/// What a worker does with one ready port, on devices the caller names: read a batch, let the
+/// engine decide, send each destination its packets (then the fragments the batch released).
+/// The workers run it; so does the gateway bench, in one thread over in-memory devices. It
+/// owns the buffers it reuses from step to step.
+pub struct Step {
+    batch: Batch,
+    /// Released fragments, sent after the batch that released them.
+    extra: Batch,
+    /// Per destination, the batch positions going there (reused from batch to batch).
+    out: Vec<(Side, Vec<u16>)>,
+}
+
+impl Step {
+    /// Reads up to `batch` packets at a time (each slot holds a whole GSO super-packet).
+    pub fn new(batch: usize) -> Step {
+        Step {
+            batch: Batch::new(batch.max(1), MAX_PACKET),
+            extra: Batch::new(8, MAX_PACKET),
+            out: Vec::new(),
         }
-        self.engine.process_batch(now, &mut self.batch.pkts[..n]);
+    }
+
+    /// The packets the last [`Step::recv`] read (translated once [`Step::forward`] ran).
+    pub fn batch(&self) -> &Batch {
+        &self.batch
+    }
+
+    /// Empties the batch and reads what `dev` has waiting into it.
+    pub fn recv(&mut self, dev: &dyn Device) -> io::Result<Received> {
+        self.batch.clear();
+        dev.recv(&mut self.batch)
+    }
+
+    /// Translates the batch read from a port of side `ingress` and sends every packet to the
+    /// device `device_of` names for its destination (counting in `shell` what has no device or is
+    /// refused); returns how many packets the batch held.
+    pub fn forward<'d>(
+        &mut self,
+        engine: &mut Engine,
+        now: u64,
+        ingress: Side,
+        device_of: impl Fn(Side) -> Option<&'d dyn Device>,
+        shell: &ShellCounters,
+    ) -> usize {
+        let n = self.batch.len;
+        if n == 0 {
+            return 0;
+        }
+        for p in &mut self.batch.pkts[..n] {
+            p.ingress = ingress;
+        }
+        engine.process_batch(now, &mut self.batch.pkts[..n]);
         for i in 0..n {
             match self.batch.pkts[i].verdict {
                 Verdict::Forward(side) => route(&mut self.out, side, i),
@@ -584,14 +635,13 @@ impl Worker {
                 Verdict::Held | Verdict::Drop(_) => {}
             }
         }
-        flush(&self.sh.shell, &self.routes, &self.batch, &mut self.out);
+        flush(shell, &device_of, &self.batch, &mut self.out);
         // Fragments this batch released (their first fragment decided), in batches.
         loop {
             self.extra.clear();
             while !self.extra.is_full() {
                 let k = self.extra.len;
-                let Some((len, v)) = self.engine.poll_released(now, &mut self.extra.pkts[k].data)
-                else {
+                let Some((len, v)) = engine.poll_released(now, &mut self.extra.pkts[k].data) else {
                     break;
                 };
                 self.extra.pkts[k].len = len;
@@ -607,7 +657,7 @@ impl Worker {
             if self.extra.len == 0 {
                 break;
             }
-            flush(&self.sh.shell, &self.routes, &self.extra, &mut self.out);
+            flush(shell, &device_of, &self.extra, &mut self.out);
             if !self.extra.is_full() {
                 break;
             }
@@ -626,14 +676,19 @@ fn route(out: &mut Vec<(Side, Vec<u16>)>, side: Side, i: usize) {
 }
 
 /// Sends every destination its packets as one batch; counts what could not go.
-fn flush(shell: &ShellCounters, routes: &Routes, batch: &Batch, out: &mut Vec<(Side, Vec<u16>)>) {
+fn flush<'d>(
+    shell: &ShellCounters,
+    device_of: &impl Fn(Side) -> Option<&'d dyn Device>,
+    batch: &Batch,
+    out: &mut Vec<(Side, Vec<u16>)>,
+) {
     for (side, which) in out.iter_mut() {
         if which.is_empty() {
             continue;
         }
-        match routes.get(*side) {
-            Some(p) => {
-                let sent = p.dev.send(batch, which);
+        match device_of(*side) {
+            Some(dev) => {
+                let sent = dev.send(batch, which);
                 if sent < which.len() {
                     shell
                         .tx_errors
