@@ -38,7 +38,7 @@ use std::net::Ipv4Addr;
 use std::sync::atomic::Ordering;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
-use traffic::{check_packet, nat_inbound_udp, Traffic, NS_PER_PKT, T0};
+use traffic::{check_packet, nat_inbound_udp, shell_engine, Traffic, NS_PER_PKT, T0};
 
 const EIP: Ipv4Addr = Ipv4Addr::new(198, 51, 100, 10);
 const PRIVATE: Ipv4Addr = Ipv4Addr::new(10, 0, 1, 10);
@@ -152,7 +152,7 @@ impl Single {
         let mut s = Single {
             name,
             mode,
-            engine: Engine::new(Arc::new(case.table)),
+            engine: shell_engine(case.table),
             traffic: case.traffic,
             cursor: 0,
             now: T0,

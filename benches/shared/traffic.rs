@@ -19,8 +19,8 @@
 
 use core::net::Ipv4Addr;
 use eiplab::engine::{
-    AssociationMode, DropReason, EipAssociation, EipConfig, Engine, EniConfig, EniId, InstanceRef,
-    PacketBuf, Side, Table, TableBuilder, Verdict,
+    AssociationMode, DropReason, EipAssociation, EipConfig, Engine, EngineConfig, EniConfig, EniId,
+    InstanceRef, PacketBuf, Side, Table, TableBuilder, Verdict,
 };
 use eiplab::wire::build;
 use std::hint::black_box;
@@ -767,7 +767,7 @@ impl Runner {
         }
         let mut r = Runner {
             name,
-            engine: Engine::new(Arc::new(case.table)),
+            engine: shell_engine(case.table),
             traffic,
             pool,
             idx,
@@ -859,4 +859,13 @@ impl Runner {
         }
         total
     }
+}
+
+/// An engine as the gateway's workers make it: its records in the shell's huge pages.
+pub fn shell_engine(table: Table) -> Engine {
+    Engine::with_memory(
+        Arc::new(table),
+        EngineConfig::default(),
+        Some(Arc::new(eiplab::sys::memory::HugePages)),
+    )
 }
