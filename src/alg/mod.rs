@@ -323,14 +323,38 @@ fn may_have_signature(payload: &[u8]) -> bool {
         Some(_) => return false,
     }
     for (i, &b) in head.iter().enumerate() {
-        match b {
-            b' ' | b'/' => return i >= 3,
-            b'A'..=b'Z' | b'a'..=b'z' | b'0'..=b'9' | b'_' => {}
+        match TOKEN_CLASS.get(usize::from(b)).copied().unwrap_or(0) {
+            TOKEN => {}
+            END => return i >= 3,
             _ => return false,
         }
     }
     false
 }
+
+const TOKEN: u8 = 1;
+const END: u8 = 2;
+
+/// Per byte: [`TOKEN`] for a letter, digit or `_`, [`END`] for a space or `/`, else 0. One
+/// load per byte instead of a chain of range tests.
+// Indexing a 256-entry array by a byte cannot go out of bounds.
+#[allow(clippy::indexing_slicing)]
+const TOKEN_CLASS: [u8; 256] = {
+    let mut t = [0u8; 256];
+    let mut i = 0;
+    while i < 256 {
+        let c = i as u8;
+        t[i] = if c.is_ascii_alphanumeric() || c == b'_' {
+            TOKEN
+        } else if c == b' ' || c == b'/' {
+            END
+        } else {
+            0
+        };
+        i += 1;
+    }
+    t
+};
 
 /// Ports first, then payload.
 #[inline]

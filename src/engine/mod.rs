@@ -1443,7 +1443,17 @@ impl State {
             ident: h.ident,
             protocol: h.proto,
         };
-        if plan.nat.1 == 0 || !matches!(h.proto, protocol::TCP | protocol::UDP) {
+        let nat_tcp_udp = plan.nat.1 != 0 && matches!(h.proto, protocol::TCP | protocol::UDP);
+        if !nat_tcp_udp || table.alg_all_pass {
+            if nat_tcp_udp {
+                // Every protocol passes: nothing waits for a decision, but what is recognised
+                // is counted as passed.
+                if let Some(l4) = h.l4 {
+                    let pkt = &buf[..h.total];
+                    let d = self.alg_decide(now, table, plan, h.proto, h.src, h.dst, pkt, l4);
+                    debug_assert!(d.is_ok());
+                }
+            }
             if h.is_fragment && h.l4.is_some() {
                 // No ALG decision is needed now (the table changed since later fragments
                 // were held, or the datagram is not NAT-mode TCP/UDP after all): let them go.

