@@ -465,7 +465,7 @@ impl Engine {
                 st.enis[r.eni as usize].to_guest.merge(&r.count);
             }
         }
-        for r in st.outbound.iter() {
+        for r in st.outbound.iter().filter(|r| r.slot != NONE) {
             let s = &mut st.slots[r.slot as usize];
             s.from_guest.merge(&r.count);
             s.out_bucket = r.bucket;
@@ -774,9 +774,29 @@ impl Engine {
                 (false, i)
             }
             Side::Eni(e) => {
-                let i = st.outbound.find(src)?;
+                let found = st.outbound.find(src);
+                let foreign = match found {
+                    None => true,
+                    Some(i) => t.source_check && st.outbound.get(i).eni != e,
+                };
+                if foreign {
+                    // D6: nobody's address, or another ENI's with the source check on. The
+                    // ingress ENI's own state decides first (as `from_eni_by_table` does).
+                    let mine = t.eni(e as u32)?;
+                    if !mine.attached() || !mine.running {
+                        return None;
+                    }
+                    st.global.received.add(len);
+                    let blame = Blame {
+                        eip: NONE,
+                        eni: e as u32,
+                    };
+                    return Some(st.drop(DropReason::SourceCheck, ingress, blame));
+                }
+                let i = found?;
                 let r = st.outbound.get(i);
                 if r.eni != e
+                    || r.slot == NONE
                     || in_cloud_services(dst)
                     || t.in_vpc(dst)
                     || t.maybe_eip(dst)
@@ -1101,6 +1121,7 @@ fn from_eni(st: &State, t: &Table, eni: EniId, src: u32, dst: u32) -> Decision {
         let r = st.outbound.get(i);
         if r.refuse.is_none()
             && r.eni == eni
+            && r.slot != NONE
             && !in_cloud_services(dst)
             && !t.in_vpc(dst)
             && !t.maybe_eip(dst)

@@ -3,7 +3,8 @@
 //! Each engine keeps two hash tables of 64-byte [`Rec`]ords built from the [`Table`] it
 //! takes: `inbound`, keyed by the EIP (internet -> guest), and `outbound`, keyed by the
 //! address a guest sends from (the mapped private IP in NAT mode, the EIP itself in
-//! cut-through). A record is its own hash slot, and holds everything the common path reads
+//! cut-through, and every other private IP with no EIP: those records have no slot and
+//! address 0, and say only whose the address is, so a source nobody owns is known at once). A record is its own hash slot, and holds everything the common path reads
 //! and writes: the key, the address to translate to, the ENI, whether the EIP can deliver at
 //! all (worked out once per table), the policer's precomputed rate and burst, its tokens, and
 //! the packets and bytes it forwarded. So a packet through an EIP touches one line of table
@@ -15,7 +16,7 @@
 //! earlier tables, folded in when a new table is taken), summed when read.
 
 use super::stats::{Bucket, Counter, DropReason, Policer};
-use super::table::{AssociationMode, EipSlot, EniId, Table};
+use super::table::{AssociationMode, EipSlot, EniId, Kind, Table};
 use core::ptr::NonNull;
 use std::sync::Arc;
 
@@ -125,8 +126,9 @@ pub(crate) struct Rec {
     /// The address looked up (0: an empty slot; 0.0.0.0 is never programmed).
     pub key: u32,
     /// Inbound: the address the packet is delivered to (the private IP in NAT mode, the EIP
-    /// in cut-through). Outbound: the EIP the source speaks through.
+    /// in cut-through). Outbound: the EIP the source speaks through (0: none).
     pub addr: u32,
+    /// The EIP's slot (outbound records of private IPs without an EIP: NONE).
     pub slot: EipSlot,
     /// Inbound: the ENI the EIP delivers to. Outbound: the ENI that owns the source.
     pub eni: EniId,
@@ -246,8 +248,23 @@ pub(crate) fn build(
     mut bucket: impl FnMut(EipSlot) -> (Bucket, Bucket),
 ) -> (Records, Records, Vec<(EipSlot, u32, u32)>) {
     let associated = t.eips.iter().filter(|e| e.association.is_some()).count();
+    // Private IPs that speak through no EIP get an outbound record too (address 0, no slot),
+    // so that a source nobody owns is known from one lookup.
+    let unmapped = t
+        .map
+        .iter()
+        .filter(|e| e.kind == Kind::Private && e.other == 0);
     let mut inbound = Records::with_capacity(t.eips.len(), memory);
-    let mut outbound = Records::with_capacity(associated, memory);
+    let mut outbound = Records::with_capacity(associated + unmapped.clone().count(), memory);
+    for e in unmapped {
+        outbound.insert(Rec {
+            key: e.key,
+            slot: super::NONE,
+            eni: e.eni,
+            refuse: refusal(t, e.eni),
+            ..Rec::default()
+        });
+    }
     let mut index = Vec::with_capacity(t.eips.len());
     for e in &t.eips {
         let policer = Policer::from_mbps(e.bandwidth_mbps);

@@ -196,6 +196,11 @@ pub(crate) struct AddrMap {
 }
 
 impl AddrMap {
+    /// Every address held.
+    pub fn iter(&self) -> impl Iterator<Item = &Entry> + Clone + '_ {
+        self.buckets.iter().filter(|e| e.key != 0)
+    }
+
     fn with_capacity(n: usize) -> Self {
         let cap = (n * 2).next_power_of_two().max(16);
         AddrMap {
