@@ -780,10 +780,11 @@ impl Harness {
                 p.data[..i.pkt.len()].copy_from_slice(&i.pkt);
                 p.len = i.pkt.len();
                 p.flags = i.flags;
+                p.ingress = ingress;
                 p
             })
             .collect();
-        self.b.process_batch(self.now, ingress, &mut bufs);
+        self.b.process_batch(self.now, &mut bufs);
         let mut outcomes = Vec::with_capacity(inputs.len());
         let mut received = (0, 0);
         for (inp, pb) in inputs.iter().zip(&bufs) {
