@@ -301,48 +301,15 @@ struct Headers {
 }
 
 /// What an EIP slot has that its records do not: counts of records folded in when a table
-/// was replaced, counts of traffic no record carried, the policers' tokens while the slot is
-/// not in the table, and its drops by reason. Read only off the per-packet path.
-#[derive(Clone, Debug)]
+/// was replaced, counts of traffic no record carried, its drops by reason, and the policers'
+/// tokens while the slot is not in the table. Read only off the per-packet path.
+#[derive(Clone, Debug, Default)]
 struct SlotState {
     /// The address the slot stood for (0: never seen).
     addr: u32,
-    to_guest: Counter,
-    from_guest: Counter,
+    counters: EipCounters,
     in_bucket: Bucket,
     out_bucket: Bucket,
-    drops: DropCounts,
-}
-
-impl Default for SlotState {
-    fn default() -> Self {
-        SlotState {
-            addr: 0,
-            to_guest: Counter::default(),
-            from_guest: Counter::default(),
-            in_bucket: Bucket::default(),
-            out_bucket: Bucket::default(),
-            drops: [0; DropReason::COUNT],
-        }
-    }
-}
-
-/// What an ENI has that no record holds (see [`records`]).
-#[derive(Clone, Debug)]
-struct EniState {
-    to_guest: Counter,
-    from_guest: Counter,
-    drops: DropCounts,
-}
-
-impl Default for EniState {
-    fn default() -> Self {
-        EniState {
-            to_guest: Counter::default(),
-            from_guest: Counter::default(),
-            drops: [0; DropReason::COUNT],
-        }
-    }
 }
 
 /// A drop to add to its EIP's and ENI's rows once the batch is done.
@@ -363,7 +330,8 @@ struct State {
     slot_in: Vec<u32>,
     slot_out: Vec<u32>,
     slots: Vec<SlotState>,
-    enis: Vec<EniState>,
+    /// Per ENI: what no record holds (see [`records`]).
+    enis: Vec<EniCounters>,
     /// Drops of this batch not yet in the per-EIP and per-ENI rows (see
     /// [`State::flush_drops`]).
     drop_log: Vec<DropEvent>,
@@ -454,12 +422,12 @@ impl Engine {
             st.slots.resize(n_slots, SlotState::default());
         }
         if st.enis.len() < table.enis.len() {
-            st.enis.resize(table.enis.len(), EniState::default());
+            st.enis.resize(table.enis.len(), EniCounters::default());
         }
         // The old records' counts and tokens go to their slots and ENIs.
         for r in st.inbound.iter() {
             let s = &mut st.slots[r.slot as usize];
-            s.to_guest.merge(&r.count);
+            s.counters.to_guest.merge(&r.count);
             s.in_bucket = r.bucket;
             if r.count.packets > 0 {
                 st.enis[r.eni as usize].to_guest.merge(&r.count);
@@ -467,7 +435,7 @@ impl Engine {
         }
         for r in st.outbound.iter().filter(|r| r.slot != NONE) {
             let s = &mut st.slots[r.slot as usize];
-            s.from_guest.merge(&r.count);
+            s.counters.from_guest.merge(&r.count);
             s.out_bucket = r.bucket;
             if r.count.packets > 0 {
                 st.enis[r.eni as usize].from_guest.merge(&r.count);
@@ -533,11 +501,7 @@ impl Engine {
         let Some(base) = st.slots.get(s) else {
             return EipCounters::default();
         };
-        let mut c = EipCounters {
-            to_guest: base.to_guest,
-            from_guest: base.from_guest,
-            drops: base.drops,
-        };
+        let mut c = base.counters;
         if let Some(&i) = st.slot_in.get(s).filter(|&&i| i != NONE) {
             c.to_guest.merge(&st.inbound.get(i).count);
         }
@@ -557,43 +521,19 @@ impl Engine {
         self.st.enis.len()
     }
 
-    /// Counters of one ENI. It sums the ENI's records: to read every ENI, use
-    /// [`Engine::all_eni_counters`].
+    /// Counters of one ENI. It sums every record: to read every ENI, use
+    /// [`Engine::all_eni_counters`] once.
     pub fn eni_counters(&self, eni: EniId) -> EniCounters {
-        let st = &self.st;
-        let Some(base) = st.enis.get(eni as usize) else {
-            return EniCounters::default();
-        };
-        let mut c = EniCounters {
-            to_guest: base.to_guest,
-            from_guest: base.from_guest,
-            drops: base.drops,
-        };
-        for r in st
-            .inbound
-            .iter()
-            .filter(|r| r.eni == eni && r.mode.is_some())
-        {
-            c.to_guest.merge(&r.count);
-        }
-        for r in st.outbound.iter().filter(|r| r.eni == eni) {
-            c.from_guest.merge(&r.count);
-        }
-        c
+        self.all_eni_counters()
+            .get(eni as usize)
+            .copied()
+            .unwrap_or_default()
     }
 
     /// Counters of every ENI id below [`Engine::counted_enis`], in one pass over the records.
     pub fn all_eni_counters(&self) -> Vec<EniCounters> {
         let st = &self.st;
-        let mut all: Vec<EniCounters> = st
-            .enis
-            .iter()
-            .map(|b| EniCounters {
-                to_guest: b.to_guest,
-                from_guest: b.from_guest,
-                drops: b.drops,
-            })
-            .collect();
+        let mut all = st.enis.clone();
         for r in st.inbound.iter().filter(|r| r.mode.is_some()) {
             if let Some(c) = all.get_mut(r.eni as usize) {
                 c.to_guest.merge(&r.count);
@@ -1084,14 +1024,24 @@ fn parse(buf: &[u8], len: usize, other: OtherProtocols) -> Result<Headers, DropR
 
 type Decision = Result<Plan, (DropReason, Blame)>;
 
+/// What traffic to or from an ENI is dropped for when the ENI cannot take it (D7): `None`
+/// when it can. Records keep the answer; the general path asks each time.
+#[inline(always)]
+fn refusal(eni: Option<&EniEntry>) -> Option<DropReason> {
+    match eni {
+        None => Some(DropReason::EniDetached),
+        Some(e) if !e.attached() => Some(DropReason::EniDetached),
+        Some(e) if !e.running => Some(DropReason::InstanceStopped),
+        Some(_) => None,
+    }
+}
+
 /// Checks the ENI a private IP is delivered to, or a guest sends on.
 #[inline(always)]
 fn deliverable(eni: Option<&EniEntry>, blame: Blame) -> Result<(), (DropReason, Blame)> {
-    match eni {
-        None => Err((DropReason::EniDetached, blame)),
-        Some(e) if !e.attached() => Err((DropReason::EniDetached, blame)),
-        Some(e) if !e.running => Err((DropReason::InstanceStopped, blame)),
-        Some(_) => Ok(()),
+    match refusal(eni) {
+        Some(r) => Err((r, blame)),
+        None => Ok(()),
     }
 }
 
@@ -1407,7 +1357,7 @@ impl State {
         }
         for d in &self.drop_log {
             if let Some(s) = self.slots.get(d.eip as usize) {
-                prefetch(&s.drops[d.reason as usize]);
+                prefetch(&s.counters.drops[d.reason as usize]);
             }
             if let Some(e) = self.enis.get(d.eni as usize) {
                 prefetch(&e.drops[d.reason as usize]);
@@ -1415,7 +1365,7 @@ impl State {
         }
         for d in self.drop_log.drain(..) {
             if let Some(s) = self.slots.get_mut(d.eip as usize) {
-                s.drops[d.reason as usize] += 1;
+                s.counters.drops[d.reason as usize] += 1;
             }
             if let Some(e) = self.enis.get_mut(d.eni as usize) {
                 e.drops[d.reason as usize] += 1;
@@ -1581,7 +1531,10 @@ impl State {
                 // Sent on another ENI of the owner's instance (source check off), or
                 // through no EIP.
                 if plan.slot_out != NONE {
-                    self.slots[plan.slot_out as usize].from_guest.add(len);
+                    self.slots[plan.slot_out as usize]
+                        .counters
+                        .from_guest
+                        .add(len);
                 }
                 self.enis[e as usize].from_guest.add(len);
             }

@@ -231,13 +231,8 @@ impl Records {
 
 /// What a packet to an associated EIP, or from its source, is dropped for when the ENI cannot
 /// take it (D7): `None` when it can.
-pub(crate) fn refusal(t: &Table, eni: EniId) -> Option<DropReason> {
-    match t.eni(eni as u32) {
-        None => Some(DropReason::EniDetached),
-        Some(e) if !e.attached() => Some(DropReason::EniDetached),
-        Some(e) if !e.running => Some(DropReason::InstanceStopped),
-        Some(_) => None,
-    }
+fn refusal(t: &Table, eni: EniId) -> Option<DropReason> {
+    super::refusal(t.eni(eni as u32))
 }
 
 /// Builds an engine's two record tables for `t`, in `memory` if given. `bucket(slot)` gives
