@@ -62,8 +62,9 @@ pub struct ControlPlane {
     cell: Arc<TableCell>,
     /// The running dataplane's counters, when one runs (`--backend netns`).
     live: OnceLock<LiveCounters>,
-    /// Settings of the engine table that come from the lab file, not the cloud's state.
-    extras: TableExtras,
+    /// Settings of the engine table that come from the lab file, not the cloud's state
+    /// (changed only by [`ControlPlane::set_alg_policy`], under the state's lock).
+    extras: Mutex<TableExtras>,
     /// Signalled by every change of state, so [`ControlPlane::run_timers`] looks at the next
     /// deadline again.
     changed: Notify,
@@ -129,7 +130,7 @@ impl ControlPlane {
             }),
             cell: Arc::new(TableCell::new(table)),
             live: OnceLock::new(),
-            extras: opts.table.clone(),
+            extras: Mutex::new(opts.table.clone()),
             changed: Notify::new(),
             wakeups: AtomicU64::new(0),
         });
@@ -151,7 +152,8 @@ impl ControlPlane {
     }
 
     fn publish(&self, cloud: &Cloud) {
-        match build_table(cloud, &self.extras) {
+        let extras = self.extras.lock().map(|x| x.clone()).unwrap_or_default();
+        match build_table(cloud, &extras) {
             Ok(t) => {
                 let generation = self.cell.publish(t);
                 tracing::debug!(generation, "engine table published");
@@ -189,6 +191,17 @@ impl ControlPlane {
             self.changed.notify_one();
         }
         result
+    }
+
+    /// Replaces the NAT-mode ALG policy (the lab file's `[alg]`) and publishes the table at
+    /// once: what `eiplab compat` does between its rows. Not part of the cloud's state (the
+    /// cloud has no API for it), so it is not saved.
+    pub fn set_alg_policy(&self, policy: crate::alg::AlgPolicy) {
+        let g = self.lock();
+        if let Ok(mut x) = self.extras.lock() {
+            x.alg = Some(policy);
+        }
+        self.publish(&g.cloud);
     }
 
     /// Reads the cloud's state as it is (held under the control plane's lock: keep `f` short).

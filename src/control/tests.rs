@@ -263,3 +263,36 @@ fn a_change_brings_a_nearer_deadline_forward() {
         timer.abort();
     });
 }
+
+#[test]
+fn set_alg_policy_publishes_a_table_with_the_new_policy_and_keeps_the_rest() {
+    use crate::alg::{AlgAction, AlgPolicy, AlgProtocol};
+    let opts = Options {
+        state_dir: None,
+        table: TableExtras {
+            alg: Some(AlgPolicy::all(AlgAction::Drop)),
+            source_check: Some(false),
+            internet_gateway: None,
+        },
+    };
+    let cp = ControlPlane::new(cloud(), &opts).unwrap();
+    let generation = cp.cell().generation();
+    let pass_ftp = AlgPolicy::all(AlgAction::Drop).with(AlgProtocol::Ftp, AlgAction::Pass);
+    cp.set_alg_policy(pass_ftp);
+    let (g, table) = cp.cell().load();
+    assert!(g > generation, "a new table is published at once");
+    assert_eq!(table.alg_policy(), pass_ftp);
+    // Later changes of the cloud keep the policy that was set.
+    cp.set_alg_policy(AlgPolicy::all(AlgAction::Inspect));
+    let before = cp.cell().generation();
+    let r: Result<(), Refused> = cp.transact(|c, now| Ok(associate(c, now)?));
+    r.unwrap();
+    assert!(
+        cp.cell().generation() > before,
+        "the change published a table"
+    );
+    assert_eq!(
+        cp.cell().load().1.alg_policy(),
+        AlgPolicy::all(AlgAction::Inspect)
+    );
+}

@@ -33,7 +33,7 @@ mod tests;
 
 pub use device::{Batch, Device, Offload, Received, MAX_PACKET};
 
-use crate::engine::{Engine, EngineConfig, Side, TableCell, Verdict, WatchId};
+use crate::engine::{AlgReport, Engine, EngineConfig, Side, TableCell, Verdict, WatchId};
 use crate::telemetry::{GatewayErrors, Snapshot};
 use poll::{Epoll, EventFd};
 use std::io;
@@ -173,7 +173,14 @@ struct Shared {
     epoch: Instant,
     batch: usize,
     busy_poll_ns: u64,
+    /// ALG findings of every worker's engine (`inspect`), oldest first, at most
+    /// [`ALG_REPORTS_KEPT`]; read by [`Dataplane::take_alg_reports`].
+    alg_reports: Mutex<std::collections::VecDeque<AlgReport>>,
 }
+
+/// How many ALG findings the dataplane keeps for [`Dataplane::take_alg_reports`] (the oldest
+/// are dropped first).
+pub const ALG_REPORTS_KEPT: usize = 4096;
 
 impl Shared {
     fn now(&self) -> u64 {
@@ -235,6 +242,7 @@ impl Dataplane {
             epoch: Instant::now(),
             batch: opts.batch.max(1),
             busy_poll_ns: opts.busy_poll.as_nanos().min(u64::MAX as u128) as u64,
+            alg_reports: Mutex::new(std::collections::VecDeque::new()),
         });
         let dp = Arc::new(Dataplane {
             sh: sh.clone(),
@@ -261,6 +269,13 @@ impl Dataplane {
         }));
         *lock(&dp.watch) = Some(id);
         Ok(dp)
+    }
+
+    /// The ALG findings (`inspect`) the workers reported since the last call, oldest first
+    /// (at most [`ALG_REPORTS_KEPT`]). A worker hands its findings over after each round of
+    /// packets it moved.
+    pub fn take_alg_reports(&self) -> Vec<AlgReport> {
+        lock(&self.sh.alg_reports).drain(..).collect()
     }
 
     /// Worker threads.
@@ -494,9 +509,27 @@ impl Worker {
             if moved > 0 && self.sh.busy_poll_ns > 0 {
                 spin_until = self.sh.now() + self.sh.busy_poll_ns;
             }
+            if let Some(first) = self.engine.poll_report() {
+                self.hand_over_reports(first);
+            }
         }
         self.publish(u64::MAX);
         tracing::debug!(worker = self.me, "worker stopped");
+    }
+
+    /// Moves the engine's ALG findings to the dataplane's shared list (cold: only under an
+    /// `inspect` policy, and only for payloads that carry an address NAT made wrong).
+    #[cold]
+    fn hand_over_reports(&mut self, first: AlgReport) {
+        let mut q = lock(&self.sh.alg_reports);
+        let mut next = Some(first);
+        while let Some(r) = next {
+            if q.len() >= ALG_REPORTS_KEPT {
+                q.pop_front();
+            }
+            q.push_back(r);
+            next = self.engine.poll_report();
+        }
     }
 
     /// Takes the newest routing set if it changed (one atomic load when it did not).

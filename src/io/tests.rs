@@ -37,6 +37,11 @@ fn table(n: u16, unassociated: &[u16]) -> Table {
 
 /// As [`table`], every EIP policed at `mbps`.
 fn table_at(n: u16, unassociated: &[u16], mbps: u32) -> Table {
+    builder(n, unassociated, mbps).build().unwrap()
+}
+
+/// The builder of [`table_at`].
+fn builder(n: u16, unassociated: &[u16], mbps: u32) -> TableBuilder {
     let mut b = TableBuilder::new()
         .vpc_prefix(a("10.0.0.0"), 8)
         .internet_gateway(a("203.0.113.254"));
@@ -61,7 +66,7 @@ fn table_at(n: u16, unassociated: &[u16], mbps: u32) -> Table {
             }),
         });
     }
-    b.build().unwrap()
+    b
 }
 
 fn private(i: u16) -> Ipv4Addr {
@@ -441,4 +446,47 @@ fn shutdown_stops_the_workers_and_closes_every_device() {
     assert!(lab.enis.iter().all(MemHost::device_dropped));
     // Counters survive the workers.
     assert_eq!(lab.dp.snapshot().global.forwarded.packets, 1);
+}
+
+#[test]
+fn alg_findings_of_the_workers_reach_the_dataplane_once() {
+    use crate::alg::{AlgAction, AlgPolicy, Field};
+    let lab = Lab::new(2, 2, 1024);
+    let inspect = builder(2, &[], 100_000)
+        .alg_policy(AlgPolicy::all(AlgAction::Inspect))
+        .build()
+        .unwrap();
+    lab.cell.publish(inspect);
+    let sip = format!(
+        "INVITE sip:bob@203.0.113.7 SIP/2.0\r\nContact: <sip:alice@{}:5060>\r\nContent-Length: 0\r\n\r\n",
+        private(2)
+    );
+    let out = build::udp(private(2), 5060, client(), 5060, sip.as_bytes());
+    let plain = build::udp(
+        private(1),
+        5060,
+        client(),
+        5060,
+        b"OPTIONS sip:x SIP/2.0\r\n\r\n",
+    );
+    lab.eni(1).send(&plain);
+    lab.eni(2).send(&out);
+    let got = lab.internet.recv_n(2, WAIT);
+    assert_eq!(got.len(), 2, "inspect passes both");
+    let mut reports = Vec::new();
+    let deadline = std::time::Instant::now() + WAIT;
+    while reports.is_empty() && std::time::Instant::now() < deadline {
+        reports = lab.dp.take_alg_reports();
+        std::thread::sleep(Duration::from_millis(5));
+    }
+    assert_eq!(reports.len(), 1, "one finding: {reports:?}");
+    let r = reports[0];
+    assert_eq!(r.finding.field, Field::SipContact);
+    assert_eq!(r.finding.address, private(2).octets());
+    assert_eq!(
+        (r.private_ip, r.eip, r.to_guest),
+        (private(2), eip(2), false)
+    );
+    std::thread::sleep(QUIET);
+    assert!(lab.dp.take_alg_reports().is_empty(), "taken once");
 }
