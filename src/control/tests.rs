@@ -285,7 +285,7 @@ fn set_alg_policy_publishes_a_table_with_the_new_policy_and_keeps_the_rest() {
     // Later changes of the cloud keep the policy that was set.
     cp.set_alg_policy(AlgPolicy::all(AlgAction::Inspect));
     let before = cp.cell().generation();
-    let r: Result<(), Refused> = cp.transact(|c, now| associate(c, now));
+    let r: Result<(), Refused> = cp.transact(associate);
     r.unwrap();
     assert!(
         cp.cell().generation() > before,
