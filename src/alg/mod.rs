@@ -495,3 +495,25 @@ pub fn inspect(
         AlgProtocol::Tftp => None,
     }
 }
+
+/// Every finding of [`inspect`] in one payload, in payload order, until `f` returns false:
+/// SIP and RTSP report each line that carries the address (a SIP message may carry it in
+/// `Contact:` and again in its SDP's `c=`, which is what breaks the media); the other
+/// protocols carry at most one address NAT would rewrite, and report the first.
+pub fn inspect_each(
+    p: AlgProtocol,
+    payload: &[u8],
+    private: [u8; 4],
+    public: [u8; 4],
+    f: &mut dyn FnMut(Finding) -> bool,
+) {
+    match p {
+        AlgProtocol::Sip => sip::inspect_each(payload, private, public, f),
+        AlgProtocol::Rtsp => rtsp::inspect_each(payload, private, public, f),
+        _ => {
+            if let Some(x) = inspect(p, payload, private, public) {
+                f(x);
+            }
+        }
+    }
+}

@@ -79,6 +79,22 @@ fn is_transport_header(line: &[u8]) -> bool {
 /// else (an SDP `c=` line in a DESCRIBE reply, say) is
 /// [`Field::TextAddress`].
 pub fn inspect(payload: &[u8], private: [u8; 4], public: [u8; 4]) -> Option<Finding> {
+    let mut first = None;
+    inspect_each(payload, private, public, &mut |f| {
+        first = Some(f);
+        false
+    });
+    first
+}
+
+/// Every finding of [`inspect`], at most one per line, in payload order, until `f` returns
+/// false.
+pub fn inspect_each(
+    payload: &[u8],
+    private: [u8; 4],
+    public: [u8; 4],
+    f: &mut dyn FnMut(Finding) -> bool,
+) {
     let mut part = Part::Start;
     let mut in_transport = false;
     for line in lines(payload) {
@@ -109,20 +125,24 @@ pub fn inspect(payload: &[u8], private: [u8; 4], public: [u8; 4]) -> Option<Find
             address,
         };
         let mut first_text = None;
+        let mut found = None;
         for q in Quads::new(line).filter(|q| q.addr == private || q.addr == public) {
             if in_transport {
-                return Some(finding(Field::RtspTransport, q.addr));
+                found = Some(finding(Field::RtspTransport, q.addr));
+                break;
             }
             if is_url_host(line, q.start) {
-                return Some(finding(Field::RtspUrl, q.addr));
+                found = Some(finding(Field::RtspUrl, q.addr));
+                break;
             }
             first_text.get_or_insert(q.addr);
         }
-        if let Some(addr) = first_text {
-            return Some(finding(Field::TextAddress, addr));
+        if let Some(one) = found.or(first_text.map(|a| finding(Field::TextAddress, a))) {
+            if !f(one) {
+                return;
+            }
         }
     }
-    None
 }
 
 #[cfg(test)]

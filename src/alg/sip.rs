@@ -81,6 +81,21 @@ fn body_field(line: &[u8]) -> Field {
 /// First line, in payload order, that carries `private` or `public` as a
 /// standalone dotted quad, labelled by where it sits in the message.
 pub fn inspect(payload: &[u8], private: [u8; 4], public: [u8; 4]) -> Option<Finding> {
+    let mut first = None;
+    inspect_each(payload, private, public, &mut |f| {
+        first = Some(f);
+        false
+    });
+    first
+}
+
+/// Every finding of [`inspect`], one per line, in payload order, until `f` returns false.
+pub fn inspect_each(
+    payload: &[u8],
+    private: [u8; 4],
+    public: [u8; 4],
+    f: &mut dyn FnMut(Finding) -> bool,
+) {
     let mut part = Part::Start;
     let mut field = Field::TextAddress;
     for line in lines(payload) {
@@ -115,14 +130,16 @@ pub fn inspect(payload: &[u8], private: [u8; 4], public: [u8; 4]) -> Option<Find
             Part::Body => field = body_field(line),
         }
         if let Some(q) = find_quad(line, private, public) {
-            return Some(Finding {
+            let more = f(Finding {
                 protocol: AlgProtocol::Sip,
                 field,
                 address: q.addr,
             });
+            if !more {
+                return;
+            }
         }
     }
-    None
 }
 
 #[cfg(test)]

@@ -589,3 +589,59 @@ proptest! {
         prop_assert_eq!(classify_payload(t, &p), classify_payload_unfiltered(t, &p));
     }
 }
+
+fn every(p: AlgProtocol, payload: &[u8]) -> Vec<(Field, [u8; 4])> {
+    let mut v = Vec::new();
+    inspect_each(p, payload, PRIV, PUB, &mut |f| {
+        v.push((f.field, f.address));
+        true
+    });
+    v
+}
+
+#[test]
+fn inspect_each_reports_every_line_that_carries_the_address_and_stops_when_asked() {
+    let sip = b"SIP/2.0 200 OK\r\nContact: <sip:a@10.0.1.2:5060>\r\nVia: SIP/2.0/UDP 203.0.113.7\r\n\r\nv=0\r\no=- 1 1 IN IP4 10.0.1.2\r\nc=IN IP4 10.0.1.2\r\nm=audio 6000 RTP/AVP 0\r\n";
+    assert_eq!(
+        every(AlgProtocol::Sip, sip),
+        vec![
+            (Field::SipContact, PRIV),
+            (Field::SipVia, PUB),
+            (Field::SipSdpOrigin, PRIV),
+            (Field::SipSdpConnection, PRIV),
+        ]
+    );
+    let rtsp = b"RTSP/1.0 200 OK\r\nContent-Base: rtsp://10.0.1.2:554/s/\r\nTransport: RTP/AVP;unicast;source=10.0.1.2;server_port=5000-5001\r\n\r\n";
+    assert_eq!(
+        every(AlgProtocol::Rtsp, rtsp),
+        vec![(Field::RtspUrl, PRIV), (Field::RtspTransport, PRIV)]
+    );
+    // The protocols with one address report it once.
+    assert_eq!(
+        every(
+            AlgProtocol::Ftp,
+            b"227 Entering Passive Mode (10,0,1,2,156,64)\r\n"
+        ),
+        vec![(Field::FtpPasvReply, PRIV)]
+    );
+    assert!(every(AlgProtocol::Tftp, b"\x00\x01f\x00octet\x00").is_empty());
+    // Returning false stops after the first; the first is what `inspect` returns.
+    let mut n = 0;
+    inspect_each(AlgProtocol::Sip, sip, PRIV, PUB, &mut |_| {
+        n += 1;
+        false
+    });
+    assert_eq!(n, 1);
+    for (p, payload) in [
+        (AlgProtocol::Sip, &sip[..]),
+        (AlgProtocol::Rtsp, &rtsp[..]),
+        (AlgProtocol::Sip, INVITE),
+        (AlgProtocol::Sip, OK_200),
+    ] {
+        assert_eq!(
+            inspect(p, payload, PRIV, PUB).map(|f| (f.field, f.address)),
+            every(p, payload).first().copied(),
+            "{p:?}"
+        );
+    }
+}

@@ -145,6 +145,9 @@ impl Default for EngineConfig {
     }
 }
 
+/// At most this many [`AlgReport`]s come from one packet.
+pub const MAX_FINDINGS_PER_PACKET: usize = 8;
+
 /// A NAT-mode payload that `inspect` found carrying an address NAT made wrong.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct AlgReport {
@@ -1592,12 +1595,27 @@ impl State {
             }
             AlgAction::Inspect => {
                 self.global.alg_passed[p.index()] += 1;
+                // What NAT made wrong depends on the way: a guest's payload going out is wrong
+                // where it names the guest's private address (the far end cannot reach it); a
+                // payload coming in is wrong where it names the EIP (the guest does not hold
+                // it). The EIP going out, or the private address coming in, is right as it is.
                 let (private, public) = plan.nat;
-                if let Some(f) =
-                    alg::inspect(p, payload, private.to_be_bytes(), public.to_be_bytes())
-                {
-                    self.global.alg_flagged[p.index()] += 1;
+                let wrong = if plan.slot_out == NONE {
+                    public
+                } else {
+                    private
+                }
+                .to_be_bytes();
+                // Every place in the payload is reported (a SIP message can leak in
+                // `Contact:` and again in its SDP's `c=`), a few per packet at most.
+                let mut found = 0usize;
+                alg::inspect_each(p, payload, wrong, wrong, &mut |f| {
+                    found += 1;
                     self.report(now, plan, src, dst, ports, f);
+                    found < MAX_FINDINGS_PER_PACKET
+                });
+                if found > 0 {
+                    self.global.alg_flagged[p.index()] += 1;
                 }
                 Ok(())
             }

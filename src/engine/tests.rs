@@ -2,7 +2,7 @@
 //! by etherparse, an independent implementation.
 
 use super::*;
-use crate::alg::{AlgAction, AlgPolicy, AlgProtocol};
+use crate::alg::{AlgAction, AlgPolicy, AlgProtocol, Field};
 use crate::wire::build;
 use crate::wire::checksum;
 
@@ -449,6 +449,55 @@ fn d3_inspect_passes_and_reports_the_leak() {
     );
     assert_eq!(v, Verdict::Forward(Side::Internet));
     assert!(e.poll_report().is_none());
+}
+
+#[test]
+fn d3_inspect_reports_only_what_nat_made_wrong_for_the_way_the_packet_goes() {
+    let mut e = engine_with(builder().alg_policy(AlgPolicy::all(AlgAction::Inspect)));
+    // Going out: the EIP in From: is right (the far end put it there); the private address
+    // in the SDP is the leak, though it comes later in the payload.
+    let body = b"SIP/2.0 200 OK\r\nFrom: <sip:a@198.51.100.10>\r\nContent-Type: application/sdp\r\n\r\nv=0\r\nc=IN IP4 10.0.1.21\r\n";
+    let (v, _) = run(
+        &mut e,
+        Side::Eni(2),
+        &build::udp(a("10.0.1.21"), 5060, client(), 5060, body),
+    );
+    assert_eq!(v, Verdict::Forward(Side::Internet));
+    let r = e.poll_report().expect("the SDP leak");
+    assert_eq!(
+        (r.finding.field, r.finding.address, r.to_guest),
+        (Field::SipSdpConnection, [10, 0, 1, 21], false)
+    );
+    assert!(e.poll_report().is_none());
+    // Going out with only the EIP in it: nothing wrong.
+    let body = b"SIP/2.0 200 OK\r\nFrom: <sip:a@198.51.100.10>\r\n\r\n";
+    let (v, _) = run(
+        &mut e,
+        Side::Eni(2),
+        &build::udp(a("10.0.1.21"), 5060, client(), 5060, body),
+    );
+    assert_eq!(v, Verdict::Forward(Side::Internet));
+    assert!(e.poll_report().is_none());
+    // Coming in: the private address is what the guest holds, the EIP is what it does not.
+    let to = |body: &[u8]| build::udp(client(), 5060, a("198.51.100.10"), 5060, body);
+    let (v, _) = run(
+        &mut e,
+        Side::Internet,
+        &to(b"INVITE sip:b@10.0.1.21 SIP/2.0\r\n\r\n"),
+    );
+    assert_eq!(v, Verdict::Forward(Side::Eni(2)));
+    assert!(e.poll_report().is_none());
+    let (v, _) = run(
+        &mut e,
+        Side::Internet,
+        &to(b"INVITE sip:b@198.51.100.10 SIP/2.0\r\n\r\n"),
+    );
+    assert_eq!(v, Verdict::Forward(Side::Eni(2)));
+    let r = e.poll_report().expect("the EIP seen inside");
+    assert_eq!(
+        (r.finding.field, r.finding.address, r.to_guest),
+        (Field::SipRequestUri, [198, 51, 100, 10], true)
+    );
 }
 
 #[test]
