@@ -24,6 +24,17 @@ command -v tcpdump >/dev/null || need_apt+=(tcpdump)
 command -v iperf3 >/dev/null || need_apt+=(iperf3)
 { command -v ps && command -v pkill; } >/dev/null || need_apt+=(procps)
 command -v python3 >/dev/null || need_apt+=(python3)
+# `eiplab compat`'s real peers (and tests/compat.rs): SIPp, pyftpdlib (Debian's python3, which
+# the probes run with), tftp-hpa's server and client, dnsmasq and dig, GStreamer's RTSP server
+# and rtspsrc through python3-gi.
+[ -x /usr/bin/sipp ] || need_apt+=(sip-tester)
+/usr/bin/python3 -c 'import pyftpdlib' >/dev/null 2>&1 || need_apt+=(python3-pyftpdlib)
+[ -x /usr/sbin/in.tftpd ] || need_apt+=(tftpd-hpa)
+[ -x /usr/bin/tftp ] || need_apt+=(tftp-hpa)
+[ -x /usr/sbin/dnsmasq ] || need_apt+=(dnsmasq-base)
+[ -x /usr/bin/dig ] || need_apt+=(bind9-dnsutils)
+/usr/bin/python3 -c 'import gi; gi.require_version("GstRtspServer", "1.0"); from gi.repository import GstRtspServer' >/dev/null 2>&1 \
+  || need_apt+=(python3-gi gir1.2-gst-rtsp-server-1.0 gstreamer1.0-plugins-base gstreamer1.0-plugins-good)
 if [ ${#need_apt[@]} -gt 0 ]; then
   echo "setup: apt-get install ${need_apt[*]}" >&2
   as_root apt-get update -qq

@@ -13,6 +13,8 @@ pub mod wire;
 #[cfg(feature = "runtime")]
 pub mod api;
 #[cfg(feature = "runtime")]
+pub mod compat;
+#[cfg(feature = "runtime")]
 pub mod control;
 #[cfg(feature = "runtime")]
 pub mod io;

@@ -121,6 +121,48 @@ enum Command {
     },
     /// List the engine's drop reasons with the rule each stands for.
     Reasons,
+    /// Which protocols survive each way an EIP reaches a guest: real servers and clients
+    /// across the lab's EIPs (NAT with each ALG policy, BINDED, MULTI_BINDED, both
+    /// placements), printed as a matrix with the reason and evidence of every cell (root).
+    Compat(CompatArgs),
+}
+
+#[derive(clap::Args)]
+struct CompatArgs {
+    /// The lab to build (default: the built-in lab, examples/compat-lab.toml).
+    #[arg(long)]
+    lab: Option<PathBuf>,
+    /// Comma-separated: ftp, sip, tftp, dns, rtsp, h323 (ftp-pasv, ftp-epsv, ftp-port,
+    /// ftp-eprt for one FTP way); default all, or none when --scenario is given.
+    #[arg(long)]
+    protocols: Option<String>,
+    /// Comma-separated: nat (= nat-drop,nat-pass,nat-inspect), nat-drop, nat-pass,
+    /// nat-inspect, binded, multi_binded.
+    #[arg(long, default_value = "nat,binded,multi_binded")]
+    modes: String,
+    /// Comma-separated: server_in_instance, client_in_instance.
+    #[arg(long, default_value = "server_in_instance,client_in_instance")]
+    placements: String,
+    /// Print the rows as JSON (and no progress).
+    #[arg(long)]
+    json: bool,
+    /// Compare with this file (a JSON list of rows, as --json prints them): exit 1 when a
+    /// result differs.
+    #[arg(long)]
+    expect: Option<PathBuf>,
+    /// Your own application as a row: a TOML file with a server and a client command (see
+    /// examples/scenarios/http-get.toml).
+    #[arg(long)]
+    scenario: Option<PathBuf>,
+    /// Starts every namespace name of the lab it builds.
+    #[arg(long, default_value = "eiplab-compat-")]
+    prefix: String,
+    /// The Python that runs the probes (Debian's, where python3-pyftpdlib and the others are).
+    #[arg(long, default_value = "/usr/bin/python3")]
+    python: PathBuf,
+    /// Gateway worker threads.
+    #[arg(long, default_value_t = 1, value_parser = clap::value_parser!(u16).range(1..=64))]
+    workers: u16,
 }
 
 const DEFAULT_PREFIX: &str = "eiplab-";
@@ -136,15 +178,21 @@ const ECS_ACTIONS: &[&str] = &[
 ];
 
 fn main() -> ExitCode {
+    let cli = Cli::parse();
+    // compat prints a matrix: the lab's own progress notes would only bury it.
+    let default_log = match cli.command {
+        Command::Compat(_) => "eiplab=warn",
+        _ => "eiplab=info",
+    };
     tracing_subscriber::fmt()
         .with_env_filter(
             tracing_subscriber::EnvFilter::try_from_env("EIPLAB_LOG")
-                .unwrap_or_else(|_| "eiplab=info".into()),
+                .unwrap_or_else(|_| default_log.into()),
         )
         .with_writer(std::io::stderr)
         .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
         .init();
-    match run(Cli::parse().command) {
+    match run(cli.command) {
         Ok(code) => code,
         Err(e) => {
             eprintln!("eiplab: {e:#}");
@@ -268,6 +316,7 @@ fn run(cmd: Command) -> Result<ExitCode> {
             }
             Ok(ExitCode::SUCCESS)
         }
+        Command::Compat(args) => compat(args),
         Command::Reasons => {
             for r in eiplab::engine::DropReason::ALL {
                 println!("{}", r.name());
@@ -294,6 +343,116 @@ fn send(endpoint: &str, req: &sign::OutgoingRequest) -> Result<(u16, String)> {
         .with_context(|| format!("{url}: is `eiplab up` running there?"))?;
     let status = resp.status().as_u16();
     Ok((status, resp.body_mut().read_to_string()?))
+}
+
+/// `eiplab compat`: reads every input first (a bad file costs no lab), then builds the lab,
+/// runs the rows and prints the matrix (or JSON); `--expect` decides the exit status.
+fn compat(args: CompatArgs) -> Result<ExitCode> {
+    use eiplab::compat::{self, report, runner, scenario::Scenario, Mode, Placement};
+    let scenario = match &args.scenario {
+        Some(p) => {
+            let text = std::fs::read_to_string(p)
+                .with_context(|| format!("--scenario {}", p.display()))?;
+            Some(Scenario::parse(&text).map_err(|e| anyhow::anyhow!("{}: {e}", p.display()))?)
+        }
+        None => None,
+    };
+    let probes = match (&args.protocols, &scenario) {
+        (Some(list), _) => compat::select_probes(list).map_err(|e| anyhow::anyhow!(e))?,
+        (None, Some(_)) => Vec::new(),
+        (None, None) => compat::PROBES.to_vec(),
+    };
+    let modes = Mode::parse_list(&args.modes).map_err(|e| anyhow::anyhow!(e))?;
+    let mut placements = Vec::new();
+    for p in args
+        .placements
+        .split(',')
+        .map(str::trim)
+        .filter(|p| !p.is_empty())
+    {
+        match Placement::ALL.into_iter().find(|x| x.name() == p) {
+            Some(x) if !placements.contains(&x) => placements.push(x),
+            Some(_) => {}
+            None => bail!(
+                "--placements: unknown placement {p:?}; use server_in_instance, \
+                 client_in_instance or both, separated by commas"
+            ),
+        }
+    }
+    if placements.is_empty() {
+        bail!("--placements: name at least one placement");
+    }
+    let expected = match &args.expect {
+        Some(p) => {
+            let text =
+                std::fs::read_to_string(p).with_context(|| format!("--expect {}", p.display()))?;
+            Some(
+                report::parse_expected(&text)
+                    .map_err(|e| anyhow::anyhow!("--expect {}: {e}", p.display()))?,
+            )
+        }
+        None => None,
+    };
+    let lab = match &args.lab {
+        Some(p) => (
+            std::fs::read_to_string(p).with_context(|| format!("--lab {}", p.display()))?,
+            p.display().to_string(),
+        ),
+        None => (
+            runner::DEFAULT_LAB.to_string(),
+            "the built-in lab".to_string(),
+        ),
+    };
+    eiplab::lab::run::check_prefix(&args.prefix).map_err(|e| anyhow::anyhow!(e))?;
+    if unsafe { libc::geteuid() } != 0 {
+        bail!("eiplab compat builds network namespaces and TUN devices: run it as root");
+    }
+    let progress = !args.json && std::io::IsTerminal::is_terminal(&std::io::stderr());
+    runner::catch_signals();
+    let rows = runner::run(&runner::Options {
+        lab,
+        prefix: args.prefix.clone(),
+        probes,
+        scenario,
+        modes,
+        placements,
+        python: args.python.clone(),
+        workers: args.workers.into(),
+        progress,
+    });
+    let rows = match rows {
+        Ok(r) => r,
+        Err(e) if e.starts_with("interrupted") => {
+            eprintln!("\neiplab compat: {e}");
+            return Ok(ExitCode::from(130));
+        }
+        Err(e) => bail!(e),
+    };
+    let mut out = std::io::stdout().lock();
+    if args.json {
+        let _ = writeln!(out, "{}", serde_json::to_string_pretty(&rows)?);
+    } else {
+        let _ = write!(out, "{}", report::render(&rows));
+    }
+    let Some(expected) = expected else {
+        return Ok(ExitCode::SUCCESS);
+    };
+    let c = report::compare(&expected, &rows);
+    for n in &c.not_run {
+        eprintln!("eiplab compat: --expect: not run this time: {n}");
+    }
+    if c.differ.is_empty() {
+        eprintln!(
+            "eiplab compat: every result matches --expect ({} compared)",
+            expected.len() - c.not_run.len()
+        );
+        Ok(ExitCode::SUCCESS)
+    } else {
+        for d in &c.differ {
+            eprintln!("eiplab compat: differs from --expect: {d}");
+        }
+        Ok(ExitCode::from(1))
+    }
 }
 
 /// SIGINT or SIGTERM, caught from the moment this is made: one that arrives while the lab

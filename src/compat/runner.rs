@@ -1,0 +1,1000 @@
+//! The shell of `eiplab compat`: builds the lab, runs each probe's server and client in their
+//! namespaces (every process in its own process group, ended by its id), reads the gateway's
+//! counters and `inspect` findings around each run, and hands it all to [`super::judge`].
+//!
+//! Bounded: a server that is not ready in [`READY_LIMIT`] is ended, a client past its limit is
+//! ended, a server is given [`STOP_GRACE`] to end on SIGTERM before SIGKILL, and on SIGINT or
+//! SIGTERM the run stops between two checks (at most 50 ms), ends what it started and removes
+//! the lab (the lab removes its namespaces when dropped).
+
+use super::judge::{self, ClientEnd, Facts};
+use super::scenario::{Fill, Scenario, Transport};
+use super::{Mode, Outcome, Placement, Probe, Row};
+use crate::alg::{AlgPolicy, AlgProtocol};
+use crate::cloud::{BindType, Cloud, EipStatus, InstanceStatus};
+use crate::control::{ControlPlane, TableExtras};
+use crate::engine::{AssociationMode, DropReason};
+use crate::lab::config::LabFile;
+use crate::telemetry::Snapshot;
+use std::io::Read;
+use std::net::Ipv4Addr;
+use std::os::unix::process::CommandExt;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Mutex};
+use std::thread::JoinHandle;
+use std::time::{Duration, Instant};
+
+/// The lab `eiplab compat` builds when none is given.
+pub const DEFAULT_LAB: &str = include_str!("../../examples/compat-lab.toml");
+
+/// The probe scripts, written to a scratch directory at start.
+const SCRIPTS: &[(&str, &str)] = &[
+    ("ftp.py", include_str!("peers/ftp.py")),
+    ("sip.py", include_str!("peers/sip.py")),
+    ("tftp.py", include_str!("peers/tftp.py")),
+    ("dns.py", include_str!("peers/dns.py")),
+    ("rtsp.py", include_str!("peers/rtsp.py")),
+    ("h323.py", include_str!("peers/h323.py")),
+];
+
+/// How long a server may take to say it is ready.
+pub const READY_LIMIT: Duration = Duration::from_secs(15);
+/// How long a server or client has to end after SIGTERM before SIGKILL.
+pub const STOP_GRACE: Duration = Duration::from_secs(3);
+/// A probe client's own limit (it is ended 5 s after).
+pub const CLIENT_LIMIT_S: u64 = 25;
+
+static STOP: AtomicBool = AtomicBool::new(false);
+
+extern "C" fn on_signal(_: libc::c_int) {
+    STOP.store(true, Ordering::SeqCst);
+}
+
+/// Catches SIGINT and SIGTERM from now on: the run stops at its next check, ends what it
+/// started and removes the lab.
+pub fn catch_signals() {
+    // SAFETY: the handler only stores to an atomic, which is async-signal-safe.
+    unsafe {
+        let handler: extern "C" fn(libc::c_int) = on_signal;
+        libc::signal(libc::SIGINT, handler as libc::sighandler_t);
+        libc::signal(libc::SIGTERM, handler as libc::sighandler_t);
+    }
+}
+
+fn stopping() -> bool {
+    STOP.load(Ordering::SeqCst)
+}
+
+const INTERRUPTED: &str = "interrupted: the processes it started were ended and the lab removed";
+
+/// What to run.
+pub struct Options {
+    /// The lab file's text and where it came from (for messages).
+    pub lab: (String, String),
+    pub prefix: String,
+    pub probes: Vec<Probe>,
+    pub scenario: Option<Scenario>,
+    pub modes: Vec<Mode>,
+    pub placements: Vec<Placement>,
+    /// The Python that runs the probes (Debian's, where its peer packages are installed).
+    pub python: PathBuf,
+    pub workers: usize,
+    /// Show progress on stderr.
+    pub progress: bool,
+}
+
+/// Where a mode's rows run: the instance, its namespace and addresses.
+#[derive(Clone, Debug)]
+pub(super) struct Target {
+    pub(super) instance: String,
+    pub(super) ns: String,
+    pub(super) eip: Ipv4Addr,
+    pub(super) slot: u32,
+    /// NAT: the private IP the EIP maps to.
+    pub(super) private_ip: Option<Ipv4Addr>,
+    /// What the instance's peer binds: the private IP (NAT) or the EIP (cut-through).
+    pub(super) local: Ipv4Addr,
+}
+
+/// Runs every selected probe (and the scenario) in every selected mode and placement.
+pub fn run(opts: &Options) -> Result<Vec<Row>, String> {
+    let file: LabFile =
+        crate::lab::config::parse(&opts.lab.0).map_err(|e| format!("{}: {e}", opts.lab.1))?;
+    let work = Scratch::new()?;
+    let peers = work.path.join("peers");
+    std::fs::create_dir_all(&peers).map_err(|e| format!("{}: {e}", peers.display()))?;
+    for (name, text) in SCRIPTS {
+        let p = peers.join(name);
+        std::fs::write(&p, text).map_err(|e| format!("{}: {e}", p.display()))?;
+    }
+    let now = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| d.as_nanos() as u64);
+    let cloud = crate::lab::cloud::build(&file, now).map_err(|e| format!("{}: {e}", opts.lab.1))?;
+    let cp = ControlPlane::new(
+        cloud,
+        &crate::control::Options {
+            state_dir: None,
+            table: TableExtras {
+                alg: Some(file.alg.policy()),
+                source_check: Some(file.vpc.source_check),
+                internet_gateway: Some(file.internet.gateway),
+            },
+        },
+    )?;
+    let rt = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(1)
+        .enable_all()
+        .build()
+        .map_err(|e| format!("the runtime: {e}"))?;
+    let timers = rt.spawn({
+        let cp = cp.clone();
+        async move { cp.run_timers().await }
+    });
+    if stopping() {
+        return Err(INTERRUPTED.into());
+    }
+    let lab_opts = crate::lab::run::Options {
+        prefix: opts.prefix.clone(),
+        pcap: None,
+        workers: opts.workers,
+        busy_poll: crate::io::DEFAULT_BUSY_POLL,
+        udp_coalesce: true,
+    };
+    let (mut lab, services) = crate::lab::run::Lab::build(&file, cp.clone(), &lab_opts)
+        .map_err(|e| format!("{}: {e}", opts.lab.1))?;
+    let echo = rt.spawn(crate::lab::services::echo(services.echo));
+    let meta = rt.spawn(crate::lab::services::metadata(
+        services.metadata,
+        cp.clone(),
+        file.vpc.id.clone(),
+    ));
+    let result = Session {
+        opts,
+        cp: &cp,
+        dp: &lab.dp,
+        peers: &peers,
+        work: &work.path,
+        internet_ns: format!("{}internet", opts.prefix),
+        internet_host: file.internet.echo_address(),
+    }
+    .run_all();
+    echo.abort();
+    meta.abort();
+    timers.abort();
+    let torn = lab.teardown();
+    drop(rt);
+    let rows = result?;
+    torn?;
+    Ok(rows)
+}
+
+/// A scratch directory, removed when dropped.
+struct Scratch {
+    path: PathBuf,
+}
+
+impl Scratch {
+    fn new() -> Result<Scratch, String> {
+        let path = std::env::temp_dir().join(format!(
+            "eiplab-compat-{}-{}",
+            std::process::id(),
+            rand::random::<u32>()
+        ));
+        std::fs::create_dir_all(&path).map_err(|e| format!("{}: {e}", path.display()))?;
+        open_up(&path)?;
+        Ok(Scratch { path })
+    }
+}
+
+impl Drop for Scratch {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_dir_all(&self.path);
+    }
+}
+
+/// World-writable: some servers (in.tftpd) drop to an unprivileged user.
+fn open_up(p: &Path) -> Result<(), String> {
+    use std::os::unix::fs::PermissionsExt;
+    std::fs::set_permissions(p, std::fs::Permissions::from_mode(0o1777))
+        .map_err(|e| format!("{}: {e}", p.display()))
+}
+
+struct Session<'a> {
+    opts: &'a Options,
+    cp: &'a Arc<ControlPlane>,
+    dp: &'a Arc<crate::io::Dataplane>,
+    peers: &'a Path,
+    work: &'a Path,
+    internet_ns: String,
+    internet_host: Ipv4Addr,
+}
+
+/// One row to run.
+#[derive(Clone, Copy)]
+enum What<'s> {
+    Probe(Probe),
+    Scenario(&'s Scenario),
+}
+
+impl What<'_> {
+    fn protocol(&self) -> String {
+        match self {
+            What::Probe(p) => p.protocol.to_string(),
+            What::Scenario(s) => s.name.clone(),
+        }
+    }
+
+    fn label(&self) -> String {
+        match self {
+            What::Probe(p) => p.label.to_string(),
+            What::Scenario(s) => format!("{} (scenario)", s.name),
+        }
+    }
+
+    fn alg(&self) -> Option<AlgProtocol> {
+        match self {
+            What::Probe(p) => Some(p.alg),
+            What::Scenario(s) => s.alg_protocol(),
+        }
+    }
+}
+
+impl Session<'_> {
+    fn run_all(&self) -> Result<Vec<Row>, String> {
+        let mut plan: Vec<(What<'_>, Placement, Mode)> = Vec::new();
+        let mut whats: Vec<What<'_>> = self.opts.probes.iter().map(|p| What::Probe(*p)).collect();
+        if let Some(s) = &self.opts.scenario {
+            whats.push(What::Scenario(s));
+        }
+        for w in &whats {
+            for &pl in &self.opts.placements {
+                if let What::Scenario(s) = w {
+                    if !s.placements.contains(&pl) {
+                        continue;
+                    }
+                }
+                for &m in &self.opts.modes {
+                    plan.push((*w, pl, m));
+                }
+            }
+        }
+        self.wait_settled()?;
+        let targets: Vec<(Mode, Option<Target>)> = self
+            .opts
+            .modes
+            .iter()
+            .map(|&m| (m, self.cp.with_cloud(|c| target(c, m, &self.opts.prefix))))
+            .collect();
+        let started = Instant::now();
+        let mut rows = Vec::with_capacity(plan.len());
+        let mut route: Option<RouteOverride> = None;
+        for (i, (what, placement, mode)) in plan.iter().enumerate() {
+            if stopping() {
+                return Err(INTERRUPTED.into());
+            }
+            if self.opts.progress {
+                eprint!(
+                    "\r\x1b[K[{}/{}, {} s] {} · {} · {}",
+                    i + 1,
+                    plan.len(),
+                    started.elapsed().as_secs(),
+                    what.label(),
+                    mode,
+                    placement.words()
+                );
+            }
+            let t = targets
+                .iter()
+                .find(|(m, _)| m == mode)
+                .and_then(|(_, t)| t.clone());
+            let mut row = Row {
+                protocol: what.protocol(),
+                variant: match what {
+                    What::Probe(p) => p.variant.map(str::to_string),
+                    What::Scenario(_) => None,
+                },
+                mode: mode.kind().to_string(),
+                alg_policy: mode.alg_policy().map(|a| a.name().to_string()),
+                placement: *placement,
+                result: Outcome::NotTested,
+                reason: String::new(),
+                evidence: Vec::new(),
+                eip: None,
+                instance: None,
+            };
+            let Some(t) = t else {
+                row.reason = format!(
+                    "the lab has no EIP in {} on a running instance",
+                    match mode {
+                        Mode::Nat(_) => "NAT mode",
+                        Mode::Binded => "BINDED mode on an attached ENI",
+                        Mode::MultiBinded => "MULTI_BINDED mode on an attached ENI",
+                    }
+                );
+                rows.push(row);
+                continue;
+            };
+            row.eip = Some(t.eip.to_string());
+            row.instance = Some(t.instance.clone());
+            // A cut-through guest's own clients leave from the EIP only if its routes say so;
+            // some clients (tftp-hpa, GStreamer's RTSP control connection) cannot be told a
+            // source address.
+            let want = (*placement == Placement::ClientInInstance && !matches!(mode, Mode::Nat(_)))
+                .then(|| (t.ns.clone(), t.eip));
+            if route.as_ref().map(|r| (r.ns.clone(), r.src)) != want {
+                if let Some(r) = route.take() {
+                    r.restore();
+                }
+                if let Some((ns, src)) = want {
+                    route = Some(RouteOverride::set(&ns, src, self.internet_host)?);
+                }
+            }
+            if let Mode::Nat(a) = mode {
+                self.cp.set_alg_policy(AlgPolicy::all(*a));
+            }
+            let (result, reason, evidence) = self.run_one(what, *placement, *mode, &t, i)?;
+            row.result = result;
+            row.reason = reason;
+            row.evidence = evidence;
+            rows.push(row);
+        }
+        if let Some(r) = route.take() {
+            r.restore();
+        }
+        if self.opts.progress {
+            eprintln!(
+                "\r\x1b[K{} rows in {} s",
+                rows.len(),
+                started.elapsed().as_secs()
+            );
+        }
+        Ok(rows)
+    }
+
+    /// Waits (up to 10 s) until no EIP of the lab is still associating.
+    fn wait_settled(&self) -> Result<(), String> {
+        let until = Instant::now() + Duration::from_secs(10);
+        while Instant::now() < until {
+            if stopping() {
+                return Err(INTERRUPTED.into());
+            }
+            let busy = self.cp.with_cloud(|c| {
+                c.eips
+                    .values()
+                    .any(|e| matches!(e.status, EipStatus::Associating | EipStatus::Unassociating))
+            });
+            if !busy {
+                return Ok(());
+            }
+            std::thread::sleep(Duration::from_millis(50));
+        }
+        Ok(())
+    }
+
+    fn run_one(
+        &self,
+        what: &What<'_>,
+        placement: Placement,
+        mode: Mode,
+        t: &Target,
+        index: usize,
+    ) -> Result<(Outcome, String, Vec<String>), String> {
+        let dir = self.work.join(format!("row{index}"));
+        let (sdir, cdir) = (dir.join("server"), dir.join("client"));
+        for d in [&dir, &sdir, &cdir] {
+            std::fs::create_dir_all(d).map_err(|e| format!("{}: {e}", d.display()))?;
+            open_up(d)?;
+        }
+        // Server side, client side: (namespace, the server's bind address, the client's own
+        // address, the address the client dials).
+        let (server_ns, client_ns, listen, bind, dial) = match placement {
+            Placement::ServerInInstance => (
+                t.ns.clone(),
+                self.internet_ns.clone(),
+                t.local,
+                self.internet_host,
+                t.eip,
+            ),
+            Placement::ClientInInstance => (
+                self.internet_ns.clone(),
+                t.ns.clone(),
+                self.internet_host,
+                t.local,
+                self.internet_host,
+            ),
+        };
+        let (port, server_argv, client_argv, limit) = match what {
+            What::Probe(p) => {
+                let script = |name: &str| self.peers.join(format!("{name}.py"));
+                let py = self.opts.python.display().to_string();
+                let s = script(p.protocol).display().to_string();
+                let server = vec![
+                    py.clone(),
+                    s.clone(),
+                    "server".into(),
+                    "--listen".into(),
+                    listen.to_string(),
+                    "--port".into(),
+                    p.port.to_string(),
+                    "--dir".into(),
+                    sdir.display().to_string(),
+                ];
+                let mut client = vec![
+                    py,
+                    s,
+                    "client".into(),
+                    "--server".into(),
+                    dial.to_string(),
+                    "--port".into(),
+                    p.port.to_string(),
+                    "--bind".into(),
+                    bind.to_string(),
+                    "--dir".into(),
+                    cdir.display().to_string(),
+                    "--timeout".into(),
+                    CLIENT_LIMIT_S.to_string(),
+                ];
+                if let Some(v) = p.variant {
+                    client.push("--variant".into());
+                    client.push(v.into());
+                }
+                (p.port, server, client, CLIENT_LIMIT_S + 5)
+            }
+            What::Scenario(s) => {
+                let (l, d, b) = (listen.to_string(), dial.to_string(), bind.to_string());
+                let sd = sdir.display().to_string();
+                let cd = cdir.display().to_string();
+                let fill = |dir| Fill {
+                    listen: &l,
+                    server: &d,
+                    bind: &b,
+                    port: s.port,
+                    dir,
+                };
+                let server = Scenario::fill(&s.server.command, &fill(sd.as_str()));
+                let client = Scenario::fill(&s.client.command, &fill(cd.as_str()));
+                (s.port, server, client, s.timeout)
+            }
+        };
+        let _ = self.dp.take_alg_reports();
+        let before = self.dp.snapshot();
+        let mut server = Proc::spawn(&server_ns, &server_argv)?;
+        let ready = match what {
+            What::Probe(_) => server.wait_ready_line(READY_LIMIT),
+            What::Scenario(s) => server.wait_listening(&server_ns, port, s.transport, READY_LIMIT),
+        };
+        if let Err(why) = ready {
+            server.stop();
+            if stopping() {
+                return Err(INTERRUPTED.into());
+            }
+            // A probe that cannot find its tool says so in a JSON line.
+            if let Ok(r) = judge::parse_client(&server.stdout()) {
+                if let Some(n) = r.not_tested {
+                    return Ok((Outcome::NotTested, n, Vec::new()));
+                }
+            }
+            return Ok((
+                Outcome::NotTested,
+                format!("the server did not start: {why}"),
+                Vec::new(),
+            ));
+        }
+        let mut client = Proc::spawn(&client_ns, &client_argv)?;
+        let status = client.wait(Duration::from_secs(limit));
+        client.stop();
+        server.stop();
+        if stopping() {
+            return Err(INTERRUPTED.into());
+        }
+        let after = self.dp.snapshot();
+        let findings: Vec<_> = self
+            .dp
+            .take_alg_reports()
+            .into_iter()
+            .filter(|r| r.eip == t.eip)
+            .collect();
+        let end = match (what, status) {
+            (_, None) => ClientEnd::TimedOut { seconds: limit },
+            (What::Probe(_), Some(code)) => match judge::parse_client(&client.stdout()) {
+                Ok(r) => ClientEnd::Report(r),
+                Err(e) => ClientEnd::Failed(format!(
+                    "{e} (exit status {code}); stderr: {}",
+                    tail(&client.stderr(), 400)
+                )),
+            },
+            (What::Scenario(s), Some(code)) => scenario_end(s, code, &client),
+        };
+        let alg_passed = what.alg().map_or(0, |p| {
+            after.global.alg_passed[p.index()].saturating_sub(before.global.alg_passed[p.index()])
+        });
+        let facts = Facts {
+            alg: what.alg(),
+            mode,
+            eip: t.eip,
+            private_ip: t.private_ip,
+            eip_drops: eip_drops(&before, &after, t.slot),
+            global_drops: global_drops(&before, &after),
+            findings,
+            alg_passed,
+            server: server_summary(&server.stdout()),
+            server_failed: None,
+            client: end,
+            signalling_only: matches!(what, What::Probe(p) if p.signalling_only),
+        };
+        Ok(judge::judge(&facts))
+    }
+}
+
+/// A scenario's client: exit status 0 (and the expected text) is "works".
+fn scenario_end(s: &Scenario, code: i32, client: &Proc) -> ClientEnd {
+    let out = client.stdout();
+    let mut report = judge::ClientReport::default();
+    let missing = s
+        .client
+        .expect_stdout
+        .as_ref()
+        .filter(|want| !out.contains(want.as_str()));
+    if code == 127 {
+        return ClientEnd::Report(judge::ClientReport {
+            not_tested: Some(format!(
+                "the client command was not found: {}",
+                tail(&client.stderr(), 200)
+            )),
+            ..Default::default()
+        });
+    }
+    report.ok = code == 0 && missing.is_none();
+    report.detail = if report.ok {
+        format!(
+            "the client exited 0{}",
+            if s.client.expect_stdout.is_some() {
+                " and printed the expected text"
+            } else {
+                ""
+            }
+        )
+    } else if code != 0 {
+        format!(
+            "the client exited {code}: {}",
+            tail(&client.stderr(), 300).trim()
+        )
+    } else {
+        format!(
+            "the client exited 0 but its output lacks {:?}: {}",
+            missing.map(String::as_str).unwrap_or_default(),
+            tail(&out, 200).trim()
+        )
+    };
+    ClientEnd::Report(report)
+}
+
+fn eip_drops(before: &Snapshot, after: &Snapshot, slot: u32) -> Vec<(DropReason, u64)> {
+    let zero = crate::engine::EipCounters::default();
+    let b = before.eips.get(&slot).unwrap_or(&zero);
+    let a = after.eips.get(&slot).unwrap_or(&zero);
+    DropReason::ALL
+        .iter()
+        .map(|&r| (r, a.drops[r as usize].saturating_sub(b.drops[r as usize])))
+        .filter(|&(_, n)| n > 0)
+        .collect()
+}
+
+fn global_drops(before: &Snapshot, after: &Snapshot) -> Vec<(DropReason, u64)> {
+    DropReason::ALL
+        .iter()
+        .map(|&r| {
+            (
+                r,
+                after.global.drops[r as usize].saturating_sub(before.global.drops[r as usize]),
+            )
+        })
+        .filter(|&(_, n)| n > 0)
+        .collect()
+}
+
+/// The server's summary line without its `event` field, as compact JSON.
+fn server_summary(out: &str) -> Option<String> {
+    out.lines().rev().find_map(|l| {
+        let mut v: serde_json::Value = serde_json::from_str(l.trim()).ok()?;
+        let o = v.as_object_mut()?;
+        if o.get("event").and_then(|e| e.as_str()) != Some("summary") {
+            return None;
+        }
+        o.remove("event");
+        (!o.is_empty()).then(|| serde_json::to_string(&v).unwrap_or_default())
+    })
+}
+
+fn tail(s: &str, n: usize) -> String {
+    let t: Vec<char> = s.chars().collect();
+    let start = t.len().saturating_sub(n);
+    t[start..].iter().collect::<String>().replace('\n', " | ")
+}
+
+/// The EIP in `mode` that compat's rows of that mode use: the first (by allocation id) that
+/// is in use on a running instance.
+pub(super) fn target(c: &Cloud, mode: Mode, prefix: &str) -> Option<Target> {
+    let want = match mode {
+        Mode::Nat(_) => AssociationMode::Nat,
+        Mode::Binded => AssociationMode::Binded,
+        Mode::MultiBinded => AssociationMode::MultiBinded,
+    };
+    c.eips.values().find_map(|e| {
+        let b = e.binding.as_ref()?;
+        if e.status != EipStatus::InUse || b.mode != want {
+            return None;
+        }
+        let (instance, private) = match b.bind_type {
+            BindType::EcsInstance => {
+                let primary = c
+                    .enis
+                    .values()
+                    .find(|n| n.primary && n.instance.as_deref() == Some(b.instance_id.as_str()))?;
+                (
+                    b.instance_id.clone(),
+                    b.private_ip
+                        .or_else(|| primary.private_ips.first().copied())?,
+                )
+            }
+            BindType::NetworkInterface => {
+                let eni = c.enis.get(&b.instance_id)?;
+                (
+                    eni.instance.clone()?,
+                    b.private_ip.or_else(|| eni.private_ips.first().copied())?,
+                )
+            }
+            _ => return None,
+        };
+        if c.instances.get(&instance)?.status != InstanceStatus::Running {
+            return None;
+        }
+        let nat = want == AssociationMode::Nat;
+        Some(Target {
+            ns: format!("{prefix}{instance}"),
+            instance,
+            eip: e.address,
+            slot: e.slot,
+            private_ip: nat.then_some(private),
+            local: if nat { private } else { e.address },
+        })
+    })
+}
+
+/// A process started by compat inside a namespace, in its own process group; what it writes
+/// is collected by two threads.
+struct Proc {
+    child: Child,
+    out: Arc<Mutex<String>>,
+    err: Arc<Mutex<String>>,
+    readers: Vec<JoinHandle<()>>,
+    ended: Option<i32>,
+}
+
+fn collect<R: Read + Send + 'static>(mut r: R, into: Arc<Mutex<String>>) -> JoinHandle<()> {
+    std::thread::spawn(move || {
+        let mut buf = [0u8; 4096];
+        loop {
+            match r.read(&mut buf) {
+                Ok(0) | Err(_) => break,
+                Ok(n) => {
+                    if let Ok(mut s) = into.lock() {
+                        // Bounded: a chatty peer cannot grow memory without end.
+                        if s.len() < 1 << 20 {
+                            s.push_str(&String::from_utf8_lossy(&buf[..n]));
+                        }
+                    }
+                }
+            }
+        }
+    })
+}
+
+impl Proc {
+    fn spawn(ns: &str, argv: &[String]) -> Result<Proc, String> {
+        let mut cmd = Command::new("ip");
+        cmd.args(["netns", "exec", ns])
+            .args(argv)
+            .stdin(Stdio::null())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .process_group(0);
+        let mut child = cmd.spawn().map_err(|e| {
+            format!(
+                "cannot run `ip netns exec {ns} {}` (install iproute2): {e}",
+                argv.join(" ")
+            )
+        })?;
+        let out = Arc::new(Mutex::new(String::new()));
+        let err = Arc::new(Mutex::new(String::new()));
+        let mut readers = Vec::new();
+        if let Some(o) = child.stdout.take() {
+            readers.push(collect(o, out.clone()));
+        }
+        if let Some(e) = child.stderr.take() {
+            readers.push(collect(e, err.clone()));
+        }
+        Ok(Proc {
+            child,
+            out,
+            err,
+            readers,
+            ended: None,
+        })
+    }
+
+    fn stdout(&self) -> String {
+        self.out.lock().map(|s| s.clone()).unwrap_or_default()
+    }
+
+    fn stderr(&self) -> String {
+        self.err.lock().map(|s| s.clone()).unwrap_or_default()
+    }
+
+    /// Its exit status if it has ended (signals as 128 + n).
+    fn poll(&mut self) -> Option<i32> {
+        if self.ended.is_none() {
+            if let Ok(Some(st)) = self.child.try_wait() {
+                use std::os::unix::process::ExitStatusExt;
+                self.ended = Some(st.code().unwrap_or(128 + st.signal().unwrap_or(0)));
+            }
+        }
+        self.ended
+    }
+
+    /// Waits up to `limit` for it to end; `None` if it is still running (or a stop was asked).
+    fn wait(&mut self, limit: Duration) -> Option<i32> {
+        let until = Instant::now() + limit;
+        while Instant::now() < until && !stopping() {
+            if let Some(c) = self.poll() {
+                self.join_readers();
+                return Some(c);
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        None
+    }
+
+    fn join_readers(&mut self) {
+        for r in self.readers.drain(..) {
+            let _ = r.join();
+        }
+    }
+
+    /// Waits for the probe's `{"event": "ready"}` line.
+    fn wait_ready_line(&mut self, limit: Duration) -> Result<(), String> {
+        let until = Instant::now() + limit;
+        while Instant::now() < until && !stopping() {
+            let ready = self.stdout().lines().any(|l| {
+                serde_json::from_str::<serde_json::Value>(l.trim())
+                    .ok()
+                    .and_then(|v| {
+                        v.get("event")
+                            .and_then(|e| e.as_str())
+                            .map(|e| e == "ready")
+                    })
+                    .unwrap_or(false)
+            });
+            if ready {
+                return Ok(());
+            }
+            if let Some(code) = self.poll() {
+                self.join_readers();
+                return Err(format!(
+                    "it ended with status {code}: {}",
+                    tail(&self.stderr(), 400).trim()
+                ));
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        Err(format!(
+            "not ready within {} s: {}",
+            limit.as_secs(),
+            tail(&self.stderr(), 400).trim()
+        ))
+    }
+
+    /// Waits until something in `ns` listens on `port` (a scenario's server).
+    fn wait_listening(
+        &mut self,
+        ns: &str,
+        port: u16,
+        t: Transport,
+        limit: Duration,
+    ) -> Result<(), String> {
+        let until = Instant::now() + limit;
+        let flag = match t {
+            Transport::Tcp => "-Hltn",
+            Transport::Udp => "-Hlun",
+        };
+        while Instant::now() < until && !stopping() {
+            let out = Command::new("ip")
+                .args(["netns", "exec", ns, "ss", flag])
+                .arg(format!("sport = :{port}"))
+                .stdin(Stdio::null())
+                .stderr(Stdio::null())
+                .output();
+            if let Ok(o) = out {
+                if !o.stdout.is_empty() {
+                    return Ok(());
+                }
+            }
+            if let Some(code) = self.poll() {
+                self.join_readers();
+                return Err(format!(
+                    "it ended with status {code}: {}",
+                    tail(&self.stderr(), 400).trim()
+                ));
+            }
+            std::thread::sleep(Duration::from_millis(50));
+        }
+        Err(format!(
+            "nothing listened on port {port} within {} s",
+            limit.as_secs()
+        ))
+    }
+
+    /// SIGTERM to its process group, SIGKILL after [`STOP_GRACE`]; waits for it.
+    fn stop(&mut self) {
+        if self.poll().is_none() {
+            let pgid = self.child.id() as libc::pid_t;
+            // SAFETY: signalling our own child's process group by its id.
+            unsafe {
+                libc::kill(-pgid, libc::SIGTERM);
+            }
+            let until = Instant::now() + STOP_GRACE;
+            while Instant::now() < until && self.poll().is_none() {
+                std::thread::sleep(Duration::from_millis(20));
+            }
+            if self.poll().is_none() {
+                // SAFETY: as above.
+                unsafe {
+                    libc::kill(-pgid, libc::SIGKILL);
+                }
+                let _ = self.child.wait();
+            }
+        }
+        // What its children left in the group (they share it) goes too.
+        // SAFETY: as above; the group is ours, and ESRCH when it is empty is fine.
+        unsafe {
+            libc::kill(-(self.child.id() as libc::pid_t), libc::SIGKILL);
+        }
+        self.join_readers();
+    }
+}
+
+impl Drop for Proc {
+    fn drop(&mut self) {
+        self.stop();
+    }
+}
+
+/// For a cut-through guest's own clients: the main table's default route goes out of the
+/// EIP's device with the EIP as source, as a user sets a guest up to use its EIP; put back
+/// when dropped.
+struct RouteOverride {
+    ns: String,
+    src: Ipv4Addr,
+    /// The default routes of metric 0 it replaced, as `ip route show` printed them.
+    saved: Vec<String>,
+    /// The route it added, without `ip route replace`.
+    added: Vec<String>,
+    restored: bool,
+}
+
+fn ip_in(ns: &str, args: &[&str]) -> Result<String, String> {
+    let o = Command::new("ip")
+        .args(["netns", "exec", ns, "ip"])
+        .args(args)
+        .stdin(Stdio::null())
+        .output()
+        .map_err(|e| format!("ip {}: {e}", args.join(" ")))?;
+    if !o.status.success() {
+        return Err(format!(
+            "in {ns}: ip {}: {}",
+            args.join(" "),
+            String::from_utf8_lossy(&o.stderr).trim()
+        ));
+    }
+    Ok(String::from_utf8_lossy(&o.stdout).into_owned())
+}
+
+impl RouteOverride {
+    fn set(ns: &str, src: Ipv4Addr, toward: Ipv4Addr) -> Result<RouteOverride, String> {
+        let s = src.to_string();
+        let got = ip_in(
+            ns,
+            &["-4", "-j", "route", "get", &toward.to_string(), "from", &s],
+        )?;
+        let v: serde_json::Value =
+            serde_json::from_str(&got).map_err(|e| format!("ip route get: {e}: {got}"))?;
+        let r = v
+            .get(0)
+            .ok_or_else(|| format!("ip route get: no route: {got}"))?;
+        let dev = r
+            .get("dev")
+            .and_then(|d| d.as_str())
+            .ok_or_else(|| format!("ip route get: no device: {got}"))?
+            .to_string();
+        let gw = r
+            .get("gateway")
+            .and_then(|g| g.as_str())
+            .map(str::to_string);
+        let shown = ip_in(ns, &["-4", "route", "show", "default"])?;
+        let saved: Vec<String> = shown
+            .lines()
+            .filter(|l| !l.contains(" metric ") || l.contains(" metric 0"))
+            .map(str::to_string)
+            .collect();
+        let mut added: Vec<String> = vec!["default".into()];
+        if let Some(g) = &gw {
+            added.extend(["via".into(), g.clone()]);
+        }
+        added.extend(["dev".into(), dev, "onlink".into(), "src".into(), s]);
+        let mut args = vec!["-4", "route", "replace"];
+        args.extend(added.iter().map(String::as_str));
+        ip_in(ns, &args)?;
+        Ok(RouteOverride {
+            ns: ns.to_string(),
+            src,
+            saved,
+            added,
+            restored: false,
+        })
+    }
+
+    fn restore(mut self) {
+        self.put_back();
+    }
+
+    fn put_back(&mut self) {
+        if self.restored {
+            return;
+        }
+        self.restored = true;
+        if self.saved.is_empty() {
+            let mut del = vec!["-4", "route", "del"];
+            del.extend(self.added.iter().map(String::as_str));
+            del.extend(["metric", "0"]);
+            let _ = ip_in(&self.ns, &del);
+        }
+        for l in &self.saved {
+            // Replacing the saved route (same destination and metric) replaces ours.
+            let words: Vec<&str> = ["-4", "route", "replace"]
+                .into_iter()
+                .chain(l.split_whitespace())
+                .collect();
+            let args = strip_proto(&words);
+            if let Err(e) = ip_in(&self.ns, &args) {
+                tracing::warn!("putting back the default route of {}: {e}", self.ns);
+            }
+        }
+    }
+}
+
+/// Removes `proto X` from a route's words (ip prints it; X varies).
+fn strip_proto<'a>(words: &[&'a str]) -> Vec<&'a str> {
+    let mut out = Vec::with_capacity(words.len());
+    let mut skip = false;
+    for w in words {
+        if skip {
+            skip = false;
+            continue;
+        }
+        if *w == "proto" {
+            skip = true;
+            continue;
+        }
+        out.push(*w);
+    }
+    out
+}
+
+impl Drop for RouteOverride {
+    fn drop(&mut self) {
+        self.put_back();
+    }
+}
