@@ -277,9 +277,10 @@ impl Session<'_> {
             }
             if self.opts.progress {
                 eprint!(
-                    "\r\x1b[K[{}/{}, {} s] {} · {} · {}",
+                    "\r\x1b[K[{}/{}, {} after this, {} s] {} · {} · {}",
                     i + 1,
                     plan.len(),
+                    plan.len() - i - 1,
                     started.elapsed().as_secs(),
                     what.label(),
                     mode,
