@@ -107,7 +107,8 @@ enum Command {
         access_key_secret: String,
         #[arg(long, value_enum, default_value = "acs3")]
         signature: Signature,
-        /// API version; default 2014-05-26 for the ECS actions, else 2016-04-28.
+        /// API version; default the action's own (2014-05-26 for the ECS actions,
+        /// 2016-04-28 for the VPC ones).
         #[arg(long)]
         version: Option<String>,
     },
@@ -166,16 +167,6 @@ struct CompatArgs {
 }
 
 const DEFAULT_PREFIX: &str = "eiplab-";
-
-const ECS_ACTIONS: &[&str] = &[
-    "AttachNetworkInterface",
-    "DetachNetworkInterface",
-    "DescribeNetworkInterfaces",
-    "AssignPrivateIpAddresses",
-    "UnassignPrivateIpAddresses",
-    "StartInstance",
-    "StopInstance",
-];
 
 fn main() -> ExitCode {
     let cli = Cli::parse();
@@ -255,12 +246,11 @@ fn run(cmd: Command) -> Result<ExitCode> {
                 };
                 map.insert(k.to_string(), v.to_string());
             }
+            // The version of the action's product, from the server's own registry.
             let version = version.unwrap_or_else(|| {
-                if ECS_ACTIONS.contains(&action.as_str()) {
-                    "2014-05-26".into()
-                } else {
-                    "2016-04-28".into()
-                }
+                eiplab::api::actions::Action::find(&action)
+                    .map_or(eiplab::api::actions::VPC, |a| a.version)
+                    .to_string()
             });
             let now = std::time::SystemTime::now()
                 .duration_since(std::time::UNIX_EPOCH)?

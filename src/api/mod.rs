@@ -6,6 +6,7 @@
 //!
 //! A shell module: it imports `control`, `telemetry` and the pure core, never `lab` or `io`.
 
+pub mod actions;
 pub mod server;
 pub mod sign;
 

@@ -16,6 +16,7 @@ pub(crate) fn web(transition_ns: u64, now: u64) -> Cloud {
         multi_binded_allowed: true,
         transition_ns,
         eip_pool: vec![(ip("198.51.100.0"), 24)],
+        vpc_id: "vpc-lab".into(),
     });
     c.add_vswitch(VSwitch {
         id: "vsw-a".into(),

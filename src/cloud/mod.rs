@@ -279,6 +279,19 @@ pub struct Eni {
     pub index: u16,
 }
 
+impl Eni {
+    /// The ENI's MAC address: Alibaba Cloud's OUI 00:16:3e and the ENI's dataplane index. The
+    /// one answer of the API (DescribeNetworkInterfaces) and the metadata service (`mac`,
+    /// `network/interfaces/macs/`).
+    pub fn mac(&self) -> String {
+        format!(
+            "00:16:3e:00:{:02x}:{:02x}",
+            self.index >> 8,
+            self.index & 0xff
+        )
+    }
+}
+
 /// See [`Cloud::eni_resolver`].
 pub struct EniResolver<'a> {
     cloud: &'a Cloud,
@@ -409,6 +422,14 @@ pub struct Settings {
     pub transition_ns: u64,
     /// EIP pool as (network, prefix length).
     pub eip_pool: Vec<(Ipv4Addr, u8)>,
+    /// The VPC's id (`[vpc] id`), as the API answers it. A state saved before it was kept
+    /// reads as the lab file's default.
+    #[serde(default = "default_vpc_id")]
+    pub vpc_id: String,
+}
+
+fn default_vpc_id() -> String {
+    "vpc-lab".into()
 }
 
 /// The cloud's state.

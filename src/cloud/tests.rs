@@ -18,6 +18,7 @@ fn lab() -> Cloud {
         multi_binded_allowed: true,
         transition_ns: 100 * MS,
         eip_pool: vec![(ip("198.51.100.0"), 24)],
+        vpc_id: "vpc-lab".into(),
     });
     c.add_vswitch(VSwitch {
         id: "vsw-a".into(),

@@ -193,6 +193,36 @@ impl ControlPlane {
         result
     }
 
+    /// Makes a request's signature nonce survive a restart (with `--state`): written before
+    /// the call is answered, like every change, so a replay after a restart is refused too.
+    pub fn remember_nonce(
+        &self,
+        key_id: &str,
+        nonce: &str,
+        until: i64,
+        now: i64,
+    ) -> Result<(), StoreError> {
+        let mut g = self.lock();
+        match g.store.as_mut() {
+            Some(s) => s.put_nonce(key_id, nonce, until, now).map_err(StoreError),
+            None => Ok(()),
+        }
+    }
+
+    /// The nonces a previous run remembered that are still within their time at `now` (unix
+    /// seconds): (access key id, nonce, until).
+    pub fn saved_nonces(&self, now: i64) -> Vec<(String, String, i64)> {
+        let g = self.lock();
+        match g.store.as_ref().map(|s| s.nonces(now)) {
+            Some(Ok(v)) => v,
+            Some(Err(e)) => {
+                tracing::error!("--state: {e}; nonces of the previous run are not refused");
+                Vec::new()
+            }
+            None => Vec::new(),
+        }
+    }
+
     /// Replaces the NAT-mode ALG policy (the lab file's `[alg]`) and publishes the table at
     /// once: what `eiplab compat` does between its rows. Not part of the cloud's state (the
     /// cloud has no API for it), so it is not saved.

@@ -296,3 +296,39 @@ fn set_alg_policy_publishes_a_table_with_the_new_policy_and_keeps_the_rest() {
         AlgPolicy::all(AlgAction::Inspect)
     );
 }
+
+#[test]
+fn nonces_are_kept_with_the_state_until_their_time_is_up() {
+    let dir = temp_dir("nonces");
+    let opts = Options {
+        state_dir: Some(dir.clone()),
+        table: TableExtras::default(),
+    };
+    let cp = ControlPlane::new(cloud(), &opts).unwrap();
+    cp.remember_nonce("LTAIkey", "n-1", 2_000, 1_000).unwrap();
+    cp.remember_nonce("LTAIkey", "n-2", 1_100, 1_000).unwrap();
+    drop(cp);
+    let cp = ControlPlane::new(cloud(), &opts).unwrap();
+    let mut seen = cp.saved_nonces(1_050);
+    seen.sort();
+    assert_eq!(
+        seen,
+        vec![
+            ("LTAIkey".to_string(), "n-1".to_string(), 2_000),
+            ("LTAIkey".to_string(), "n-2".to_string(), 1_100),
+        ]
+    );
+    // Past its time a nonce is gone (and the next write forgets it on disk too).
+    assert_eq!(cp.saved_nonces(1_500).len(), 1);
+    cp.remember_nonce("LTAIkey", "n-3", 3_000, 1_500).unwrap();
+    assert_eq!(
+        cp.saved_nonces(0).len(),
+        2,
+        "n-2 was removed by the write at 1500"
+    );
+    // Without --state nothing is kept.
+    let mem = ControlPlane::new(cloud(), &Options::default()).unwrap();
+    mem.remember_nonce("LTAIkey", "n-1", 2_000, 1_000).unwrap();
+    assert!(mem.saved_nonces(0).is_empty());
+    let _ = std::fs::remove_dir_all(&dir);
+}

@@ -34,6 +34,7 @@ pub fn build(lab: &LabFile, now: u64) -> Result<Cloud, String> {
             .iter()
             .map(|p| (p.network, p.len))
             .collect(),
+        vpc_id: lab.vpc.id.clone(),
     });
     for v in &lab.vswitch {
         c.add_vswitch(VSwitch {

@@ -87,11 +87,6 @@ fn answer(m: &Meta, peer: SocketAddr, path: &str) -> Response {
     }
 }
 
-/// The MAC the lab gives an ENI: Alibaba Cloud's OUI 00:16:3e and the ENI's dataplane index.
-pub fn eni_mac(index: u16) -> String {
-    format!("00:16:3e:00:{:02x}:{:02x}", index >> 8, index & 0xff)
-}
-
 /// The answer to `path` (no leading or trailing slash) for the instance that owns `src`.
 pub fn lookup(c: &Cloud, vpc_id: &str, src: Ipv4Addr, path: &str) -> Option<String> {
     let eni = c
@@ -166,20 +161,20 @@ pub fn lookup(c: &Cloud, vpc_id: &str, src: Ipv4Addr, path: &str) -> Option<Stri
         "zone-id" => line(vsw?.zone.clone()),
         "vswitch-id" => line(primary.vswitch.clone()),
         "vswitch-cidr-block" => line(format!("{}/{}", vsw?.network, vsw?.prefix_len)),
-        "mac" => line(eni_mac(primary.index)),
+        "mac" => line(primary.mac()),
         "network" => line("interfaces/".into()),
         "network/interfaces" => line("macs/".into()),
         "network/interfaces/macs" => line(
             attached
                 .iter()
-                .map(|e| format!("{}/", eni_mac(e.index)))
+                .map(|e| format!("{}/", e.mac()))
                 .collect::<Vec<_>>()
                 .join("\n"),
         ),
         p => {
             let rest = p.strip_prefix("network/interfaces/macs/")?;
             let (mac, field) = rest.split_once('/').unwrap_or((rest, ""));
-            let e = attached.iter().find(|e| eni_mac(e.index) == mac)?;
+            let e = attached.iter().find(|e| e.mac() == mac)?;
             let v = c.vswitches.get(&e.vswitch)?;
             let mask = if v.prefix_len == 0 {
                 0

@@ -1,12 +1,13 @@
 """The ECS actions the seeds' procedures need (alibabacloud_ecs20140526): the cut-through
 procedure call by call, and StopInstance/StartInstance with IncorrectInstanceStatus."""
 
+import re
 import time
 
 import pytest
 
 from conftest import (
-    ApiError, allocate, associate, describe_one, dp_binding, dp_eni_running, expect_error, wait_status,
+    ApiError, allocate, associate, describe_all, describe_one, dp_binding, dp_eni_running, expect_error, wait_status,
 )
 
 
@@ -196,3 +197,20 @@ def test_unknown_instance_and_eni_in_ecs_actions(lab, ecs):
     with pytest.raises(ApiError) as ei:
         ecs.call("AttachNetworkInterface", InstanceId="i-app", NetworkInterfaceId="eni-nosuch")
     assert ei.value.code.endswith("NotFound"), ei.value
+
+
+def test_the_lab_files_vpc_id_and_one_mac_format(make_lab):
+    """The API answers the lab file's [vpc] id (not a fixed `vpc-lab`), for ENIs and for an EIP
+    bound to one, and gives every ENI its own MAC in the one format the metadata service uses."""
+    lab = make_lab(extra='[vpc]\nid = "vpc-sdktest"\ncidr = "10.0.0.0/16"\n')
+    ecs = lab.ecs()
+    macs = set()
+    for eni in ["eni-web0", "eni-web1", "eni-spare"]:
+        e = describe_eni(ecs, eni)
+        assert e["VpcId"] == "vpc-sdktest", e
+        assert re.fullmatch(r"00:16:3e:00:[0-9a-f]{2}:[0-9a-f]{2}", e["MacAddress"]), e["MacAddress"]
+        macs.add(e["MacAddress"])
+    assert len(macs) == 3, macs
+    vpc = lab.vpc("new")
+    bound = [x for x in describe_all(vpc) if x["InstanceId"] == "eni-web1"]
+    assert bound and all(x["VpcId"] == "vpc-sdktest" for x in bound), bound

@@ -24,7 +24,7 @@ from pathlib import Path
 
 import pytest
 
-from conftest import AK_ID, AK_SECRET, REPO, NewVpc, allocate, describe_one, free_port, unassociate, wait_status
+from conftest import AK_ID, AK_SECRET, REPO, NewEcs, NewVpc, allocate, describe_one, free_port, unassociate, wait_status
 
 LAB_FILE = REPO / "examples" / "one-eip.toml"
 INSTANCE = "i-web"
@@ -341,3 +341,25 @@ def test_metrics_list_the_allocated_eip(live_lab):
         time.sleep(0.2)
     assert all(l.get("address") == eip for n, l, v in mine if "address" in l), mine
     assert any(l.get("address") == eip for n, l, v in mine), f"no sample labels {aid} with address {eip}: {mine}"
+
+
+def test_metadata_and_the_api_give_an_eni_one_mac(live_lab):
+    """The guest's metadata service and DescribeNetworkInterfaces name the same MAC (they
+    used to differ: 00:16:3e:HI:LO:10 against 00:16:3e:00:HI:LO)."""
+    lab = live_lab
+    r = lab.run_in(INSTANCE, "curl", "-sS", "--max-time", "3",
+                   "http://100.100.100.200/latest/meta-data/mac")
+    assert r.returncode == 0, r.stderr
+    mac = r.stdout.strip()
+    listed = lab.run_in(INSTANCE, "curl", "-sS", "--max-time", "3",
+                        "http://100.100.100.200/latest/meta-data/network/interfaces/macs/")
+    assert listed.returncode == 0, listed.stderr
+    assert f"{mac}/" in listed.stdout.split(), listed.stdout
+    ecs = NewEcs(lab.endpoint, AK_ID, AK_SECRET)
+    enis = ecs.call("DescribeNetworkInterfaces", InstanceId=INSTANCE)["NetworkInterfaceSets"]["NetworkInterfaceSet"]
+    primary = [e for e in enis if e["Type"] == "Primary"]
+    assert len(primary) == 1, enis
+    assert primary[0]["MacAddress"] == mac, (primary[0]["MacAddress"], mac)
+    eni_id = lab.run_in(INSTANCE, "curl", "-sS", "--max-time", "3",
+                        f"http://100.100.100.200/latest/meta-data/network/interfaces/macs/{mac}/network-interface-id")
+    assert eni_id.stdout.strip() == primary[0]["NetworkInterfaceId"]

@@ -1,7 +1,9 @@
 """State built through the API survives `kill -9` and a restart with the same --state: the
 EIP listing (every page, both SDKs), the ENIs and the programmed dataplane are identical."""
 
-from conftest import allocate, associate, describe_all, describe_one, unassociate, wait_status
+import pytest
+
+from conftest import allocate, associate, describe_all, describe_one, expect_error, unassociate, wait_status
 
 
 def snapshot(lab):
@@ -115,3 +117,19 @@ def test_kill9_during_transition_settles_after_restart(make_lab):
     vpc = lab.vpc("new")
     e = wait_status(vpc, r["AllocationId"], "InUse", timeout=20)
     assert e["InstanceId"] == "i-app"
+
+
+@pytest.mark.parametrize("sdk", ["new", "old"])
+def test_a_nonce_is_refused_after_a_restart_too(make_lab, monkeypatch, sdk):
+    """A request replayed after `kill -9` and a restart with the same --state is still a
+    replay: the nonces seen are kept with the state."""
+    from test_auth import fix_nonce
+
+    lab = make_lab()
+    fix_nonce(monkeypatch, sdk, f"restart-nonce-{sdk}-0123456789")
+    vpc = lab.vpc(sdk)
+    vpc.call("DescribeEipAddresses")
+    lab.kill9()
+    lab.start()
+    with expect_error("SignatureNonceUsed", 400):
+        lab.vpc(sdk).call("DescribeEipAddresses")

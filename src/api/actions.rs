@@ -1,0 +1,670 @@
+//! The actions the API serves, in one registry shared by the server and the CLI: each with
+//! its name, its product's API version (a call naming another version is refused with the
+//! cloud's `InvalidVersion`) and its handler. A handler reads and checks its parameters before
+//! it changes the model, and runs inside [`crate::control::ControlPlane::transact`], which
+//! puts the model back if it fails.
+
+use super::server::{invalid, missing, ApiError};
+use crate::cloud::{self, Associate, Cloud, CloudError, EipStatus, Mode};
+use serde_json::{json, Map, Value};
+use std::collections::BTreeMap;
+use std::net::Ipv4Addr;
+
+/// A call's business parameters (the protocol's own, `Action`, `Version`, signature fields,
+/// are not among them).
+pub type Params = BTreeMap<String, String>;
+
+/// The VPC API's version (the EIP actions).
+pub const VPC: &str = "2016-04-28";
+/// The ECS API's version (ENI and instance actions).
+pub const ECS: &str = "2014-05-26";
+
+/// One call being answered: the lab time, its parameters, its region (`RegionId`, default the
+/// lab's) and the answer being built (`RequestId` is added last).
+pub struct Call<'a> {
+    pub now: u64,
+    pub p: &'a Params,
+    pub region: String,
+    pub out: Map<String, Value>,
+}
+
+/// An action of the API.
+pub struct Action {
+    pub name: &'static str,
+    /// The API version of its product; a call must name this one.
+    pub version: &'static str,
+    run: fn(&mut Cloud, &mut Call<'_>) -> Result<(), ApiError>,
+}
+
+impl Action {
+    /// The action called `name`, if the lab serves it.
+    pub fn find(name: &str) -> Option<&'static Action> {
+        ACTIONS.iter().find(|a| a.name == name)
+    }
+
+    /// Refuses a call that names another API version than the action's (no version: the
+    /// action's own; the SDKs always send one).
+    pub fn check_version(&self, version: Option<&str>) -> Result<(), ApiError> {
+        match version {
+            Some(v) if v != self.version => Err(ApiError {
+                code: "InvalidVersion".into(),
+                status: 400,
+                message: format!(
+                    "Specified parameter Version is not valid. ({} belongs to the API of version {}, not {v:?})",
+                    self.name, self.version
+                ),
+            }),
+            _ => Ok(()),
+        }
+    }
+
+    /// Runs the action on the model; the answer carries a new `RequestId`.
+    pub fn run(&self, c: &mut Cloud, now: u64, p: &Params) -> Result<Value, ApiError> {
+        let region = get(p, "RegionId").unwrap_or(&c.settings.region).to_string();
+        let mut call = Call {
+            now,
+            p,
+            region,
+            out: Map::new(),
+        };
+        (self.run)(c, &mut call)?;
+        call.out.insert("RequestId".into(), json!(request_id()));
+        Ok(Value::Object(call.out))
+    }
+}
+
+/// Every action the lab serves: its name, its product's API version and what it does.
+pub static ACTIONS: &[Action] = &[
+    Action {
+        name: "AllocateEipAddress",
+        version: VPC,
+        run: allocate_eip_address,
+    },
+    Action {
+        name: "ReleaseEipAddress",
+        version: VPC,
+        run: release_eip_address,
+    },
+    Action {
+        name: "AssociateEipAddress",
+        version: VPC,
+        run: associate_eip_address,
+    },
+    Action {
+        name: "AssociateEipAddressBatch",
+        version: VPC,
+        run: associate_eip_address_batch,
+    },
+    Action {
+        name: "UnassociateEipAddress",
+        version: VPC,
+        run: unassociate_eip_address,
+    },
+    Action {
+        name: "ModifyEipAddressAttribute",
+        version: VPC,
+        run: modify_eip_address_attribute,
+    },
+    Action {
+        name: "DescribeEipAddresses",
+        version: VPC,
+        run: describe_eip_addresses,
+    },
+    Action {
+        name: "DescribeEipGatewayInfo",
+        version: VPC,
+        run: describe_eip_gateway_info,
+    },
+    Action {
+        name: "AttachNetworkInterface",
+        version: ECS,
+        run: attach_network_interface,
+    },
+    Action {
+        name: "DetachNetworkInterface",
+        version: ECS,
+        run: detach_network_interface,
+    },
+    Action {
+        name: "AssignPrivateIpAddresses",
+        version: ECS,
+        run: assign_private_ip_addresses,
+    },
+    Action {
+        name: "UnassignPrivateIpAddresses",
+        version: ECS,
+        run: unassign_private_ip_addresses,
+    },
+    Action {
+        name: "StartInstance",
+        version: ECS,
+        run: start_instance,
+    },
+    Action {
+        name: "StopInstance",
+        version: ECS,
+        run: stop_instance,
+    },
+    Action {
+        name: "DescribeNetworkInterfaces",
+        version: ECS,
+        run: describe_network_interfaces,
+    },
+];
+
+fn allocate_eip_address(c: &mut Cloud, x: &mut Call<'_>) -> Result<(), ApiError> {
+    let now = x.now;
+    let p = x.p;
+    let region = x.region.as_str();
+    let out = &mut x.out;
+    let bandwidth = num(p, "Bandwidth", 5, 10_000)?;
+    let mut ip = addr(p, "IpAddress")?;
+    if ip.is_none() {
+        if let Some(id) = get(p, "InstanceId") {
+            let r = c
+                .released
+                .iter()
+                .find(|r| r.allocation_id == id)
+                .ok_or_else(|| {
+                    ApiError::from(CloudError {
+                        code: "InvalidAllocationId.NotFound",
+                        status: 404,
+                        message: format!("{id} is not a released EIP that can be recovered"),
+                    })
+                })?;
+            ip = Some(r.address);
+        }
+    }
+    let (id, _) = c.allocate(now, region, bandwidth, ip, rand::random())?;
+    if ip.is_none() {
+        if let Some(t) = get(p, "InternetChargeType") {
+            if t != "PayByTraffic" && t != "PayByBandwidth" {
+                c.release(now, &id)?;
+                c.released.retain(|r| r.allocation_id != id);
+                return Err(invalid(
+                    "InternetChargeType",
+                    t,
+                    "PayByTraffic or PayByBandwidth",
+                ));
+            }
+            c.eips.get_mut(&id).expect("allocated").internet_charge_type = t.to_string();
+        }
+    }
+    let e = &c.eips[&id];
+    out.insert("AllocationId".into(), json!(id));
+    out.insert("EipAddress".into(), json!(e.address.to_string()));
+    out.insert("ResourceGroupId".into(), json!("rg-lab"));
+    Ok(())
+}
+
+fn release_eip_address(c: &mut Cloud, x: &mut Call<'_>) -> Result<(), ApiError> {
+    let now = x.now;
+    let p = x.p;
+    c.release(now, need(p, "AllocationId")?)?;
+    Ok(())
+}
+
+fn associate_eip_address(c: &mut Cloud, x: &mut Call<'_>) -> Result<(), ApiError> {
+    let now = x.now;
+    let p = x.p;
+    let req = Associate {
+        allocation_id: need(p, "AllocationId")?.to_string(),
+        instance_id: need(p, "InstanceId")?.to_string(),
+        bind_type: cloud::parse_bind_type(get(p, "InstanceType").unwrap_or("EcsInstance"))?,
+        mode: cloud::parse_mode(get(p, "Mode").unwrap_or("NAT"))?,
+        private_ip: addr(p, "PrivateIpAddress")?,
+    };
+    c.associate(now, &req)?;
+    Ok(())
+}
+
+fn associate_eip_address_batch(c: &mut Cloud, x: &mut Call<'_>) -> Result<(), ApiError> {
+    let now = x.now;
+    let p = x.p;
+    let ids = list(p, "InstanceIds");
+    if ids.is_empty() {
+        return Err(missing("InstanceIds"));
+    }
+    c.associate_batch(
+        now,
+        &ids,
+        need(p, "BindedInstanceId")?,
+        cloud::parse_bind_type(need(p, "BindedInstanceType")?)?,
+        cloud::parse_mode(get(p, "Mode").unwrap_or("NAT"))?,
+    )?;
+    Ok(())
+}
+
+fn unassociate_eip_address(c: &mut Cloud, x: &mut Call<'_>) -> Result<(), ApiError> {
+    let now = x.now;
+    let p = x.p;
+    let id = need(p, "AllocationId")?;
+    if let (Some(want), Some(e)) = (get(p, "InstanceId"), c.eips.get(id)) {
+        if let Some(b) = &e.binding {
+            if b.instance_id != want {
+                return Err(ApiError::from(CloudError {
+                    code: "IncorrectEipStatus",
+                    status: 400,
+                    message: format!("EIP {id} is bound to {}, not {want}", b.instance_id),
+                }));
+            }
+        }
+    }
+    c.unassociate(now, id, truthy(p, "Force"))?;
+    Ok(())
+}
+
+fn modify_eip_address_attribute(c: &mut Cloud, x: &mut Call<'_>) -> Result<(), ApiError> {
+    let p = x.p;
+    let id = need(p, "AllocationId")?;
+    match get(p, "Bandwidth") {
+        Some(_) => {
+            c.set_bandwidth(id, num(p, "Bandwidth", 5, 10_000)?)?;
+        }
+        None => {
+            c.eips.get(id).ok_or_else(|| {
+                ApiError::from(CloudError {
+                    code: "InvalidAllocationId.NotFound",
+                    status: 404,
+                    message: format!("no EIP {id}"),
+                })
+            })?;
+        }
+    }
+    Ok(())
+}
+
+fn describe_eip_addresses(c: &mut Cloud, x: &mut Call<'_>) -> Result<(), ApiError> {
+    let p = x.p;
+    let region = x.region.as_str();
+    let out = &mut x.out;
+    let ids: Option<Vec<&str>> =
+        get(p, "AllocationId").map(|s| s.split(',').map(str::trim).collect());
+    let addrs: Option<Vec<&str>> =
+        get(p, "EipAddress").map(|s| s.split(',').map(str::trim).collect());
+    let status = get(p, "Status");
+    let itype = get(p, "AssociatedInstanceType");
+    let iid = get(p, "AssociatedInstanceId");
+    let page = num(p, "PageNumber", 1, u32::MAX)?;
+    let size = num(p, "PageSize", 10, 100)?;
+    let all: Vec<&cloud::Eip> = c
+        .eips
+        .values()
+        .filter(|e| e.region == region)
+        .filter(|e| {
+            ids.as_ref()
+                .is_none_or(|l| l.contains(&e.allocation_id.as_str()))
+        })
+        .filter(|e| {
+            addrs
+                .as_ref()
+                .is_none_or(|l| l.contains(&e.address.to_string().as_str()))
+        })
+        .filter(|e| status.is_none_or(|s| s == e.status.api_name()))
+        .filter(|e| {
+            itype.is_none_or(|t| {
+                e.binding
+                    .as_ref()
+                    .is_some_and(|b| b.bind_type.api_name() == t)
+            })
+        })
+        .filter(|e| iid.is_none_or(|i| e.binding.as_ref().is_some_and(|b| b.instance_id == i)))
+        .collect();
+    let items = paged(out, &all, page, size, |e| describe_eip(c, e));
+    out.insert("EipAddresses".into(), json!({"EipAddress": items}));
+    Ok(())
+}
+
+fn describe_eip_gateway_info(c: &mut Cloud, x: &mut Call<'_>) -> Result<(), ApiError> {
+    let p = x.p;
+    let out = &mut x.out;
+    let eni = need(p, "InstanceId")?;
+    if !c.enis.contains_key(eni) {
+        return Err(ApiError::from(CloudError {
+            code: "InvalidInstanceId.NotFound",
+            status: 400,
+            message: format!("no network interface {eni}"),
+        }));
+    }
+    let mut infos = Vec::new();
+    for e in c.eips.values() {
+        let Some(b) = &e.binding else { continue };
+        if b.instance_id == eni && b.mode == Mode::MultiBinded && e.status == EipStatus::InUse {
+            let (gw, mask) = pool_gateway(c, e.address);
+            infos.push(json!({"Ip": e.address.to_string(), "IpGw": gw, "IpMask": mask}));
+        }
+    }
+    if infos.is_empty() {
+        return Err(ApiError::from(CloudError {
+            code: "OperationUnsupported.EipBindModel",
+            status: 400,
+            message: format!("{eni} has no MULTI_BINDED EIP: gateway information exists for MULTI_BINDED EIPs only"),
+        }));
+    }
+    out.insert("Code".into(), json!("200"));
+    out.insert("Message".into(), json!("successful"));
+    out.insert("EipInfos".into(), json!({"EipInfo": infos}));
+    Ok(())
+}
+
+fn attach_network_interface(c: &mut Cloud, x: &mut Call<'_>) -> Result<(), ApiError> {
+    let p = x.p;
+    c.attach_eni(need(p, "NetworkInterfaceId")?, need(p, "InstanceId")?)?;
+    Ok(())
+}
+
+fn detach_network_interface(c: &mut Cloud, x: &mut Call<'_>) -> Result<(), ApiError> {
+    let p = x.p;
+    c.detach_eni(need(p, "NetworkInterfaceId")?, need(p, "InstanceId")?)?;
+    Ok(())
+}
+
+fn assign_private_ip_addresses(c: &mut Cloud, x: &mut Call<'_>) -> Result<(), ApiError> {
+    let p = x.p;
+    let out = &mut x.out;
+    let eni = need(p, "NetworkInterfaceId")?;
+    let ips = addr_list(p, "PrivateIpAddress")?;
+    let count = match get(p, "SecondaryPrivateIpAddressCount") {
+        Some(_) => num(p, "SecondaryPrivateIpAddressCount", 1, 50)?,
+        None => 0,
+    };
+    if ips.is_empty() && count == 0 {
+        return Err(missing("PrivateIpAddress"));
+    }
+    let (new, _) = c.assign_private_ips(eni, &ips, count)?;
+    out.insert(
+        "AssignedPrivateIpAddressesSet".into(),
+        json!({
+            "NetworkInterfaceId": eni,
+            "PrivateIpSet": {"PrivateIpAddress": new.iter().map(|a| a.to_string()).collect::<Vec<_>>()},
+        }),
+    );
+    Ok(())
+}
+
+fn unassign_private_ip_addresses(c: &mut Cloud, x: &mut Call<'_>) -> Result<(), ApiError> {
+    let p = x.p;
+    let eni = need(p, "NetworkInterfaceId")?;
+    let ips = addr_list(p, "PrivateIpAddress")?;
+    if ips.is_empty() {
+        return Err(missing("PrivateIpAddress"));
+    }
+    c.unassign_private_ips(eni, &ips)?;
+    Ok(())
+}
+
+fn start_instance(c: &mut Cloud, x: &mut Call<'_>) -> Result<(), ApiError> {
+    let now = x.now;
+    let p = x.p;
+    c.set_running(now, need(p, "InstanceId")?, true)?;
+    Ok(())
+}
+
+fn stop_instance(c: &mut Cloud, x: &mut Call<'_>) -> Result<(), ApiError> {
+    let now = x.now;
+    let p = x.p;
+    c.set_running(now, need(p, "InstanceId")?, false)?;
+    Ok(())
+}
+
+fn describe_network_interfaces(c: &mut Cloud, x: &mut Call<'_>) -> Result<(), ApiError> {
+    let p = x.p;
+    let region = x.region.as_str();
+    let out = &mut x.out;
+    let ids = list(p, "NetworkInterfaceId");
+    let inst = get(p, "InstanceId");
+    let vsw = get(p, "VSwitchId");
+    let ty = get(p, "Type");
+    let page = num(p, "PageNumber", 1, u32::MAX)?;
+    let size = num(p, "PageSize", 10, 500)?;
+    let all: Vec<&cloud::Eni> = c
+        .enis
+        .values()
+        .filter(|e| e.region == region)
+        .filter(|e| ids.is_empty() || ids.contains(&e.id))
+        .filter(|e| inst.is_none_or(|i| e.instance.as_deref() == Some(i)))
+        .filter(|e| vsw.is_none_or(|v| e.vswitch == v))
+        .filter(|e| ty.is_none_or(|t| t == if e.primary { "Primary" } else { "Secondary" }))
+        .collect();
+    let items = paged(out, &all, page, size, |e| describe_eni(c, e));
+    out.insert("NextToken".into(), json!(""));
+    out.insert(
+        "NetworkInterfaceSets".into(),
+        json!({"NetworkInterfaceSet": items}),
+    );
+    Ok(())
+}
+
+pub(super) fn request_id() -> String {
+    let r: u128 = rand::random();
+    let h = format!("{r:032X}");
+    format!(
+        "{}-{}-{}-{}-{}",
+        &h[0..8],
+        &h[8..12],
+        &h[12..16],
+        &h[16..20],
+        &h[20..32]
+    )
+}
+
+fn get<'a>(p: &'a BTreeMap<String, String>, name: &str) -> Option<&'a str> {
+    p.get(name).map(String::as_str).filter(|s| !s.is_empty())
+}
+
+fn need<'a>(p: &'a BTreeMap<String, String>, name: &str) -> Result<&'a str, ApiError> {
+    get(p, name).ok_or_else(|| missing(name))
+}
+
+fn num(p: &BTreeMap<String, String>, name: &str, default: u32, max: u32) -> Result<u32, ApiError> {
+    match get(p, name) {
+        None => Ok(default),
+        Some(s) => s
+            .parse::<u32>()
+            .ok()
+            .filter(|v| (1..=max).contains(v))
+            .ok_or_else(|| invalid(name, s, &format!("a whole number from 1 to {max}"))),
+    }
+}
+
+fn addr(p: &BTreeMap<String, String>, name: &str) -> Result<Option<Ipv4Addr>, ApiError> {
+    get(p, name)
+        .map(|s| s.parse().map_err(|_| invalid(name, s, "an IPv4 address")))
+        .transpose()
+}
+
+/// One page (1-based `page` of `size`) of `all`, described; writes TotalCount, PageNumber and
+/// PageSize into `out`.
+fn paged<T>(
+    out: &mut serde_json::Map<String, Value>,
+    all: &[T],
+    page: u32,
+    size: u32,
+    describe: impl Fn(&T) -> Value,
+) -> Vec<Value> {
+    out.insert("TotalCount".into(), json!(all.len()));
+    out.insert("PageNumber".into(), json!(page));
+    out.insert("PageSize".into(), json!(size));
+    let start = ((page - 1) as usize).saturating_mul(size as usize);
+    all.iter()
+        .skip(start)
+        .take(size as usize)
+        .map(describe)
+        .collect()
+}
+
+/// A repeated parameter flattened as `Name.1`, `Name.2`, … (or given once as `Name`).
+fn list(p: &BTreeMap<String, String>, name: &str) -> Vec<String> {
+    let mut v: Vec<(u32, String)> = p
+        .iter()
+        .filter_map(|(k, val)| {
+            let n = k.strip_prefix(name)?.strip_prefix('.')?.parse().ok()?;
+            Some((n, val.clone()))
+        })
+        .collect();
+    v.sort();
+    let mut out: Vec<String> = v.into_iter().map(|(_, s)| s).collect();
+    if let Some(one) = get(p, name) {
+        out.extend(one.split(',').map(|s| s.trim().to_string()));
+    }
+    out
+}
+
+fn addr_list(p: &BTreeMap<String, String>, name: &str) -> Result<Vec<Ipv4Addr>, ApiError> {
+    list(p, name)
+        .iter()
+        .map(|s| s.parse().map_err(|_| invalid(name, s, "an IPv4 address")))
+        .collect()
+}
+
+fn describe_eni(c: &Cloud, e: &cloud::Eni) -> Value {
+    let public_of = |ip: Ipv4Addr| {
+        c.eips.values().find(|x| {
+            x.binding.as_ref().is_some_and(|b| {
+                c.bound_eni(b).is_some_and(|be| be.id == e.id)
+                    && (b.private_ip == Some(ip)
+                        || (b.mode == Mode::MultiBinded && ip == e.private_ips[0]))
+            })
+        })
+    };
+    let assoc = |ip: Ipv4Addr| {
+        public_of(ip).map_or(
+            json!({"PublicIpAddress": "", "AllocationId": ""}),
+            |x| json!({"PublicIpAddress": x.address.to_string(), "AllocationId": x.allocation_id}),
+        )
+    };
+    let zone = c
+        .vswitches
+        .get(&e.vswitch)
+        .map_or(String::new(), |v| v.zone.clone());
+    let device_index = e.instance.as_ref().map(|i| {
+        c.enis
+            .values()
+            .filter(|o| o.instance.as_ref() == Some(i) && (o.primary || o.index < e.index))
+            .filter(|o| o.id != e.id)
+            .count()
+    });
+    let mac = e.mac();
+    let mut v = json!({
+        "NetworkInterfaceId": e.id,
+        "Status": if e.instance.is_some() { "InUse" } else { "Available" },
+        "Type": if e.primary { "Primary" } else { "Secondary" },
+        "InstanceId": e.instance.clone().unwrap_or_default(),
+        "VSwitchId": e.vswitch,
+        "VpcId": c.settings.vpc_id,
+        "ZoneId": zone,
+        "PrivateIpAddress": e.private_ips[0].to_string(),
+        "MacAddress": mac,
+        "AssociatedPublicIp": assoc(e.private_ips[0]),
+        "PrivateIpSets": {"PrivateIpSet": e.private_ips.iter().enumerate().map(|(k, ip)| json!({
+            "PrivateIpAddress": ip.to_string(),
+            "Primary": k == 0,
+            "AssociatedPublicIp": assoc(*ip),
+        })).collect::<Vec<_>>()},
+    });
+    if let (Some(i), Some(d)) = (&e.instance, device_index) {
+        v["Attachment"] = json!({"InstanceId": i, "DeviceIndex": d});
+    }
+    v
+}
+
+fn truthy(p: &BTreeMap<String, String>, name: &str) -> bool {
+    get(p, name).is_some_and(|s| s.eq_ignore_ascii_case("true"))
+}
+
+pub(super) fn ts(ns: u64) -> String {
+    super::sign::iso8601((ns / 1_000_000_000) as i64)
+}
+
+pub(super) fn describe_eip(c: &Cloud, e: &cloud::Eip) -> Value {
+    let b = e.binding.as_ref();
+    let mode = b.map_or("NAT", |b| cloud_mode_name(b.mode));
+    json!({
+        "AllocationId": e.allocation_id,
+        "IpAddress": e.address.to_string(),
+        "Status": e.status.api_name(),
+        "InstanceId": b.map_or(String::new(), |b| b.instance_id.clone()),
+        "InstanceType": b.map_or("", |b| b.bind_type.api_name()),
+        "InstanceRegionId": b.map_or(String::new(), |_| e.region.clone()),
+        "Mode": mode,
+        "PrivateIpAddress": b.and_then(|b| b.private_ip).map_or(String::new(), |a| a.to_string()),
+        "Bandwidth": e.bandwidth.to_string(),
+        "EipBandwidth": e.bandwidth.to_string(),
+        "RegionId": e.region,
+        "AllocationTime": ts(e.allocated_at),
+        "ChargeType": "PostPaid",
+        "InternetChargeType": e.internet_charge_type,
+        "Netmode": "public",
+        "ISP": "BGP",
+        "Name": "",
+        "Description": "",
+        "BusinessStatus": "Normal",
+        "DeletionProtection": false,
+        "OperationLocks": {"LockReason": []},
+        "Tags": {"Tag": []},
+        "VpcId": b.and_then(|b| c.bound_eni(b)).map_or(String::new(), |_| c.settings.vpc_id.clone()),
+    })
+}
+
+fn cloud_mode_name(m: Mode) -> &'static str {
+    m.api_name()
+}
+
+/// Runs one action on the model.
+/// The pool's gateway (two below its broadcast) and mask, for a MULTI_BINDED EIP.
+fn pool_gateway(c: &Cloud, a: Ipv4Addr) -> (String, String) {
+    for &(net, len) in &c.settings.eip_pool {
+        let mask = if len == 0 { 0 } else { u32::MAX << (32 - len) };
+        if u32::from(a) & mask == u32::from(net) {
+            let bcast = u32::from(net) | !mask;
+            return (
+                Ipv4Addr::from(bcast - 2).to_string(),
+                Ipv4Addr::from(mask).to_string(),
+            );
+        }
+    }
+    (String::new(), "255.255.255.255".into())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn every_action_is_served_once_at_its_products_version() {
+        let mut names: Vec<&str> = ACTIONS.iter().map(|a| a.name).collect();
+        names.sort_unstable();
+        let n = names.len();
+        names.dedup();
+        assert_eq!(names.len(), n, "an action listed twice");
+        for a in ACTIONS {
+            let want = if a.name.contains("NetworkInterface")
+                || a.name.contains("PrivateIpAddresses")
+                || a.name.ends_with("Instance")
+            {
+                ECS
+            } else {
+                VPC
+            };
+            assert_eq!(a.version, want, "{}", a.name);
+            assert!(std::ptr::eq(Action::find(a.name).unwrap(), a));
+        }
+        assert!(Action::find("DescribeNoSuchThing").is_none());
+    }
+
+    #[test]
+    fn another_version_is_refused_with_the_clouds_code_and_none_is_the_actions_own() {
+        let a = Action::find("DescribeEipAddresses").unwrap();
+        assert!(a.check_version(Some(VPC)).is_ok());
+        assert!(a.check_version(None).is_ok());
+        let e = a.check_version(Some(ECS)).unwrap_err();
+        assert_eq!((e.code.as_str(), e.status), ("InvalidVersion", 400));
+        assert!(
+            e.message
+                .starts_with("Specified parameter Version is not valid."),
+            "{}",
+            e.message
+        );
+        assert!(e.message.contains("2016-04-28"), "{}", e.message);
+    }
+}
