@@ -175,20 +175,22 @@ fn allocate_eip_address(c: &mut Cloud, x: &mut Call<'_>) -> Result<(), ApiError>
             ip = Some(r.address);
         }
     }
-    let (id, _) = c.allocate(now, region, bandwidth, ip, rand::random())?;
-    if ip.is_none() {
-        if let Some(t) = get(p, "InternetChargeType") {
-            if t != "PayByTraffic" && t != "PayByBandwidth" {
-                c.release(now, &id)?;
-                c.released.retain(|r| r.allocation_id != id);
-                return Err(invalid(
-                    "InternetChargeType",
-                    t,
-                    "PayByTraffic or PayByBandwidth",
-                ));
-            }
-            c.eips.get_mut(&id).expect("allocated").internet_charge_type = t.to_string();
+    // Every parameter is checked before the model changes (a recovered EIP keeps its own
+    // charge type).
+    let charge = match (ip, get(p, "InternetChargeType")) {
+        (None, Some(t)) if t == "PayByTraffic" || t == "PayByBandwidth" => Some(t),
+        (None, Some(t)) => {
+            return Err(invalid(
+                "InternetChargeType",
+                t,
+                "PayByTraffic or PayByBandwidth",
+            ))
         }
+        _ => None,
+    };
+    let (id, _) = c.allocate(now, region, bandwidth, ip, rand::random())?;
+    if let (Some(t), Some(e)) = (charge, c.eips.get_mut(&id)) {
+        e.internet_charge_type = t.to_string();
     }
     let e = &c.eips[&id];
     out.insert("AllocationId".into(), json!(id));

@@ -4,7 +4,7 @@ import time
 
 import pytest
 
-from conftest import ApiError, allocate, associate, describe_one, expect_error, wait_status
+from conftest import ApiError, allocate, associate, describe_all, describe_one, expect_error, wait_status
 
 
 def assoc(vpc, allocation_id, instance_id, instance_type=None, mode=None, private_ip=None):
@@ -241,3 +241,12 @@ def test_another_products_version_is_refused(lab, action, version):
     assert ei.value.code == "InvalidVersion"
     assert ei.value.status_code == 400
     assert "Specified parameter Version is not valid." in ei.value.message
+
+
+def test_a_bad_charge_type_allocates_nothing(vpc):
+    """Parameters are checked before the model changes: no EIP is allocated (nor released
+    into the recovery list) by a refused AllocateEipAddress."""
+    before = describe_all(vpc)
+    with expect_error("InvalidParameter.InternetChargeType", 400):
+        vpc.call("AllocateEipAddress", Bandwidth="5", InternetChargeType="PayByMoon")
+    assert describe_all(vpc) == before
