@@ -6,6 +6,7 @@
 pub mod alg;
 pub mod cloud;
 pub mod engine;
+pub mod napt;
 pub mod wire;
 
 // The shell. Each imports only those below it: `api` and `lab` use `control`, `telemetry`

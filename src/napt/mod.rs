@@ -1,0 +1,1256 @@
+//! NAPT of a cloud internet NAT gateway (SPEC D9–D11): SNAT of many private hosts behind
+//! the gateway's EIPs, static DNAT port forwards and whole-IP mappings.
+//!
+//! A pure state machine that a dataplane calls once per packet with the time (nanoseconds),
+//! the transport and the two endpoints; it answers with the translated endpoints or a
+//! [`NaptDrop`] naming why not. It does not touch packet bytes (the caller rewrites headers
+//! and checksums) and reads no clock.
+//!
+//! Terms are RFC 4787's: a *mapping* binds an internal address:port to an external one; a
+//! *session* is one flow (internal, external, remote) using a mapping. Which flows share a
+//! mapping is the mapping behaviour, which remotes may use an existing mapping to reach the
+//! host is the filtering behaviour ([`Behaviour`] for both).
+//!
+//! What the cloud does by default ([`NaptConfig::cloud`]): TCP idle timeout 900 s, UDP 60 s,
+//! no ALG (payloads are never looked at, so protocols that carry addresses break, as they do
+//! in the cloud); an SNAT entry with several EIPs may send one host's flows out of different
+//! EIPs ("arbitrary" pooling) unless paired pooling is configured.
+//!
+//! Cost: an established flow costs one hash lookup per packet and direction and no
+//! allocation; sessions and mappings live in slabs that reuse freed slots, so memory follows
+//! the number of live flows (at most `max_sessions`), never the number that came and went.
+//! Expiry is a timer wheel ([`wheel`]) that packets do not touch.
+
+mod key;
+mod ports;
+mod wheel;
+
+use core::net::{Ipv4Addr, SocketAddrV4};
+use core::ops::RangeInclusive;
+use key::{spread, FlowKey, FlowMap};
+use ports::PortSet;
+use wheel::{Links, Timed, Wheel};
+
+/// "No index" in the slabs and links.
+const NONE: u32 = u32::MAX;
+
+/// How a NAT decides that two flows share a mapping (RFC 4787 §4.1), or which remotes may
+/// send through a mapping (its filtering, RFC 4787 §5).
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub enum Behaviour {
+    /// Any remote: the same internal address:port always gets the same external one
+    /// ("full cone" when used for filtering).
+    EndpointIndependent,
+    /// Per remote IP address.
+    AddressDependent,
+    /// Per remote IP address and port ("symmetric" when used for mapping).
+    AddressAndPortDependent,
+}
+
+/// How an SNAT entry with several EIPs picks one (RFC 4787 §4.1, REQ-2).
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub enum Pooling {
+    /// All of a host's mappings use one external IP.
+    Paired,
+    /// Each new mapping may use any of the entry's IPs (the cloud's behaviour: a new
+    /// connection may leave from any EIP of the entry).
+    Arbitrary,
+}
+
+/// The transports the NAPT tracks.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+#[repr(u8)]
+pub enum Protocol {
+    Icmp = 1,
+    Tcp = 6,
+    Udp = 17,
+}
+
+impl Protocol {
+    #[inline(always)]
+    fn index(self) -> usize {
+        match self {
+            Protocol::Tcp => 0,
+            Protocol::Udp => 1,
+            Protocol::Icmp => 2,
+        }
+    }
+}
+
+/// TCP flags as they are in the header's 13th byte, so a dataplane passes that byte.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash)]
+pub struct TcpFlags(pub u8);
+
+impl TcpFlags {
+    pub const FIN: TcpFlags = TcpFlags(0x01);
+    pub const SYN: TcpFlags = TcpFlags(0x02);
+    pub const RST: TcpFlags = TcpFlags(0x04);
+    pub const ACK: TcpFlags = TcpFlags(0x10);
+
+    pub fn contains(self, f: TcpFlags) -> bool {
+        self.0 & f.0 == f.0
+    }
+}
+
+impl core::ops::BitOr for TcpFlags {
+    type Output = TcpFlags;
+    fn bitor(self, o: TcpFlags) -> TcpFlags {
+        TcpFlags(self.0 | o.0)
+    }
+}
+
+/// What a packet is, as far as the NAPT cares.
+///
+/// For ICMP query messages (echo and the like) the identifier plays the part of the port
+/// (RFC 5508 §3.1): pass it as the port of the inside party (the source on
+/// [`Napt::outbound`], the destination on [`Napt::inbound`]) and read the translated
+/// identifier from the port of the translated address. The remote's port is ignored.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Proto {
+    Tcp(TcpFlags),
+    Udp,
+    IcmpQuery,
+}
+
+impl Proto {
+    #[inline(always)]
+    pub fn protocol(self) -> Protocol {
+        match self {
+            Proto::Tcp(_) => Protocol::Tcp,
+            Proto::Udp => Protocol::Udp,
+            Proto::IcmpQuery => Protocol::Icmp,
+        }
+    }
+}
+
+/// How the NAPT behaves; see [`NaptConfig::cloud`] and [`NaptConfig::rfc_minimums`].
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct NaptConfig {
+    pub mapping: Behaviour,
+    pub filtering: Behaviour,
+    /// Keep the internal port as the external one when it is free (on any of the entry's
+    /// IPs, with arbitrary pooling).
+    pub port_preservation: bool,
+    pub pooling: Pooling,
+    /// Whether a host may reach another (or itself) through the gateway's external addresses.
+    pub hairpinning: bool,
+    /// Idle timeout of a TCP connection seen in both directions and not closing.
+    pub tcp_established_ns: u64,
+    /// Idle timeout of a TCP connection opening (seen one way) or closing (FIN both ways,
+    /// or RST).
+    pub tcp_transitory_ns: u64,
+    pub udp_ns: u64,
+    /// Idle timeout of an ICMP query session.
+    pub icmp_ns: u64,
+    /// Sessions at most; a new flow beyond it is refused, live ones carry on.
+    pub max_sessions: usize,
+    /// External ports (and ICMP identifiers) SNAT allocates from.
+    pub ports: RangeInclusive<u16>,
+}
+
+const SEC: u64 = 1_000_000_000;
+
+impl NaptConfig {
+    /// The cloud's internet NAT gateway: TCP 900 s and UDP 60 s idle timeouts, no ALG,
+    /// arbitrary pooling, no port preservation, hairpinning.
+    ///
+    /// The cloud publishes neither its filtering nor its ICMP and transitory timeouts. We
+    /// choose endpoint-independent mapping (one external port per host port, which is what
+    /// lets peer-to-peer traversal work through it) with address-and-port-dependent filtering:
+    /// SNAT only carries flows a private host started, so a remote the host never sent to
+    /// cannot use its mapping. ICMP 60 s (RFC 5508's floor) and transitory TCP 240 s (RFC
+    /// 5382's floor) are ours.
+    pub fn cloud() -> Self {
+        NaptConfig {
+            mapping: Behaviour::EndpointIndependent,
+            filtering: Behaviour::AddressAndPortDependent,
+            port_preservation: false,
+            pooling: Pooling::Arbitrary,
+            hairpinning: true,
+            tcp_established_ns: 900 * SEC,
+            tcp_transitory_ns: 240 * SEC,
+            udp_ns: 60 * SEC,
+            icmp_ns: 60 * SEC,
+            max_sessions: 1_000_000,
+            ports: 1024..=65535,
+        }
+    }
+
+    /// What the RFCs ask of a well-behaved NAT, timeouts at their floors: UDP 120 s (RFC
+    /// 4787 REQ-5; 300 s is recommended), TCP established 2 h 4 min and transitory 4 min
+    /// (RFC 5382 REQ-5), ICMP query 60 s (RFC 5508 REQ-2); endpoint-independent mapping
+    /// (REQ-1) and filtering (REQ-8, for transparency), paired pooling (REQ-2),
+    /// hairpinning (REQ-9).
+    pub fn rfc_minimums() -> Self {
+        NaptConfig {
+            mapping: Behaviour::EndpointIndependent,
+            filtering: Behaviour::EndpointIndependent,
+            port_preservation: false,
+            pooling: Pooling::Paired,
+            hairpinning: true,
+            tcp_established_ns: (2 * 3600 + 4 * 60) * SEC,
+            tcp_transitory_ns: 240 * SEC,
+            udp_ns: 120 * SEC,
+            icmp_ns: 60 * SEC,
+            max_sessions: 1_000_000,
+            ports: 1024..=65535,
+        }
+    }
+}
+
+/// An SNAT entry: private sources in `source`/`prefix_len` leave through `eips`.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct SnatRule {
+    pub source: Ipv4Addr,
+    pub prefix_len: u8,
+    pub eips: Vec<Ipv4Addr>,
+}
+
+/// Which traffic a DNAT entry forwards.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub enum DnatProtocol {
+    Tcp,
+    Udp,
+    /// The whole IP: every protocol and port, ports kept; the host also sends all its own
+    /// new flows out through this IP (the cloud's "IP mapping").
+    Any,
+}
+
+/// A DNAT entry: `external` on `protocol` goes to `internal` (ports ignored for `Any`).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct DnatRule {
+    pub external: SocketAddrV4,
+    pub protocol: DnatProtocol,
+    pub internal: SocketAddrV4,
+}
+
+/// Why a packet was not translated. `Copy` and dense, to index a counter array.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub enum NaptDrop {
+    /// Outbound from a source no SNAT entry or whole-IP DNAT entry covers.
+    NoSnatRule,
+    /// The session table holds `max_sessions`; the new flow is refused.
+    TableFull,
+    /// No free external port on any IP this flow may use (the caller answers ICMP
+    /// destination unreachable, code 13).
+    PortsExhausted,
+    /// Inbound to an external address:port with no session, DNAT entry or mapping; or an
+    /// ICMP error about a flow the gateway does not know (RFC 5508 REQ-4, REQ-5).
+    NoSession,
+    /// A mapping exists but its filtering does not admit this remote (RFC 4787 REQ-8).
+    Filtered,
+    /// Inbound to an address that is not one of the gateway's.
+    UnknownDestination,
+    /// To one of the gateway's own addresses from inside, with hairpinning off.
+    HairpinOff,
+    /// The new flow's tuple is held by another session (a DNAT forward and an SNAT flow of
+    /// the same host, port and remote).
+    Conflict,
+}
+
+impl NaptDrop {
+    pub const COUNT: usize = 8;
+    pub const ALL: [NaptDrop; NaptDrop::COUNT] = [
+        NaptDrop::NoSnatRule,
+        NaptDrop::TableFull,
+        NaptDrop::PortsExhausted,
+        NaptDrop::NoSession,
+        NaptDrop::Filtered,
+        NaptDrop::UnknownDestination,
+        NaptDrop::HairpinOff,
+        NaptDrop::Conflict,
+    ];
+
+    pub fn index(self) -> usize {
+        self as usize
+    }
+}
+
+/// Rules that cannot stand together; each says what to change.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum NaptConfigError {
+    EmptyPortRange,
+    SnatWithoutEip { source: Ipv4Addr, prefix_len: u8 },
+    BadPrefix { source: Ipv4Addr, prefix_len: u8 },
+    DuplicateDnat { external: SocketAddrV4 },
+    DnatTargetTwice { internal: SocketAddrV4 },
+    WholeIpShared { eip: Ipv4Addr },
+}
+
+impl core::fmt::Display for NaptConfigError {
+    fn fmt(&self, f: &mut core::fmt::Formatter<'_>) -> core::fmt::Result {
+        match self {
+            NaptConfigError::EmptyPortRange => {
+                write!(
+                    f,
+                    "the SNAT port range is empty: give a range with start <= end"
+                )
+            }
+            NaptConfigError::SnatWithoutEip { source, prefix_len } => write!(
+                f,
+                "SNAT entry {source}/{prefix_len} has no EIP: give it at least one"
+            ),
+            NaptConfigError::BadPrefix { source, prefix_len } => write!(
+                f,
+                "SNAT entry {source}/{prefix_len}: a prefix length is 0 to 32"
+            ),
+            NaptConfigError::DuplicateDnat { external } => write!(
+                f,
+                "two DNAT entries forward {external} on the same protocol: remove one"
+            ),
+            NaptConfigError::DnatTargetTwice { internal } => write!(
+                f,
+                "{internal} is the target of two DNAT entries on one protocol: replies \
+                 could not tell which external address to leave with; keep one"
+            ),
+            NaptConfigError::WholeIpShared { eip } => write!(
+                f,
+                "{eip} is mapped whole by a DNAT entry (protocol Any) and also used by \
+                 another SNAT or DNAT entry: give the other entry another EIP"
+            ),
+        }
+    }
+}
+
+impl std::error::Error for NaptConfigError {}
+
+/// An outbound packet's new endpoints.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Translation {
+    pub src: SocketAddrV4,
+    /// Unchanged unless hairpinned.
+    pub dst: SocketAddrV4,
+    /// The packet was addressed to one of the gateway's own external addresses and goes
+    /// back inside, to `dst`.
+    pub hairpin: bool,
+}
+
+/// What an ICMP error's outer header and quoted packet become (RFC 5508 REQ-4, REQ-5):
+/// write these four and leave type and code alone.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct IcmpErrorTranslation {
+    pub outer_src: Ipv4Addr,
+    pub outer_dst: Ipv4Addr,
+    pub quoted_src: SocketAddrV4,
+    pub quoted_dst: SocketAddrV4,
+}
+
+// TCP state bits of a session.
+const SEEN_OUT: u8 = 1;
+const SEEN_IN: u8 = 2;
+const FIN_OUT: u8 = 4;
+const FIN_IN: u8 = 8;
+const RST: u8 = 16;
+
+/// One flow. 48 bytes: the hot path reads one of these after its index lookup.
+#[derive(Clone, Copy, Debug)]
+struct Session {
+    expires: u64,
+    int_ip: u32,
+    ext_ip: u32,
+    rem_ip: u32,
+    /// Its mapping, or NONE for a DNAT flow.
+    mapping: u32,
+    links: Links,
+    int_port: u16,
+    ext_port: u16,
+    rem_port: u16,
+    proto: Protocol,
+    tcp: u8,
+    /// The remote is one of the gateway's own addresses.
+    hairpin: bool,
+    live: bool,
+}
+
+impl Timed for Session {
+    fn links(&mut self) -> &mut Links {
+        &mut self.links
+    }
+    fn expires(&self) -> u64 {
+        self.expires
+    }
+}
+
+impl Session {
+    #[inline(always)]
+    fn out_key(&self) -> FlowKey {
+        FlowKey::new(
+            self.proto,
+            self.int_ip,
+            self.int_port,
+            self.rem_ip,
+            self.rem_port,
+        )
+    }
+
+    #[inline(always)]
+    fn in_key(&self) -> FlowKey {
+        FlowKey::new(
+            self.proto,
+            self.ext_ip,
+            self.ext_port,
+            self.rem_ip,
+            self.rem_port,
+        )
+    }
+
+    /// A packet of this session passed at `now`: TCP state and deadline follow it. True
+    /// when the deadline moved earlier (a TCP connection started closing): the wheel only
+    /// finds deadlines that move later by itself, so the caller files it again.
+    #[inline(always)]
+    #[must_use]
+    fn touch(&mut self, cfg: &NaptConfig, now: u64, proto: Proto, outbound: bool) -> bool {
+        let timeout = match proto {
+            Proto::Tcp(f) => {
+                let closing = self.tcp & RST != 0 || self.tcp & (FIN_OUT | FIN_IN) != 0;
+                if closing && f.contains(TcpFlags::SYN) && !f.contains(TcpFlags::ACK) {
+                    // A new connection on a closing tuple (TIME-WAIT reuse) starts afresh.
+                    self.tcp = 0;
+                }
+                let (seen, fin) = if outbound {
+                    (SEEN_OUT, FIN_OUT)
+                } else {
+                    (SEEN_IN, FIN_IN)
+                };
+                self.tcp |= seen;
+                if f.contains(TcpFlags::FIN) {
+                    self.tcp |= fin;
+                }
+                if f.contains(TcpFlags::RST) {
+                    self.tcp |= RST;
+                }
+                let both = |m: u8| self.tcp & m == m;
+                if self.tcp & RST == 0 && both(SEEN_OUT | SEEN_IN) && !both(FIN_OUT | FIN_IN) {
+                    cfg.tcp_established_ns
+                } else {
+                    cfg.tcp_transitory_ns
+                }
+            }
+            Proto::Udp => cfg.udp_ns,
+            Proto::IcmpQuery => cfg.icmp_ns,
+        };
+        let before = self.expires;
+        self.expires = now.saturating_add(timeout);
+        self.expires < before
+    }
+}
+
+/// A binding of an internal address:port to an external one, shared by its sessions.
+#[derive(Clone, Copy, Debug)]
+struct Mapping {
+    /// Its key in `map_by_int` (the remote part per the mapping behaviour).
+    key: FlowKey,
+    proto: Protocol,
+    int_ip: u32,
+    int_port: u16,
+    ext_ip: u32,
+    ext_port: u16,
+    eip: u32,
+    sessions: u32,
+}
+
+/// One of the gateway's external addresses.
+#[derive(Clone, Debug)]
+struct Eip {
+    addr: u32,
+    /// Per protocol; DNAT ports are marked taken once and never released.
+    ports: [PortSet; 3],
+}
+
+#[derive(Clone, Debug)]
+struct Snat {
+    net: u32,
+    mask: u32,
+    /// Indices into `Napt::eips`.
+    eips: Vec<u32>,
+}
+
+#[derive(Clone, Copy, Debug)]
+struct Host {
+    eip: u32,
+    mappings: u32,
+}
+
+/// The gateway's NAPT: rules, sessions, mappings and their timers.
+#[derive(Debug)]
+pub struct Napt {
+    cfg: NaptConfig,
+    /// Most specific first.
+    snat: Vec<Snat>,
+    /// (protocol, external IP, external port, 0, 0) -> internal.
+    dnat_ports: FlowMap<FlowKey, (u32, u16)>,
+    /// Whole-IP DNAT: external -> internal and back.
+    dnat_whole: FlowMap<u32, u32>,
+    dnat_whole_rev: FlowMap<u32, u32>,
+    eips: Vec<Eip>,
+    eip_index: FlowMap<u32, u32>,
+    sessions: Vec<Session>,
+    free_sessions: Vec<u32>,
+    live: usize,
+    out_index: FlowMap<FlowKey, u32>,
+    in_index: FlowMap<FlowKey, u32>,
+    mappings: Vec<Mapping>,
+    free_mappings: Vec<u32>,
+    map_by_int: FlowMap<FlowKey, u32>,
+    /// (protocol, external IP, external port, 0, 0) -> mapping.
+    map_by_ext: FlowMap<FlowKey, u32>,
+    /// Paired pooling: each host's external IP while it has mappings.
+    hosts: FlowMap<u32, Host>,
+    /// Address-dependent filtering: (mapping, remote IP) -> sessions, i.e. the remotes the
+    /// mapping admits.
+    permits: FlowMap<u64, u32>,
+    wheel: Wheel,
+    expired: Vec<u32>,
+    /// Varies where port searches start.
+    allocations: u64,
+    drops: [u64; NaptDrop::COUNT],
+}
+
+#[inline(always)]
+fn ip(a: &SocketAddrV4) -> u32 {
+    u32::from(*a.ip())
+}
+
+#[inline(always)]
+fn sock(ip: u32, port: u16) -> SocketAddrV4 {
+    SocketAddrV4::new(Ipv4Addr::from(ip), port)
+}
+
+/// The remote's port as keys hold it: ICMP queries have none.
+#[inline(always)]
+fn remote_port(p: Protocol, port: u16) -> u16 {
+    if p == Protocol::Icmp {
+        0
+    } else {
+        port
+    }
+}
+
+impl Napt {
+    /// Checks the rules against each other and builds an empty table.
+    pub fn new(
+        cfg: NaptConfig,
+        snat: Vec<SnatRule>,
+        dnat: Vec<DnatRule>,
+    ) -> Result<Napt, NaptConfigError> {
+        let (lo, hi) = (*cfg.ports.start(), *cfg.ports.end());
+        if lo > hi {
+            return Err(NaptConfigError::EmptyPortRange);
+        }
+        let mut n = Napt {
+            cfg,
+            snat: Vec::new(),
+            dnat_ports: FlowMap::default(),
+            dnat_whole: FlowMap::default(),
+            dnat_whole_rev: FlowMap::default(),
+            eips: Vec::new(),
+            eip_index: FlowMap::default(),
+            sessions: Vec::new(),
+            free_sessions: Vec::new(),
+            live: 0,
+            out_index: FlowMap::default(),
+            in_index: FlowMap::default(),
+            mappings: Vec::new(),
+            free_mappings: Vec::new(),
+            map_by_int: FlowMap::default(),
+            map_by_ext: FlowMap::default(),
+            hosts: FlowMap::default(),
+            permits: FlowMap::default(),
+            wheel: Wheel::new(),
+            expired: Vec::new(),
+            allocations: 0,
+            drops: [0; NaptDrop::COUNT],
+        };
+        let eip_of = |n: &mut Napt, a: Ipv4Addr| -> u32 {
+            let a = u32::from(a);
+            *n.eip_index.entry(a).or_insert_with(|| {
+                n.eips.push(Eip {
+                    addr: a,
+                    ports: core::array::from_fn(|_| PortSet::new(lo, hi)),
+                });
+                n.eips.len() as u32 - 1
+            })
+        };
+        let mut dnat_targets = FlowMap::<FlowKey, ()>::default();
+        for r in &dnat {
+            let (e, i) = (ip(&r.external), ip(&r.internal));
+            match r.protocol {
+                DnatProtocol::Any => {
+                    if n.dnat_whole.contains_key(&e) || n.eip_index.contains_key(&e) {
+                        return Err(NaptConfigError::WholeIpShared {
+                            eip: *r.external.ip(),
+                        });
+                    }
+                    if n.dnat_whole_rev.insert(i, e).is_some() {
+                        return Err(NaptConfigError::DnatTargetTwice {
+                            internal: r.internal,
+                        });
+                    }
+                    n.dnat_whole.insert(e, i);
+                }
+                DnatProtocol::Tcp | DnatProtocol::Udp => {
+                    let p = if r.protocol == DnatProtocol::Tcp {
+                        Protocol::Tcp
+                    } else {
+                        Protocol::Udp
+                    };
+                    if n.dnat_whole.contains_key(&e) {
+                        return Err(NaptConfigError::WholeIpShared {
+                            eip: *r.external.ip(),
+                        });
+                    }
+                    let k = FlowKey::new(p, e, r.external.port(), 0, 0);
+                    if n.dnat_ports.insert(k, (i, r.internal.port())).is_some() {
+                        return Err(NaptConfigError::DuplicateDnat {
+                            external: r.external,
+                        });
+                    }
+                    let t = FlowKey::new(p, i, r.internal.port(), 0, 0);
+                    if dnat_targets.insert(t, ()).is_some() {
+                        return Err(NaptConfigError::DnatTargetTwice {
+                            internal: r.internal,
+                        });
+                    }
+                    let x = eip_of(&mut n, *r.external.ip()) as usize;
+                    n.eips[x].ports[p.index()].take(r.external.port());
+                }
+            }
+        }
+        for r in &snat {
+            if r.prefix_len > 32 {
+                return Err(NaptConfigError::BadPrefix {
+                    source: r.source,
+                    prefix_len: r.prefix_len,
+                });
+            }
+            if r.eips.is_empty() {
+                return Err(NaptConfigError::SnatWithoutEip {
+                    source: r.source,
+                    prefix_len: r.prefix_len,
+                });
+            }
+            let mask = u32::MAX.checked_shl(32 - r.prefix_len as u32).unwrap_or(0);
+            let mut eips = Vec::new();
+            for a in &r.eips {
+                if n.dnat_whole.contains_key(&u32::from(*a)) {
+                    return Err(NaptConfigError::WholeIpShared { eip: *a });
+                }
+                let x = eip_of(&mut n, *a);
+                if !eips.contains(&x) {
+                    eips.push(x);
+                }
+            }
+            n.snat.push(Snat {
+                net: u32::from(r.source) & mask,
+                mask,
+                eips,
+            });
+        }
+        // Whole-IP DNAT addresses are external addresses too (for hairpinning), with no
+        // SNAT ports.
+        let whole: Vec<u32> = n.dnat_whole.keys().copied().collect();
+        for e in whole {
+            n.eip_index.insert(e, NONE);
+        }
+        // Most specific entry first; among equals, the order given.
+        n.snat
+            .sort_by_key(|s| core::cmp::Reverse(s.mask.count_ones()));
+        Ok(n)
+    }
+
+    pub fn config(&self) -> &NaptConfig {
+        &self.cfg
+    }
+
+    /// Live sessions (expired ones not yet reclaimed included).
+    pub fn sessions(&self) -> usize {
+        self.live
+    }
+
+    /// Live mappings.
+    pub fn mappings(&self) -> usize {
+        self.map_by_ext.len()
+    }
+
+    /// Packets refused so far, by reason ([`NaptDrop::index`]).
+    pub fn drop_counts(&self) -> &[u64; NaptDrop::COUNT] {
+        &self.drops
+    }
+
+    #[inline(always)]
+    fn count<T>(&mut self, r: Result<T, NaptDrop>) -> Result<T, NaptDrop> {
+        if let Err(d) = r {
+            self.drops[d.index()] += 1;
+        }
+        r
+    }
+
+    /// A packet from inside (`src` private) to `dst`: its new source, and its new
+    /// destination when it is hairpinned back inside.
+    pub fn outbound(
+        &mut self,
+        now: u64,
+        proto: Proto,
+        src: SocketAddrV4,
+        dst: SocketAddrV4,
+    ) -> Result<Translation, NaptDrop> {
+        let p = proto.protocol();
+        let k = FlowKey::new(
+            p,
+            ip(&src),
+            src.port(),
+            ip(&dst),
+            remote_port(p, dst.port()),
+        );
+        if let Some(&i) = self.out_index.get(&k) {
+            let s = &mut self.sessions[i as usize];
+            if s.expires > now {
+                if s.touch(&self.cfg, now, proto, true) {
+                    self.refile(i);
+                }
+                let s = &self.sessions[i as usize];
+                let new_src = sock(s.ext_ip, s.ext_port);
+                if !s.hairpin {
+                    return Ok(Translation {
+                        src: new_src,
+                        dst,
+                        hairpin: false,
+                    });
+                }
+                let r = self.hairpin(now, proto, new_src, dst);
+                return self.count(r);
+            }
+            self.remove_session(i);
+        }
+        let r = self.outbound_new(now, proto, src, dst);
+        self.count(r)
+    }
+
+    /// A packet from the Internet (`src` remote) to `dst`, one of the gateway's external
+    /// addresses: its new destination.
+    pub fn inbound(
+        &mut self,
+        now: u64,
+        proto: Proto,
+        src: SocketAddrV4,
+        dst: SocketAddrV4,
+    ) -> Result<SocketAddrV4, NaptDrop> {
+        let r = self.inbound_inner(now, proto, src, dst);
+        self.count(r)
+    }
+
+    #[inline(always)]
+    fn inbound_inner(
+        &mut self,
+        now: u64,
+        proto: Proto,
+        src: SocketAddrV4,
+        dst: SocketAddrV4,
+    ) -> Result<SocketAddrV4, NaptDrop> {
+        let p = proto.protocol();
+        let rem = (ip(&src), remote_port(p, src.port()));
+        let k = FlowKey::new(p, ip(&dst), dst.port(), rem.0, rem.1);
+        if let Some(&i) = self.in_index.get(&k) {
+            let s = &mut self.sessions[i as usize];
+            if s.expires > now {
+                let int = sock(s.int_ip, s.int_port);
+                if s.touch(&self.cfg, now, proto, false) {
+                    self.refile(i);
+                }
+                return Ok(int);
+            }
+            self.remove_session(i);
+        }
+        self.inbound_new(now, proto, rem, dst)
+    }
+
+    /// The second half of a hairpinned packet: it arrives at `dst` from `from`, the
+    /// sender's external address, as if from the Internet (RFC 4787 REQ-9b: the receiver
+    /// sees the sender's external address, never its private one).
+    #[cold]
+    fn hairpin(
+        &mut self,
+        now: u64,
+        proto: Proto,
+        from: SocketAddrV4,
+        dst: SocketAddrV4,
+    ) -> Result<Translation, NaptDrop> {
+        // An ICMP query's identifier is the one "port": the translated one travels on.
+        let to = match proto {
+            Proto::IcmpQuery => SocketAddrV4::new(*dst.ip(), from.port()),
+            _ => dst,
+        };
+        let new_dst = self.inbound_inner(now, proto, from, to)?;
+        Ok(Translation {
+            src: from,
+            dst: new_dst,
+            hairpin: true,
+        })
+    }
+
+    #[cold]
+    fn outbound_new(
+        &mut self,
+        now: u64,
+        proto: Proto,
+        src: SocketAddrV4,
+        dst: SocketAddrV4,
+    ) -> Result<Translation, NaptDrop> {
+        let p = proto.protocol();
+        let int = (ip(&src), src.port());
+        let rem = (ip(&dst), remote_port(p, dst.port()));
+        if !self.cfg.hairpinning && self.eip_index.contains_key(&rem.0) {
+            return Err(NaptDrop::HairpinOff);
+        }
+        // New flows keep the wheel's clock current (and reclaim what is due), so that it
+        // files the new session under its true deadline. Before any lookup: it may free
+        // mappings.
+        self.handle_timeout(now);
+        self.room()?;
+        let (ext, mapping) = match self.dnat_whole_rev.get(&int.0) {
+            Some(&e) => ((e, int.1), NONE),
+            None => {
+                let m = self.mapping_for(p, int, rem)?;
+                let m_ = &self.mappings[m as usize];
+                ((m_.ext_ip, m_.ext_port), m)
+            }
+        };
+        let i = self.create(now, proto, true, int, ext, rem, mapping)?;
+        let s = &self.sessions[i as usize];
+        let new_src = sock(s.ext_ip, s.ext_port);
+        if !s.hairpin {
+            return Ok(Translation {
+                src: new_src,
+                dst,
+                hairpin: false,
+            });
+        }
+        let r = self.hairpin(now, proto, new_src, dst);
+        if r.is_err() {
+            // Nothing came of it: leave no state behind.
+            self.remove_session(i);
+        }
+        r
+    }
+
+    #[cold]
+    fn inbound_new(
+        &mut self,
+        now: u64,
+        proto: Proto,
+        rem: (u32, u16),
+        dst: SocketAddrV4,
+    ) -> Result<SocketAddrV4, NaptDrop> {
+        let p = proto.protocol();
+        let ext = (ip(&dst), dst.port());
+        self.handle_timeout(now);
+        // DNAT entries first. SNAT never allocates a port a DNAT entry holds, nor an IP a
+        // whole-IP entry holds, so this order only decides which lookup runs first.
+        let forward = match p {
+            Protocol::Tcp | Protocol::Udp => self
+                .dnat_ports
+                .get(&FlowKey::new(p, ext.0, ext.1, 0, 0))
+                .copied(),
+            Protocol::Icmp => None,
+        }
+        .or_else(|| self.dnat_whole.get(&ext.0).map(|&i| (i, ext.1)));
+        if let Some(int) = forward {
+            self.room()?;
+            self.create(now, proto, false, int, ext, rem, NONE)?;
+            return Ok(sock(int.0, int.1));
+        }
+        if !self.eip_index.contains_key(&ext.0) {
+            return Err(NaptDrop::UnknownDestination);
+        }
+        let m = *self
+            .map_by_ext
+            .get(&FlowKey::new(p, ext.0, ext.1, 0, 0))
+            .ok_or(NaptDrop::NoSession)?;
+        let admitted = match self.cfg.filtering {
+            Behaviour::EndpointIndependent => true,
+            Behaviour::AddressDependent => self.permits.contains_key(&permit(m, rem.0)),
+            // Only the remotes the host sent to, i.e. existing sessions, which the index
+            // lookup before this would have found.
+            Behaviour::AddressAndPortDependent => false,
+        };
+        if !admitted {
+            return Err(NaptDrop::Filtered);
+        }
+        self.room()?;
+        let mp = self.mappings[m as usize];
+        let int = (mp.int_ip, mp.int_port);
+        self.create(now, proto, false, int, ext, rem, m)?;
+        Ok(sock(int.0, int.1))
+    }
+
+    /// Room for one more session (what had expired was reclaimed just before).
+    fn room(&self) -> Result<(), NaptDrop> {
+        if self.live >= self.cfg.max_sessions || self.live >= NONE as usize - 1 {
+            return Err(NaptDrop::TableFull);
+        }
+        Ok(())
+    }
+
+    /// The mapping for a new flow of `int` to `rem`: an existing one the mapping behaviour
+    /// lets it share, or a new one.
+    fn mapping_for(
+        &mut self,
+        p: Protocol,
+        int: (u32, u16),
+        rem: (u32, u16),
+    ) -> Result<u32, NaptDrop> {
+        let r = self
+            .snat
+            .iter()
+            .position(|s| int.0 & s.mask == s.net)
+            .ok_or(NaptDrop::NoSnatRule)?;
+        let key = match self.cfg.mapping {
+            Behaviour::EndpointIndependent => FlowKey::new(p, int.0, int.1, 0, 0),
+            Behaviour::AddressDependent => FlowKey::new(p, int.0, int.1, rem.0, 0),
+            Behaviour::AddressAndPortDependent => FlowKey::new(p, int.0, int.1, rem.0, rem.1),
+        };
+        if let Some(&m) = self.map_by_int.get(&key) {
+            return Ok(m);
+        }
+        let (eip, port) = self.allocate(p, r, int, rem)?;
+        let ext_ip = self.eips[eip as usize].addr;
+        let mapping = Mapping {
+            key,
+            proto: p,
+            int_ip: int.0,
+            int_port: int.1,
+            ext_ip,
+            ext_port: port,
+            eip,
+            sessions: 0,
+        };
+        let m = match self.free_mappings.pop() {
+            Some(m) => {
+                self.mappings[m as usize] = mapping;
+                m
+            }
+            None => {
+                self.mappings.push(mapping);
+                self.mappings.len() as u32 - 1
+            }
+        };
+        self.map_by_int.insert(key, m);
+        self.map_by_ext
+            .insert(FlowKey::new(p, ext_ip, port, 0, 0), m);
+        if self.cfg.pooling == Pooling::Paired {
+            self.hosts
+                .entry(int.0)
+                .or_insert(Host { eip, mappings: 0 })
+                .mappings += 1;
+        }
+        Ok(m)
+    }
+
+    /// An external IP and port for a new mapping of `int`, from SNAT entry `r`.
+    fn allocate(
+        &mut self,
+        p: Protocol,
+        r: usize,
+        int: (u32, u16),
+        rem: (u32, u16),
+    ) -> Result<(u32, u16), NaptDrop> {
+        self.allocations = self.allocations.wrapping_add(1);
+        let flow = spread(
+            (int.0 as u64) << 16 | int.1 as u64,
+            ((rem.0 as u64) << 16 | rem.1 as u64) ^ (self.allocations << 48),
+        );
+        let snat = &self.snat[r];
+        let n = snat.eips.len();
+        // Paired: the host's IP if it has one, else a choice that depends on the host only.
+        let (first, count) = match (self.cfg.pooling, self.hosts.get(&int.0)) {
+            (Pooling::Paired, Some(h)) => match snat.eips.iter().position(|&e| e == h.eip) {
+                Some(x) => (x, 1),
+                None => return Err(NaptDrop::PortsExhausted),
+            },
+            (Pooling::Paired, None) => (spread(int.0 as u64, 0) as usize % n, n),
+            (Pooling::Arbitrary, _) => (flow as usize % n, n),
+        };
+        let candidates = (0..count).map(|k| snat.eips[(first + k) % n]);
+        let chosen =
+            if self.cfg.port_preservation && self.cfg.ports.contains(&int.1) && p != Protocol::Icmp
+            {
+                candidates
+                    .clone()
+                    .find(|&e| self.eips[e as usize].ports[p.index()].is_free(int.1))
+                    .map(|e| (e, int.1))
+            } else {
+                None
+            };
+        let (lo, hi) = (*self.cfg.ports.start() as u64, *self.cfg.ports.end() as u64);
+        let start = (lo + (flow >> 32) % (hi - lo + 1)) as u16;
+        let chosen = chosen.or_else(|| {
+            candidates.clone().find_map(|e| {
+                self.eips[e as usize].ports[p.index()]
+                    .find_free(start)
+                    .map(|port| (e, port))
+            })
+        });
+        let (e, port) = chosen.ok_or(NaptDrop::PortsExhausted)?;
+        self.eips[e as usize].ports[p.index()].take(port);
+        Ok((e, port))
+    }
+
+    /// Adds a session; the first packet went `outbound` or not.
+    #[allow(clippy::too_many_arguments)]
+    fn create(
+        &mut self,
+        now: u64,
+        proto: Proto,
+        outbound: bool,
+        int: (u32, u16),
+        ext: (u32, u16),
+        rem: (u32, u16),
+        mapping: u32,
+    ) -> Result<u32, NaptDrop> {
+        let mut s = Session {
+            expires: 0,
+            int_ip: int.0,
+            ext_ip: ext.0,
+            rem_ip: rem.0,
+            mapping,
+            links: Links::UNLINKED,
+            int_port: int.1,
+            ext_port: ext.1,
+            rem_port: rem.1,
+            proto: proto.protocol(),
+            tcp: 0,
+            hairpin: self.eip_index.contains_key(&rem.0),
+            live: true,
+        };
+        let (ko, ki) = (s.out_key(), s.in_key());
+        if self.out_index.contains_key(&ko) || self.in_index.contains_key(&ki) {
+            if mapping != NONE {
+                self.release_mapping_if_unused(mapping);
+            }
+            return Err(NaptDrop::Conflict);
+        }
+        let _ = s.touch(&self.cfg, now, proto, outbound);
+        let i = match self.free_sessions.pop() {
+            Some(i) => {
+                self.sessions[i as usize] = s;
+                i
+            }
+            None => {
+                self.sessions.push(s);
+                self.sessions.len() as u32 - 1
+            }
+        };
+        self.out_index.insert(ko, i);
+        self.in_index.insert(ki, i);
+        self.wheel.insert(&mut self.sessions, i, s.expires);
+        self.live += 1;
+        if mapping != NONE {
+            self.mappings[mapping as usize].sessions += 1;
+            if self.cfg.filtering == Behaviour::AddressDependent {
+                *self.permits.entry(permit(mapping, rem.0)).or_insert(0) += 1;
+            }
+        }
+        Ok(i)
+    }
+
+    #[cold]
+    fn refile(&mut self, i: u32) {
+        self.wheel.remove(&mut self.sessions, i);
+        let e = self.sessions[i as usize].expires;
+        self.wheel.insert(&mut self.sessions, i, e);
+    }
+
+    fn remove_session(&mut self, i: u32) {
+        let s = self.sessions[i as usize];
+        if !s.live {
+            return;
+        }
+        self.out_index.remove(&s.out_key());
+        self.in_index.remove(&s.in_key());
+        self.wheel.remove(&mut self.sessions, i);
+        self.sessions[i as usize].live = false;
+        self.free_sessions.push(i);
+        self.live -= 1;
+        if s.mapping != NONE {
+            if self.cfg.filtering == Behaviour::AddressDependent {
+                let k = permit(s.mapping, s.rem_ip);
+                if let Some(c) = self.permits.get_mut(&k) {
+                    *c -= 1;
+                    if *c == 0 {
+                        self.permits.remove(&k);
+                    }
+                }
+            }
+            let m = &mut self.mappings[s.mapping as usize];
+            m.sessions = m.sessions.saturating_sub(1);
+            self.release_mapping_if_unused(s.mapping);
+        }
+    }
+
+    /// A mapping lives as long as one of its sessions does.
+    fn release_mapping_if_unused(&mut self, m: u32) {
+        let mp = self.mappings[m as usize];
+        if mp.sessions > 0 {
+            return;
+        }
+        if self.map_by_int.get(&mp.key) != Some(&m) {
+            return; // already released
+        }
+        self.map_by_int.remove(&mp.key);
+        self.map_by_ext
+            .remove(&FlowKey::new(mp.proto, mp.ext_ip, mp.ext_port, 0, 0));
+        self.eips[mp.eip as usize].ports[mp.proto.index()].release(mp.ext_port);
+        if self.cfg.pooling == Pooling::Paired {
+            if let Some(h) = self.hosts.get_mut(&mp.int_ip) {
+                h.mappings = h.mappings.saturating_sub(1);
+                if h.mappings == 0 {
+                    self.hosts.remove(&mp.int_ip);
+                }
+            }
+        }
+        self.free_mappings.push(m);
+    }
+
+    /// An ICMP error from the Internet about a packet the gateway sent out (RFC 5508
+    /// REQ-4): the quoted packet went from `quoted_src` (an external address) to
+    /// `quoted_dst`. The session is neither refreshed nor ended (RFC 5382 REQ-10).
+    pub fn icmp_error_inbound(
+        &mut self,
+        now: u64,
+        outer_src: Ipv4Addr,
+        quoted: Protocol,
+        quoted_src: SocketAddrV4,
+        quoted_dst: SocketAddrV4,
+    ) -> Result<IcmpErrorTranslation, NaptDrop> {
+        let k = FlowKey::new(
+            quoted,
+            ip(&quoted_src),
+            quoted_src.port(),
+            ip(&quoted_dst),
+            remote_port(quoted, quoted_dst.port()),
+        );
+        let r = match self.live_session(&self.in_index, k, now) {
+            Some(s) => Ok(IcmpErrorTranslation {
+                outer_src,
+                outer_dst: Ipv4Addr::from(s.int_ip),
+                quoted_src: sock(s.int_ip, s.int_port),
+                quoted_dst,
+            }),
+            None => Err(NaptDrop::NoSession),
+        };
+        self.count(r)
+    }
+
+    /// An ICMP error from inside about a packet the gateway delivered (RFC 5508 REQ-5): the
+    /// quoted packet went from `quoted_src` (a remote) to `quoted_dst` (a private host). The
+    /// outer source becomes the session's external IP, whoever inside sent the error. About
+    /// a hairpinned flow, it goes back inside to the other host.
+    pub fn icmp_error_outbound(
+        &mut self,
+        now: u64,
+        outer_dst: Ipv4Addr,
+        quoted: Protocol,
+        quoted_src: SocketAddrV4,
+        quoted_dst: SocketAddrV4,
+    ) -> Result<IcmpErrorTranslation, NaptDrop> {
+        let k = FlowKey::new(
+            quoted,
+            ip(&quoted_dst),
+            quoted_dst.port(),
+            ip(&quoted_src),
+            remote_port(quoted, quoted_src.port()),
+        );
+        let r = match self.live_session(&self.out_index, k, now) {
+            Some(s) => {
+                let mut t = IcmpErrorTranslation {
+                    outer_src: Ipv4Addr::from(s.ext_ip),
+                    outer_dst,
+                    quoted_src,
+                    quoted_dst: sock(s.ext_ip, s.ext_port),
+                };
+                if s.hairpin {
+                    let back = FlowKey::new(
+                        quoted,
+                        ip(&quoted_src),
+                        quoted_src.port(),
+                        s.ext_ip,
+                        remote_port(quoted, s.ext_port),
+                    );
+                    match self.live_session(&self.in_index, back, now) {
+                        Some(o) => {
+                            t.outer_dst = Ipv4Addr::from(o.int_ip);
+                            t.quoted_src = sock(o.int_ip, o.int_port);
+                            Ok(t)
+                        }
+                        None => Err(NaptDrop::NoSession),
+                    }
+                } else {
+                    Ok(t)
+                }
+            }
+            None => Err(NaptDrop::NoSession),
+        };
+        self.count(r)
+    }
+
+    fn live_session(&self, index: &FlowMap<FlowKey, u32>, k: FlowKey, now: u64) -> Option<Session> {
+        let &i = index.get(&k)?;
+        let s = self.sessions[i as usize];
+        (s.expires > now).then_some(s)
+    }
+
+    /// When [`Napt::handle_timeout`] next has something to do (it may then find only
+    /// refreshed sessions to file again), or `None` with no sessions.
+    pub fn poll_timeout(&self) -> Option<u64> {
+        self.wheel.next_deadline()
+    }
+
+    /// Reclaims the sessions whose idle timeout has passed by `now` (to the wheel's
+    /// one-second granularity), and mappings left with no session.
+    pub fn handle_timeout(&mut self, now: u64) {
+        let mut expired = core::mem::take(&mut self.expired);
+        self.wheel.advance(&mut self.sessions, now, &mut expired);
+        for &i in &expired {
+            self.remove_session(i);
+        }
+        expired.clear();
+        self.expired = expired;
+    }
+
+    /// Every index agrees with the slabs (tests only).
+    #[cfg(test)]
+    fn check_invariants(&self) {
+        let live: Vec<u32> = (0..self.sessions.len() as u32)
+            .filter(|&i| self.sessions[i as usize].live)
+            .collect();
+        assert_eq!(live.len(), self.live);
+        assert_eq!(self.out_index.len(), self.live);
+        assert_eq!(self.in_index.len(), self.live);
+        assert_eq!(self.wheel.len(), self.live);
+        assert!(self.live <= self.cfg.max_sessions);
+        for &i in &live {
+            let s = &self.sessions[i as usize];
+            assert_eq!(self.out_index.get(&s.out_key()), Some(&i));
+            assert_eq!(self.in_index.get(&s.in_key()), Some(&i));
+        }
+        assert_eq!(self.map_by_int.len(), self.map_by_ext.len());
+        for (_, &m) in self.map_by_ext.iter() {
+            let mp = &self.mappings[m as usize];
+            let n = live
+                .iter()
+                .filter(|&&i| self.sessions[i as usize].mapping == m)
+                .count();
+            assert_eq!(mp.sessions as usize, n);
+            assert!(n > 0, "a mapping without sessions");
+            assert!(!self.eips[mp.eip as usize].ports[mp.proto.index()].is_free(mp.ext_port));
+        }
+    }
+}
+
+#[inline(always)]
+fn permit(m: u32, rem_ip: u32) -> u64 {
+    (m as u64) << 32 | rem_ip as u64
+}
+
+#[cfg(test)]
+mod tests;

@@ -1,0 +1,1017 @@
+//! Each test is named after the requirement it checks. Time is a plain `u64` of nanoseconds.
+
+use super::*;
+use proptest::prelude::*;
+use std::collections::{HashMap, HashSet};
+
+const S: u64 = 1_000_000_000;
+/// A start time far from zero, so nothing depends on the clock starting at 0.
+const T0: u64 = 1_000_000 * S;
+
+const SYN: Proto = Proto::Tcp(TcpFlags::SYN);
+const SYN_ACK: Proto = Proto::Tcp(TcpFlags(0x12));
+const ACK: Proto = Proto::Tcp(TcpFlags::ACK);
+const FIN_ACK: Proto = Proto::Tcp(TcpFlags(0x11));
+const RST_: Proto = Proto::Tcp(TcpFlags::RST);
+
+fn sa(s: &str) -> SocketAddrV4 {
+    s.parse().unwrap()
+}
+
+fn v4(s: &str) -> Ipv4Addr {
+    s.parse().unwrap()
+}
+
+fn snat(cidr: &str, eips: &[&str]) -> SnatRule {
+    let (a, p) = cidr.split_once('/').unwrap();
+    SnatRule {
+        source: v4(a),
+        prefix_len: p.parse().unwrap(),
+        eips: eips.iter().map(|e| v4(e)).collect(),
+    }
+}
+
+fn dnat(ext: &str, p: DnatProtocol, int: &str) -> DnatRule {
+    DnatRule {
+        external: sa(ext),
+        protocol: p,
+        internal: sa(int),
+    }
+}
+
+/// 10.0.0.0/8 behind `eips`.
+fn gw(cfg: NaptConfig, eips: &[&str]) -> Napt {
+    Napt::new(cfg, vec![snat("10.0.0.0/8", eips)], vec![]).unwrap()
+}
+
+fn with(f: impl FnOnce(&mut NaptConfig)) -> NaptConfig {
+    let mut c = NaptConfig::cloud();
+    f(&mut c);
+    c
+}
+
+fn out(n: &mut Napt, now: u64, p: Proto, src: &str, dst: &str) -> Result<SocketAddrV4, NaptDrop> {
+    let r = n.outbound(now, p, sa(src), sa(dst));
+    n.check_invariants();
+    r.map(|t| {
+        assert!(!t.hairpin);
+        assert_eq!(t.dst, sa(dst));
+        t.src
+    })
+}
+
+fn inb(
+    n: &mut Napt,
+    now: u64,
+    p: Proto,
+    src: &str,
+    dst: SocketAddrV4,
+) -> Result<SocketAddrV4, NaptDrop> {
+    let r = n.inbound(now, p, sa(src), dst);
+    n.check_invariants();
+    r
+}
+
+#[test]
+fn rfc4787_req1_endpoint_independent_mapping_reuses_the_external_port() {
+    let mut n = gw(NaptConfig::cloud(), &["203.0.113.1", "203.0.113.2"]);
+    let a = out(&mut n, T0, Proto::Udp, "10.0.0.5:5000", "198.51.100.1:3478").unwrap();
+    let b = out(&mut n, T0, Proto::Udp, "10.0.0.5:5000", "198.51.100.1:3479").unwrap();
+    let c = out(&mut n, T0, Proto::Udp, "10.0.0.5:5000", "192.0.2.9:53").unwrap();
+    assert_eq!(a, b);
+    assert_eq!(a, c);
+    assert_eq!(n.mappings(), 1);
+    assert_eq!(n.sessions(), 3);
+    // Another port of the host is another mapping.
+    let d = out(&mut n, T0, Proto::Udp, "10.0.0.5:5001", "198.51.100.1:3478").unwrap();
+    assert_ne!(a, d);
+}
+
+#[test]
+fn rfc4787_req1_address_and_port_dependent_mapping_gets_a_new_port_per_destination() {
+    let mut n = gw(
+        with(|c| c.mapping = Behaviour::AddressAndPortDependent),
+        &["203.0.113.1"],
+    );
+    let a = out(&mut n, T0, Proto::Udp, "10.0.0.5:5000", "198.51.100.1:3478").unwrap();
+    let b = out(&mut n, T0, Proto::Udp, "10.0.0.5:5000", "198.51.100.1:3479").unwrap();
+    let c = out(&mut n, T0, Proto::Udp, "10.0.0.5:5000", "192.0.2.9:3478").unwrap();
+    let again = out(&mut n, T0, Proto::Udp, "10.0.0.5:5000", "198.51.100.1:3478").unwrap();
+    assert_eq!(HashSet::from([a, b, c]).len(), 3);
+    assert_eq!(a, again);
+    assert_eq!(n.mappings(), 3);
+}
+
+#[test]
+fn rfc4787_req1_address_dependent_mapping_shares_a_port_per_remote_address() {
+    let mut n = gw(
+        with(|c| c.mapping = Behaviour::AddressDependent),
+        &["203.0.113.1"],
+    );
+    let a = out(&mut n, T0, Proto::Udp, "10.0.0.5:5000", "198.51.100.1:3478").unwrap();
+    let b = out(&mut n, T0, Proto::Udp, "10.0.0.5:5000", "198.51.100.1:3479").unwrap();
+    let c = out(&mut n, T0, Proto::Udp, "10.0.0.5:5000", "192.0.2.9:3478").unwrap();
+    assert_eq!(a, b);
+    assert_ne!(a, c);
+}
+
+#[test]
+fn rfc4787_req2_paired_pooling_keeps_a_host_on_one_external_ip() {
+    let eips = ["203.0.113.1", "203.0.113.2"];
+    let mut n = gw(with(|c| c.pooling = Pooling::Paired), &eips);
+    let mut per_host: HashMap<u8, HashSet<Ipv4Addr>> = HashMap::new();
+    for host in 1..=20u8 {
+        for port in 0..30u16 {
+            let p = if port % 2 == 0 { Proto::Udp } else { SYN };
+            let src = format!("10.0.1.{host}:{}", 2000 + port);
+            let e = out(&mut n, T0, p, &src, "198.51.100.1:443").unwrap();
+            per_host.entry(host).or_default().insert(*e.ip());
+        }
+    }
+    assert!(per_host.values().all(|ips| ips.len() == 1));
+    // Different hosts are still spread over the pool.
+    let used: HashSet<_> = per_host.values().flatten().collect();
+    assert_eq!(used.len(), 2);
+}
+
+#[test]
+fn rfc4787_req2_arbitrary_pooling_may_give_one_host_several_external_ips() {
+    let mut n = gw(NaptConfig::cloud(), &["203.0.113.1", "203.0.113.2"]);
+    let ips: HashSet<Ipv4Addr> = (0..30u16)
+        .map(|p| {
+            let src = format!("10.0.1.1:{}", 2000 + p);
+            *out(&mut n, T0, Proto::Udp, &src, "198.51.100.1:443")
+                .unwrap()
+                .ip()
+        })
+        .collect();
+    assert_eq!(ips.len(), 2);
+}
+
+#[test]
+fn rfc4787_req3_port_preservation_without_port_overloading() {
+    let mut n = gw(with(|c| c.port_preservation = true), &["203.0.113.1"]);
+    let a = out(&mut n, T0, Proto::Udp, "10.0.0.5:40000", "198.51.100.1:53").unwrap();
+    assert_eq!(a, sa("203.0.113.1:40000"));
+    // Another host's port 40000 cannot overload it (REQ-3): it gets another port.
+    let b = out(&mut n, T0, Proto::Udp, "10.0.0.6:40000", "198.51.100.1:53").unwrap();
+    assert_ne!(a, b);
+    // With two IPs arbitrary pooling keeps the port by taking the other IP.
+    let mut n = gw(
+        with(|c| c.port_preservation = true),
+        &["203.0.113.1", "203.0.113.2"],
+    );
+    let a = out(&mut n, T0, Proto::Udp, "10.0.0.5:40000", "198.51.100.1:53").unwrap();
+    let b = out(&mut n, T0, Proto::Udp, "10.0.0.6:40000", "198.51.100.1:53").unwrap();
+    assert_eq!((a.port(), b.port()), (40000, 40000));
+    assert_ne!(a.ip(), b.ip());
+    // Without preservation the port is chosen: 40 hosts on port 40000 do not all keep it.
+    let mut n = gw(NaptConfig::cloud(), &["203.0.113.1"]);
+    let kept = (1..=40)
+        .filter(|h| {
+            let src = format!("10.0.2.{h}:40000");
+            out(&mut n, T0, Proto::Udp, &src, "198.51.100.1:53")
+                .unwrap()
+                .port()
+                == 40000
+        })
+        .count();
+    assert!(kept <= 1);
+}
+
+#[test]
+fn rfc4787_req5_udp_mapping_expires_after_its_timeout_not_before() {
+    for (cfg, timeout) in [
+        (NaptConfig::cloud(), 60 * S),
+        (NaptConfig::rfc_minimums(), 120 * S),
+    ] {
+        assert!(NaptConfig::rfc_minimums().udp_ns >= 120 * S);
+        let mut n = gw(cfg, &["203.0.113.1"]);
+        let e = out(&mut n, T0, Proto::Udp, "10.0.0.5:5000", "198.51.100.1:53").unwrap();
+        n.handle_timeout(T0 + timeout - 1);
+        assert_eq!((n.sessions(), n.mappings()), (1, 1));
+        let at = n.poll_timeout().unwrap();
+        assert!(at >= T0 + timeout && at < T0 + timeout + wheel::TICK_NS);
+        n.handle_timeout(T0 + timeout);
+        n.check_invariants();
+        assert_eq!((n.sessions(), n.mappings()), (0, 0));
+        assert_eq!(n.poll_timeout(), None);
+        assert!(inb(&mut n, T0 + timeout, Proto::Udp, "198.51.100.1:53", e).is_err());
+        // A packet that finds its session past its deadline treats it as gone, whether or not
+        // handle_timeout ran.
+        let e = out(&mut n, T0, Proto::Udp, "10.0.0.5:5001", "198.51.100.1:53").unwrap();
+        let at = T0 + timeout - 1;
+        assert!(inb(&mut n, at, Proto::Udp, "198.51.100.1:53", e).is_ok());
+        let gone = at + timeout;
+        assert!(inb(&mut n, gone - 1, Proto::Udp, "198.51.100.1:53", e).is_ok());
+        assert!(inb(&mut n, gone - 1 + timeout, Proto::Udp, "198.51.100.1:53", e).is_err());
+    }
+}
+
+#[test]
+fn rfc4787_req6_outbound_refreshes_the_udp_timer() {
+    let mut n = gw(NaptConfig::cloud(), &["203.0.113.1"]);
+    let e = out(&mut n, T0, Proto::Udp, "10.0.0.5:5000", "198.51.100.1:53").unwrap();
+    assert_eq!(
+        out(
+            &mut n,
+            T0 + 50 * S,
+            Proto::Udp,
+            "10.0.0.5:5000",
+            "198.51.100.1:53"
+        ),
+        Ok(e)
+    );
+    n.handle_timeout(T0 + 110 * S - 1);
+    assert_eq!(n.sessions(), 1);
+    n.handle_timeout(T0 + 110 * S);
+    assert_eq!(n.sessions(), 0);
+}
+
+#[test]
+fn rfc4787_req8_endpoint_independent_filtering_admits_any_remote() {
+    let mut n = gw(
+        with(|c| c.filtering = Behaviour::EndpointIndependent),
+        &["203.0.113.1"],
+    );
+    let e = out(&mut n, T0, Proto::Udp, "10.0.0.5:5000", "198.51.100.1:3478").unwrap();
+    assert_eq!(
+        inb(&mut n, T0, Proto::Udp, "192.0.2.77:9999", e),
+        Ok(sa("10.0.0.5:5000"))
+    );
+    // The host's answer to that remote leaves through the same mapping.
+    assert_eq!(
+        out(&mut n, T0, Proto::Udp, "10.0.0.5:5000", "192.0.2.77:9999"),
+        Ok(e)
+    );
+    // A port no mapping holds stays closed.
+    let other = SocketAddrV4::new(*e.ip(), e.port().wrapping_add(1));
+    assert_eq!(
+        inb(&mut n, T0, Proto::Udp, "192.0.2.77:9999", other),
+        Err(NaptDrop::NoSession)
+    );
+}
+
+#[test]
+fn rfc4787_req8_address_dependent_filtering_admits_only_addresses_the_host_sent_to() {
+    let mut n = gw(
+        with(|c| c.filtering = Behaviour::AddressDependent),
+        &["203.0.113.1"],
+    );
+    let e = out(&mut n, T0, Proto::Udp, "10.0.0.5:5000", "198.51.100.1:3478").unwrap();
+    assert_eq!(
+        inb(&mut n, T0, Proto::Udp, "198.51.100.1:9999", e),
+        Ok(sa("10.0.0.5:5000"))
+    );
+    assert_eq!(
+        inb(&mut n, T0, Proto::Udp, "192.0.2.77:3478", e),
+        Err(NaptDrop::Filtered)
+    );
+    assert_eq!(n.drop_counts()[NaptDrop::Filtered.index()], 1);
+}
+
+#[test]
+fn rfc4787_req8_address_and_port_dependent_filtering_admits_only_the_remote_endpoint() {
+    let mut n = gw(NaptConfig::cloud(), &["203.0.113.1"]);
+    let e = out(&mut n, T0, Proto::Udp, "10.0.0.5:5000", "198.51.100.1:3478").unwrap();
+    assert_eq!(
+        inb(&mut n, T0, Proto::Udp, "198.51.100.1:3478", e),
+        Ok(sa("10.0.0.5:5000"))
+    );
+    assert_eq!(
+        inb(&mut n, T0, Proto::Udp, "198.51.100.1:3479", e),
+        Err(NaptDrop::Filtered)
+    );
+    assert_eq!(
+        inb(&mut n, T0, Proto::Udp, "192.0.2.1:3478", e),
+        Err(NaptDrop::Filtered)
+    );
+}
+
+#[test]
+fn rfc4787_req9_hairpinning_shows_each_host_the_others_external_address() {
+    let mut n = Napt::new(
+        with(|c| c.filtering = Behaviour::EndpointIndependent),
+        vec![snat("10.0.0.0/8", &["203.0.113.1"])],
+        vec![dnat("203.0.113.9:80", DnatProtocol::Tcp, "10.0.0.80:8080")],
+    )
+    .unwrap();
+    // B opens a UDP mapping (say, by talking to a STUN server).
+    let eb = out(&mut n, T0, Proto::Udp, "10.0.0.2:6000", "198.51.100.1:3478").unwrap();
+    // A sends to B's external address: B sees A's external address (REQ-9b), not 10.0.0.1.
+    let t = n.outbound(T0, Proto::Udp, sa("10.0.0.1:7000"), eb).unwrap();
+    assert!(t.hairpin);
+    assert_eq!(t.dst, sa("10.0.0.2:6000"));
+    assert_eq!(*t.src.ip(), v4("203.0.113.1"));
+    let ea = t.src;
+    // B's answer goes back to A the same way, both addresses translated.
+    let back = n.outbound(T0, Proto::Udp, sa("10.0.0.2:6000"), ea).unwrap();
+    assert_eq!(
+        back,
+        Translation {
+            src: eb,
+            dst: sa("10.0.0.1:7000"),
+            hairpin: true
+        }
+    );
+    // The next packet takes the established sessions.
+    assert_eq!(
+        n.outbound(T0 + S, Proto::Udp, sa("10.0.0.1:7000"), eb),
+        Ok(t)
+    );
+    // Through a DNAT entry, and back.
+    let t = n
+        .outbound(T0, SYN, sa("10.0.0.1:7001"), sa("203.0.113.9:80"))
+        .unwrap();
+    assert_eq!(t.dst, sa("10.0.0.80:8080"));
+    let back = n
+        .outbound(T0, SYN_ACK, sa("10.0.0.80:8080"), t.src)
+        .unwrap();
+    assert_eq!(back.src, sa("203.0.113.9:80"));
+    assert_eq!(back.dst, sa("10.0.0.1:7001"));
+    n.check_invariants();
+    // With hairpinning off the packet is refused and counted.
+    let mut n = gw(with(|c| c.hairpinning = false), &["203.0.113.1"]);
+    let eb = out(&mut n, T0, Proto::Udp, "10.0.0.2:6000", "198.51.100.1:3478").unwrap();
+    assert_eq!(
+        n.outbound(T0, Proto::Udp, sa("10.0.0.1:7000"), eb),
+        Err(NaptDrop::HairpinOff)
+    );
+    assert_eq!(n.sessions(), 1);
+}
+
+/// SYN out, SYN-ACK in, ACK out.
+fn handshake(n: &mut Napt, now: u64, src: &str, dst: &str) -> SocketAddrV4 {
+    let e = out(n, now, SYN, src, dst).unwrap();
+    assert_eq!(inb(n, now, SYN_ACK, dst, e), Ok(sa(src)));
+    assert_eq!(out(n, now, ACK, src, dst), Ok(e));
+    e
+}
+
+#[test]
+fn rfc5382_req5_tcp_established_idle_timeout() {
+    let cfg = NaptConfig::rfc_minimums();
+    let est = cfg.tcp_established_ns;
+    assert!(est >= (2 * 3600 + 4 * 60) * S);
+    let mut n = gw(cfg, &["203.0.113.1"]);
+    handshake(&mut n, T0, "10.0.0.5:40000", "198.51.100.1:443");
+    n.handle_timeout(T0 + est - 1);
+    assert_eq!(n.sessions(), 1);
+    n.handle_timeout(T0 + est);
+    assert_eq!(n.sessions(), 0);
+    // The cloud's is 900 s.
+    let mut n = gw(NaptConfig::cloud(), &["203.0.113.1"]);
+    handshake(&mut n, T0, "10.0.0.5:40000", "198.51.100.1:443");
+    n.handle_timeout(T0 + 900 * S - 1);
+    assert_eq!(n.sessions(), 1);
+    n.handle_timeout(T0 + 900 * S);
+    assert_eq!(n.sessions(), 0);
+}
+
+#[test]
+fn rfc5382_req5_tcp_partially_open_connection_uses_the_transitory_timeout() {
+    let cfg = NaptConfig::rfc_minimums();
+    assert!(cfg.tcp_transitory_ns >= 240 * S);
+    let tr = cfg.tcp_transitory_ns;
+    let mut n = gw(cfg, &["203.0.113.1"]);
+    out(&mut n, T0, SYN, "10.0.0.5:40000", "198.51.100.1:443").unwrap();
+    n.handle_timeout(T0 + tr - 1);
+    assert_eq!(n.sessions(), 1);
+    n.handle_timeout(T0 + tr);
+    assert_eq!(n.sessions(), 0);
+}
+
+#[test]
+fn rfc5382_req5_tcp_transitory_after_fin_in_both_directions_or_rst() {
+    let cfg = NaptConfig::rfc_minimums();
+    let tr = cfg.tcp_transitory_ns;
+    let mut n = gw(cfg, &["203.0.113.1"]);
+    let (src, dst) = ("10.0.0.5:40000", "198.51.100.1:443");
+    let e = handshake(&mut n, T0, src, dst);
+    // One FIN only half-closes: the other side may go on sending, still established.
+    let t1 = T0 + 10 * S;
+    out(&mut n, t1, FIN_ACK, src, dst).unwrap();
+    n.handle_timeout(t1 + tr);
+    assert_eq!(n.sessions(), 1);
+    let t2 = t1 + tr;
+    inb(&mut n, t2, FIN_ACK, dst, e).unwrap();
+    out(&mut n, t2, ACK, src, dst).unwrap();
+    n.handle_timeout(t2 + tr - 1);
+    assert_eq!(n.sessions(), 1);
+    n.handle_timeout(t2 + tr);
+    assert_eq!(n.sessions(), 0);
+    // A new SYN on the closed tuple starts a new connection, established again.
+    let e = handshake(&mut n, T0 * 2, src, dst);
+    inb(&mut n, T0 * 2, RST_, dst, e).unwrap();
+    n.handle_timeout(T0 * 2 + tr);
+    assert_eq!(n.sessions(), 0);
+}
+
+#[test]
+fn rfc5508_req2_icmp_query_session_timer_and_identifier_mapping() {
+    let cfg = NaptConfig::rfc_minimums();
+    assert!(cfg.icmp_ns >= 60 * S);
+    let mut n = gw(cfg, &["203.0.113.1"]);
+    // Two hosts ping with the same identifier: the external identifiers differ.
+    let a = out(&mut n, T0, Proto::IcmpQuery, "10.0.0.5:7", "198.51.100.1:0").unwrap();
+    let b = out(&mut n, T0, Proto::IcmpQuery, "10.0.0.6:7", "198.51.100.1:0").unwrap();
+    assert_ne!(a, b);
+    assert_eq!(
+        inb(&mut n, T0 + 59 * S, Proto::IcmpQuery, "198.51.100.1:0", a),
+        Ok(sa("10.0.0.5:7"))
+    );
+    n.handle_timeout(T0 + 60 * S);
+    assert_eq!(n.sessions(), 1, "the refreshed one stays, the other goes");
+    n.handle_timeout(T0 + 119 * S);
+    assert_eq!(n.sessions(), 0);
+}
+
+#[test]
+fn rfc5508_req4_icmp_error_from_outside_about_a_flow_is_translated_inbound() {
+    let mut n = gw(NaptConfig::cloud(), &["203.0.113.1"]);
+    let e = out(&mut n, T0, Proto::Udp, "10.0.0.5:5000", "198.51.100.1:53").unwrap();
+    let router = v4("192.0.2.254");
+    let t = n
+        .icmp_error_inbound(T0 + S, router, Protocol::Udp, e, sa("198.51.100.1:53"))
+        .unwrap();
+    assert_eq!(
+        t,
+        IcmpErrorTranslation {
+            outer_src: router,
+            outer_dst: v4("10.0.0.5"),
+            quoted_src: sa("10.0.0.5:5000"),
+            quoted_dst: sa("198.51.100.1:53"),
+        }
+    );
+    // About an ICMP query: the quoted identifier is translated back.
+    let q = out(&mut n, T0, Proto::IcmpQuery, "10.0.0.5:9", "198.51.100.1:0").unwrap();
+    let t = n
+        .icmp_error_inbound(T0, router, Protocol::Icmp, q, sa("198.51.100.1:0"))
+        .unwrap();
+    assert_eq!(t.quoted_src, sa("10.0.0.5:9"));
+}
+
+#[test]
+fn rfc5508_req4_icmp_error_without_a_session_is_dropped() {
+    let mut n = gw(NaptConfig::cloud(), &["203.0.113.1"]);
+    let e = out(&mut n, T0, Proto::Udp, "10.0.0.5:5000", "198.51.100.1:53").unwrap();
+    let r = v4("192.0.2.254");
+    // Another remote, another protocol, or after expiry: no session.
+    for (p, d, now) in [
+        (Protocol::Udp, "198.51.100.2:53", T0),
+        (Protocol::Tcp, "198.51.100.1:53", T0),
+        (Protocol::Udp, "198.51.100.1:53", T0 + 60 * S),
+    ] {
+        assert_eq!(
+            n.icmp_error_inbound(now, r, p, e, sa(d)),
+            Err(NaptDrop::NoSession)
+        );
+    }
+    assert_eq!(
+        n.icmp_error_outbound(
+            T0,
+            r,
+            Protocol::Udp,
+            sa("198.51.100.2:53"),
+            sa("10.0.0.5:5000")
+        ),
+        Err(NaptDrop::NoSession)
+    );
+    assert_eq!(n.drop_counts()[NaptDrop::NoSession.index()], 4);
+}
+
+#[test]
+fn rfc5508_req5_icmp_error_from_inside_about_a_flow_is_translated_outbound() {
+    let mut n = Napt::new(
+        NaptConfig::cloud(),
+        vec![snat("10.0.0.0/8", &["203.0.113.1"])],
+        vec![dnat("203.0.113.9:53", DnatProtocol::Udp, "10.0.0.53:5353")],
+    )
+    .unwrap();
+    let remote = sa("198.51.100.1:4000");
+    assert_eq!(
+        n.inbound(T0, Proto::Udp, remote, sa("203.0.113.9:53")),
+        Ok(sa("10.0.0.53:5353"))
+    );
+    // The host answers with port unreachable, quoting the packet it got.
+    let t = n
+        .icmp_error_outbound(
+            T0,
+            remote.ip().to_owned(),
+            Protocol::Udp,
+            remote,
+            sa("10.0.0.53:5353"),
+        )
+        .unwrap();
+    assert_eq!(
+        t,
+        IcmpErrorTranslation {
+            outer_src: v4("203.0.113.9"),
+            outer_dst: *remote.ip(),
+            quoted_src: remote,
+            quoted_dst: sa("203.0.113.9:53"),
+        }
+    );
+    // An SNAT flow's error, sent by a router inside: its source becomes the external IP.
+    let e = out(&mut n, T0, Proto::Udp, "10.0.0.5:5000", "198.51.100.1:53").unwrap();
+    let t = n
+        .icmp_error_outbound(
+            T0,
+            v4("198.51.100.1"),
+            Protocol::Udp,
+            sa("198.51.100.1:53"),
+            sa("10.0.0.5:5000"),
+        )
+        .unwrap();
+    assert_eq!((t.outer_src, t.quoted_dst), (*e.ip(), e));
+}
+
+#[test]
+fn rfc5382_req10_icmp_errors_neither_refresh_nor_end_a_session() {
+    let mut n = gw(NaptConfig::cloud(), &["203.0.113.1"]);
+    let e = out(&mut n, T0, Proto::Udp, "10.0.0.5:5000", "198.51.100.1:53").unwrap();
+    let r = v4("192.0.2.254");
+    n.icmp_error_inbound(T0 + 59 * S, r, Protocol::Udp, e, sa("198.51.100.1:53"))
+        .unwrap();
+    assert_eq!(n.sessions(), 1);
+    n.handle_timeout(T0 + 60 * S);
+    assert_eq!(n.sessions(), 0);
+}
+
+#[test]
+fn dnat_forwards_a_port_and_whole_ip_with_any() {
+    let mut n = Napt::new(
+        NaptConfig::cloud(),
+        vec![snat("10.0.0.0/8", &["203.0.113.1"])],
+        vec![
+            dnat("203.0.113.1:80", DnatProtocol::Tcp, "10.0.0.80:8080"),
+            dnat("203.0.113.2:0", DnatProtocol::Any, "10.0.0.2:0"),
+        ],
+    )
+    .unwrap();
+    let r = "198.51.100.1:4000";
+    // A port forward, sharing its EIP with SNAT.
+    assert_eq!(
+        inb(&mut n, T0, SYN, r, sa("203.0.113.1:80")),
+        Ok(sa("10.0.0.80:8080"))
+    );
+    // The host's replies leave with the DNAT's external address and port.
+    assert_eq!(
+        out(&mut n, T0, SYN_ACK, "10.0.0.80:8080", r),
+        Ok(sa("203.0.113.1:80"))
+    );
+    // Only the forwarded protocol and port.
+    assert_eq!(
+        inb(&mut n, T0, Proto::Udp, r, sa("203.0.113.1:80")),
+        Err(NaptDrop::NoSession)
+    );
+    assert_eq!(
+        inb(&mut n, T0, SYN, r, sa("203.0.113.1:81")),
+        Err(NaptDrop::NoSession)
+    );
+    // SNAT never hands out the forwarded port.
+    let mut n2 = Napt::new(
+        with(|c| {
+            c.port_preservation = true;
+            c.ports = 80..=81;
+        }),
+        vec![snat("10.0.0.0/8", &["203.0.113.1"])],
+        vec![dnat("203.0.113.1:80", DnatProtocol::Tcp, "10.0.0.80:8080")],
+    )
+    .unwrap();
+    assert_eq!(
+        out(&mut n2, T0, SYN, "10.0.0.5:80", r),
+        Ok(sa("203.0.113.1:81"))
+    );
+    // The whole IP: every protocol and port, ports kept.
+    for (p, port) in [(SYN, 22), (Proto::Udp, 5060), (Proto::IcmpQuery, 77)] {
+        let to = SocketAddrV4::new(v4("203.0.113.2"), port);
+        assert_eq!(
+            inb(&mut n, T0, p, r, to),
+            Ok(SocketAddrV4::new(v4("10.0.0.2"), port))
+        );
+    }
+    // And the host's own new flows leave through it, ports kept.
+    assert_eq!(
+        out(&mut n, T0, SYN, "10.0.0.2:50000", "192.0.2.1:443"),
+        Ok(sa("203.0.113.2:50000"))
+    );
+    // Addresses that are not the gateway's.
+    assert_eq!(
+        inb(&mut n, T0, SYN, r, sa("203.0.113.77:80")),
+        Err(NaptDrop::UnknownDestination)
+    );
+    // Outside every SNAT entry.
+    assert_eq!(
+        out(&mut n, T0, SYN, "172.16.0.1:1000", r),
+        Err(NaptDrop::NoSnatRule)
+    );
+}
+
+#[test]
+fn rules_that_cannot_stand_together_are_refused() {
+    let cfg = NaptConfig::cloud;
+    let e = |snat: Vec<SnatRule>, dnat: Vec<DnatRule>| Napt::new(cfg(), snat, dnat).unwrap_err();
+    assert_eq!(
+        e(vec![snat("10.0.0.0/8", &[])], vec![]),
+        NaptConfigError::SnatWithoutEip {
+            source: v4("10.0.0.0"),
+            prefix_len: 8
+        }
+    );
+    assert!(matches!(
+        e(vec![snat("10.0.0.0/33", &["203.0.113.1"])], vec![]),
+        NaptConfigError::BadPrefix { .. }
+    ));
+    assert!(matches!(
+        e(
+            vec![snat("10.0.0.0/8", &["203.0.113.1"])],
+            vec![dnat("203.0.113.1:0", DnatProtocol::Any, "10.0.0.2:0")]
+        ),
+        NaptConfigError::WholeIpShared { .. }
+    ));
+    assert!(matches!(
+        e(
+            vec![],
+            vec![
+                dnat("203.0.113.1:80", DnatProtocol::Tcp, "10.0.0.2:80"),
+                dnat("203.0.113.1:80", DnatProtocol::Tcp, "10.0.0.3:80")
+            ]
+        ),
+        NaptConfigError::DuplicateDnat { .. }
+    ));
+    assert!(matches!(
+        e(
+            vec![],
+            vec![
+                dnat("203.0.113.1:80", DnatProtocol::Tcp, "10.0.0.2:80"),
+                dnat("203.0.113.1:81", DnatProtocol::Tcp, "10.0.0.2:80")
+            ]
+        ),
+        NaptConfigError::DnatTargetTwice { .. }
+    ));
+    assert!(Napt::new(
+        with(|c| c.ports = RangeInclusive::new(10, 9)),
+        vec![],
+        vec![]
+    )
+    .is_err());
+    assert!(!NaptConfigError::EmptyPortRange.to_string().is_empty());
+}
+
+#[test]
+fn the_table_is_bounded_and_established_flows_keep_working() {
+    let mut n = gw(with(|c| c.max_sessions = 3), &["203.0.113.1"]);
+    let flows: Vec<(String, SocketAddrV4)> = (0..3)
+        .map(|i| {
+            let src = format!("10.0.0.{}:5000", i + 1);
+            let e = out(&mut n, T0, Proto::Udp, &src, "198.51.100.1:53").unwrap();
+            (src, e)
+        })
+        .collect();
+    assert_eq!(
+        out(&mut n, T0, Proto::Udp, "10.0.0.9:5000", "198.51.100.1:53"),
+        Err(NaptDrop::TableFull)
+    );
+    assert_eq!(n.drop_counts()[NaptDrop::TableFull.index()], 1);
+    for (src, e) in &flows {
+        assert_eq!(
+            out(&mut n, T0 + S, Proto::Udp, src, "198.51.100.1:53"),
+            Ok(*e)
+        );
+        assert_eq!(
+            inb(&mut n, T0 + S, Proto::Udp, "198.51.100.1:53", *e),
+            Ok(sa(src))
+        );
+    }
+    // Once they have expired, the table makes room by itself.
+    assert!(out(
+        &mut n,
+        T0 + 61 * S,
+        Proto::Udp,
+        "10.0.0.9:5000",
+        "198.51.100.1:53"
+    )
+    .is_ok());
+    assert_eq!(n.sessions(), 1);
+    // Memory follows the live flows, not the ones that came and went.
+    for i in 0..2000u64 {
+        let src = format!("10.0.{}.{}:{}", i / 250, i % 250 + 1, 1000 + i);
+        let now = T0 + 100 * S + i * 30 * S;
+        n.handle_timeout(now);
+        out(&mut n, now, Proto::Udp, &src, "198.51.100.1:53").unwrap();
+    }
+    assert!(n.sessions.len() <= 3 && n.mappings.len() <= 3);
+    assert!(n.out_index.len() <= 3 && n.map_by_int.len() <= 3);
+}
+
+#[test]
+fn port_exhaustion_is_reported() {
+    let mut n = gw(with(|c| c.ports = 5000..=5003), &["203.0.113.1"]);
+    let mut got = HashSet::new();
+    for h in 1..=4 {
+        got.insert(
+            out(
+                &mut n,
+                T0,
+                Proto::Udp,
+                &format!("10.0.0.{h}:1"),
+                "198.51.100.1:53",
+            )
+            .unwrap(),
+        );
+    }
+    assert_eq!(got.len(), 4);
+    assert!(got.iter().all(|e| (5000..=5003).contains(&e.port())));
+    assert_eq!(
+        out(&mut n, T0, Proto::Udp, "10.0.0.9:1", "198.51.100.1:53"),
+        Err(NaptDrop::PortsExhausted)
+    );
+    assert_eq!(n.drop_counts()[NaptDrop::PortsExhausted.index()], 1);
+    // Ports are per protocol: TCP still has all four.
+    assert!(out(&mut n, T0, SYN, "10.0.0.9:1", "198.51.100.1:53").is_ok());
+    // Expiry gives the ports back.
+    n.handle_timeout(T0 + 60 * S);
+    assert!(out(
+        &mut n,
+        T0 + 60 * S,
+        Proto::Udp,
+        "10.0.0.9:1",
+        "198.51.100.1:53"
+    )
+    .is_ok());
+    // With two IPs the pool is twice as large, and paired pooling cannot move a host.
+    let mut n = gw(
+        with(|c| c.ports = 5000..=5003),
+        &["203.0.113.1", "203.0.113.2"],
+    );
+    for p in 0..8 {
+        out(
+            &mut n,
+            T0,
+            Proto::Udp,
+            &format!("10.0.0.1:{p}"),
+            "198.51.100.1:53",
+        )
+        .unwrap();
+    }
+    assert_eq!(
+        out(&mut n, T0, Proto::Udp, "10.0.0.1:99", "198.51.100.1:53"),
+        Err(NaptDrop::PortsExhausted)
+    );
+    let mut n = gw(
+        with(|c| {
+            c.ports = 5000..=5003;
+            c.pooling = Pooling::Paired
+        }),
+        &["203.0.113.1", "203.0.113.2"],
+    );
+    for p in 0..4 {
+        out(
+            &mut n,
+            T0,
+            Proto::Udp,
+            &format!("10.0.0.1:{p}"),
+            "198.51.100.1:53",
+        )
+        .unwrap();
+    }
+    assert_eq!(
+        out(&mut n, T0, Proto::Udp, "10.0.0.1:99", "198.51.100.1:53"),
+        Err(NaptDrop::PortsExhausted)
+    );
+}
+
+#[test]
+fn poll_timeout_says_when_to_come_back() {
+    let mut n = gw(NaptConfig::cloud(), &["203.0.113.1"]);
+    assert_eq!(n.poll_timeout(), None);
+    out(
+        &mut n,
+        T0 + S / 2,
+        Proto::Udp,
+        "10.0.0.5:5000",
+        "198.51.100.1:53",
+    )
+    .unwrap();
+    let mut t = n.poll_timeout().unwrap();
+    // The caller sleeps until then, wakes, and repeats until the session is gone.
+    let mut wakes = 0;
+    while n.sessions() > 0 {
+        assert!(t >= T0 + S / 2 + 60 * S - wheel::TICK_NS);
+        n.handle_timeout(t);
+        wakes += 1;
+        if let Some(next) = n.poll_timeout() {
+            t = next;
+        }
+    }
+    assert!(wakes <= 2, "{wakes}");
+    assert!(t < T0 + S / 2 + 60 * S + wheel::TICK_NS);
+}
+
+// --- random packet sequences ---
+
+#[derive(Clone, Debug)]
+enum Op {
+    /// Host h, its port, remote r (the last remotes are the gateway's own addresses).
+    Out {
+        h: u8,
+        port: u8,
+        r: u8,
+        rport: u8,
+        proto: u8,
+        flags: u8,
+    },
+    /// A packet back to an external address seen before (pick), from its remote or another.
+    Reply {
+        pick: usize,
+        other: bool,
+        flags: u8,
+    },
+    /// A packet to any external port.
+    In {
+        r: u8,
+        rport: u8,
+        eip: u8,
+        port: u16,
+        proto: u8,
+        flags: u8,
+    },
+    IcmpErr {
+        pick: usize,
+        inbound: bool,
+    },
+    Wait(u16),
+    Timeout,
+}
+
+fn op() -> impl Strategy<Value = Op> {
+    prop_oneof![
+        4 => (0..6u8, 0..4u8, 0..5u8, 0..3u8, 0..3u8, any::<u8>())
+            .prop_map(|(h, port, r, rport, proto, flags)| Op::Out { h, port, r, rport, proto, flags }),
+        3 => (any::<usize>(), any::<bool>(), any::<u8>())
+            .prop_map(|(pick, other, flags)| Op::Reply { pick, other, flags }),
+        1 => (0..5u8, 0..3u8, 0..3u8, 1020..1030u16, 0..3u8, any::<u8>())
+            .prop_map(|(r, rport, eip, port, proto, flags)| Op::In { r, rport, eip, port, proto, flags }),
+        1 => (any::<usize>(), any::<bool>()).prop_map(|(pick, inbound)| Op::IcmpErr { pick, inbound }),
+        2 => (0..40u16).prop_map(Op::Wait),
+        1 => Just(Op::Timeout),
+    ]
+}
+
+fn behaviour() -> impl Strategy<Value = Behaviour> {
+    prop_oneof![
+        Just(Behaviour::EndpointIndependent),
+        Just(Behaviour::AddressDependent),
+        Just(Behaviour::AddressAndPortDependent),
+    ]
+}
+
+fn config() -> impl Strategy<Value = NaptConfig> {
+    (
+        behaviour(),
+        behaviour(),
+        any::<bool>(),
+        any::<bool>(),
+        any::<bool>(),
+        0..30usize,
+    )
+        .prop_map(
+            |(mapping, filtering, port_preservation, paired, hairpinning, max_sessions)| {
+                NaptConfig {
+                    mapping,
+                    filtering,
+                    port_preservation,
+                    pooling: if paired {
+                        Pooling::Paired
+                    } else {
+                        Pooling::Arbitrary
+                    },
+                    hairpinning,
+                    tcp_established_ns: 30 * S,
+                    tcp_transitory_ns: 7 * S,
+                    udp_ns: 10 * S,
+                    icmp_ns: 5 * S,
+                    max_sessions,
+                    ports: 1020..=1027,
+                }
+            },
+        )
+}
+
+const EIPS: [&str; 3] = ["203.0.113.1", "203.0.113.2", "203.0.113.3"];
+
+fn proto_of(p: u8, flags: u8) -> Proto {
+    match p {
+        0 => Proto::Tcp(TcpFlags(flags)),
+        1 => Proto::Udp,
+        _ => Proto::IcmpQuery,
+    }
+}
+
+fn remote(r: u8, rport: u8) -> SocketAddrV4 {
+    // Remotes 3 and 4 are the gateway's own addresses: hairpinning.
+    let ip = match r {
+        0..=2 => Ipv4Addr::new(198, 51, 100, r + 1),
+        3 => v4(EIPS[0]),
+        _ => v4(EIPS[2]),
+    };
+    SocketAddrV4::new(ip, 1020 + rport as u16)
+}
+
+proptest! {
+    #![proptest_config(ProptestConfig {
+
+        failure_persistence: Some(Box::new(
+            proptest::test_runner::FileFailurePersistence::WithSource("proptest-regressions"),
+        )),
+        ..ProptestConfig::default()
+    })]
+
+    /// No input panics or breaks the tables, and an inbound translation always undoes the
+    /// outbound one that made the session: the reply to what left as (E:e -> R:r) reaches
+    /// exactly the host and port that sent it.
+    #[test]
+    fn random_packets_never_panic_and_inbound_inverts_outbound(
+        cfg in config(),
+        ops in proptest::collection::vec(op(), 1..120),
+    ) {
+        let mut n = Napt::new(
+            cfg,
+            vec![snat("10.0.0.0/29", &EIPS[..2]), snat("10.0.0.4/30", &EIPS[1..2])],
+            vec![
+                dnat("203.0.113.3:1022", DnatProtocol::Tcp, "10.0.0.1:1022"),
+                dnat("203.0.113.3:1023", DnatProtocol::Udp, "10.0.0.9:53"),
+            ],
+        ).unwrap();
+        let mut now = T0;
+        // (protocol, external, remote) as last seen leaving, and who sent it.
+        let mut seen: Vec<(Proto, SocketAddrV4, SocketAddrV4, SocketAddrV4)> = Vec::new();
+        for op in ops {
+            match op {
+                Op::Out { h, port, r, rport, proto, flags } => {
+                    let p = proto_of(proto, flags);
+                    let src = SocketAddrV4::new(Ipv4Addr::new(10, 0, 0, h + 1), 1020 + port as u16);
+                    let dst = remote(r, rport);
+                    if let Ok(t) = n.outbound(now, p, src, dst) {
+                        if t.hairpin {
+                            prop_assert!(EIPS.contains(&t.src.ip().to_string().as_str()));
+                            prop_assert!(t.dst.ip().octets()[0] == 10);
+                        } else {
+                            prop_assert_eq!(t.dst, dst);
+                            // The inverse, at once: the remote's answer reaches the sender.
+                            let reply_p = match p { Proto::Tcp(_) => Proto::Tcp(TcpFlags::ACK), q => q };
+                            prop_assert_eq!(n.inbound(now, reply_p, dst, t.src), Ok(src));
+                        }
+                        seen.push((p, t.src, dst, src));
+                    }
+                }
+                Op::Reply { pick, other, flags } => {
+                    if seen.is_empty() { continue; }
+                    let (p, ext, rem, int) = seen[pick % seen.len()];
+                    let p = match p { Proto::Tcp(_) => Proto::Tcp(TcpFlags(flags)), q => q };
+                    let from = if other { SocketAddrV4::new(*rem.ip(), rem.port() ^ 1) } else { rem };
+                    if let Ok(to) = n.inbound(now, p, from, ext) {
+                        // Whoever holds ext now got it by a later outbound (the old one
+                        // expired), or it is still the host that sent from it.
+                        let last = seen.iter().rev().find(|s| s.0.protocol() == p.protocol() && s.1 == ext).unwrap();
+                        prop_assert_eq!(to, last.3);
+                        let _ = int;
+                    }
+                }
+                Op::In { r, rport, eip, port, proto, flags } => {
+                    let dst = SocketAddrV4::new(v4(EIPS[eip as usize]), port);
+                    let _ = n.inbound(now, proto_of(proto, flags), remote(r, rport), dst);
+                }
+                Op::IcmpErr { pick, inbound } => {
+                    if seen.is_empty() { continue; }
+                    let (p, ext, rem, int) = seen[pick % seen.len()];
+                    let router = v4("192.0.2.254");
+                    if inbound {
+                        if let Ok(t) = n.icmp_error_inbound(now, router, p.protocol(), ext, rem) {
+                            let last = seen.iter().rev().find(|s| s.0.protocol() == p.protocol() && s.1 == ext).unwrap();
+                            prop_assert_eq!(t.quoted_src, last.3);
+                            prop_assert_eq!(t.outer_dst, *last.3.ip());
+                        }
+                    } else if let Ok(t) = n.icmp_error_outbound(now, *rem.ip(), p.protocol(), rem, int) {
+                        prop_assert_eq!(t.outer_src, *t.quoted_dst.ip());
+                        let _ = ext;
+                    }
+                }
+                Op::Wait(s) => now += s as u64 * S / 2,
+                Op::Timeout => n.handle_timeout(now),
+            }
+            n.check_invariants();
+        }
+        n.handle_timeout(now + 3600 * S);
+        n.check_invariants();
+        prop_assert_eq!((n.sessions(), n.mappings()), (0, 0));
+        for e in &n.eips {
+            for (i, ps) in e.ports.iter().enumerate() {
+                // Back to the free count it started with (DNAT ports stay taken).
+                let dnat = if e.addr == u32::from(v4(EIPS[2])) && i < 2 { 1 } else { 0 };
+                prop_assert_eq!(ps.free(), 8 - dnat);
+            }
+        }
+    }
+}
