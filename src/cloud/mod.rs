@@ -354,7 +354,7 @@ pub struct NatGateway {
     pub id: String,
     pub region: String,
     pub vswitch: String,
-    /// Created after 2022-09-19: each EIP takes a private IP of the vSwitch (000, 003).
+    /// Created on or after 2022-09-19: each EIP takes a private IP of the vSwitch (000, 003).
     pub eip_takes_private_ip: bool,
 }
 
@@ -812,8 +812,8 @@ impl Cloud {
                 CloudError::bad(
                     "OperationDenied.NoAvailablePrivateIp",
                     format!(
-                        "{}'s vSwitch {} has no free private IP, and gateways created after \
-                         2022-09-19 take one per EIP: free an address or use a larger vSwitch",
+                        "{}'s vSwitch {} has no free private IP, and gateways created on or \
+                         after 2022-09-19 take one per EIP: free an address or use a larger vSwitch",
                         g.id, g.vswitch
                     ),
                 )

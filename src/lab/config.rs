@@ -503,8 +503,9 @@ pub struct NatGateway {
 }
 
 impl NatGateway {
-    /// Gateways created after this day take a private IP of their vSwitch per EIP.
-    pub const PRIVATE_IP_PER_EIP_AFTER: Date = Date {
+    /// Gateways created on or after this day take a private IP of their vSwitch per EIP
+    /// (SPEC §3: "since" includes the day).
+    pub const PRIVATE_IP_PER_EIP_SINCE: Date = Date {
         year: 2022,
         month: 9,
         day: 19,
@@ -512,7 +513,7 @@ impl NatGateway {
 
     /// Whether each EIP of this gateway takes a private IP of its vSwitch.
     pub fn eip_takes_private_ip(&self) -> bool {
-        self.created > Self::PRIVATE_IP_PER_EIP_AFTER
+        self.created >= Self::PRIVATE_IP_PER_EIP_SINCE
     }
 }
 
@@ -2946,12 +2947,18 @@ created = 2022-09-19
         );
         assert_eq!((i.max_enis, i.max_private_ips_per_eni), (Some(3), Some(6)));
         assert!(!i.enis[0].configure);
-        // A bare TOML date works as well as a string; the cut-off day itself is not "after".
+        // A bare TOML date works as well as a string; the cut-off day itself counts ("since"
+        // includes it), the day before does not.
         assert_eq!(
             lab.nat_gateway[0].created,
-            NatGateway::PRIVATE_IP_PER_EIP_AFTER
+            NatGateway::PRIVATE_IP_PER_EIP_SINCE
         );
-        assert!(!lab.nat_gateway[0].eip_takes_private_ip());
+        assert!(lab.nat_gateway[0].eip_takes_private_ip());
+        let before = NatGateway {
+            created: Date::new(2022, 9, 18).unwrap(),
+            ..lab.nat_gateway[0].clone()
+        };
+        assert!(!before.eip_takes_private_ip());
         assert_eq!(lab.nat_gateway[0].region, "cn-beijing");
     }
 
@@ -3022,7 +3029,7 @@ created = 2022-09-19
         assert!(Date::new(2024, 2, 29).is_some());
         assert!(Date::new(2023, 2, 29).is_none());
         assert!("2024-1-01".parse::<Date>().is_err());
-        assert!("2022-09-20".parse::<Date>().unwrap() > NatGateway::PRIVATE_IP_PER_EIP_AFTER);
+        assert!("2022-09-20".parse::<Date>().unwrap() > NatGateway::PRIVATE_IP_PER_EIP_SINCE);
         assert_eq!(Date::new(2022, 9, 19).unwrap().to_string(), "2022-09-19");
     }
 

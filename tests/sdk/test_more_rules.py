@@ -55,7 +55,7 @@ id = "havip-a"
 vswitch = "vsw-a"
 ip_address = "10.0.1.200"
 
-[[nat_gateway]]                    # created after 2022-09-19: one private IP per EIP
+[[nat_gateway]]                    # created on or after 2022-09-19: one private IP per EIP
 id = "ngw-new"
 vswitch = "vsw-tiny"
 created = "2024-03-01"
