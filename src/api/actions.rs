@@ -150,6 +150,21 @@ pub static ACTIONS: &[Action] = &[
         version: ECS,
         run: describe_network_interfaces,
     },
+    Action {
+        name: "DescribeNatGateways",
+        version: VPC,
+        run: describe_nat_gateways,
+    },
+    Action {
+        name: "DescribeSnatTableEntries",
+        version: VPC,
+        run: describe_snat_table_entries,
+    },
+    Action {
+        name: "DescribeForwardTableEntries",
+        version: VPC,
+        run: describe_forward_table_entries,
+    },
 ];
 
 fn allocate_eip_address(c: &mut Cloud, x: &mut Call<'_>) -> Result<(), ApiError> {
@@ -626,6 +641,200 @@ fn pool_gateway(c: &Cloud, a: Ipv4Addr) -> (String, String) {
         }
     }
     (String::new(), "255.255.255.255".into())
+}
+
+/// A NAT gateway's SNAT table id (one per gateway in the lab).
+fn snat_table_of(gateway: &str) -> String {
+    format!("stb-{gateway}")
+}
+
+/// A NAT gateway's DNAT (forward) table id.
+fn forward_table_of(gateway: &str) -> String {
+    format!("ftb-{gateway}")
+}
+
+/// Whether `filter` (a comma-separated list, or absent) admits `value`.
+fn admits(filter: Option<&str>, value: &str) -> bool {
+    filter.is_none_or(|f| f.split(',').map(str::trim).any(|x| x == value))
+}
+
+fn describe_nat_gateways(c: &mut Cloud, x: &mut Call<'_>) -> Result<(), ApiError> {
+    let p = x.p;
+    let id = get(p, "NatGatewayId");
+    let vpc = get(p, "VpcId");
+    let page = num(p, "PageNumber", 1, u32::MAX)?;
+    let size = num(p, "PageSize", 10, 50)?;
+    let c: &Cloud = c;
+    let all: Vec<&cloud::NatGateway> = c
+        .nat_gateways
+        .values()
+        .filter(|g| g.region == x.region)
+        .filter(|g| admits(id, &g.id))
+        .filter(|_| vpc.is_none_or(|v| v == c.settings.vpc_id))
+        .collect();
+    let items = paged(&mut x.out, &all, page, size, |g| describe_nat_gateway(c, g));
+    x.out
+        .insert("NatGateways".into(), json!({"NatGateway": items}));
+    Ok(())
+}
+
+fn describe_nat_gateway(c: &Cloud, g: &cloud::NatGateway) -> Value {
+    let ips: Vec<Value> = c
+        .eips
+        .values()
+        .filter(|e| {
+            e.binding
+                .as_ref()
+                .is_some_and(|b| b.bind_type == cloud::BindType::Nat && b.instance_id == g.id)
+        })
+        .map(|e| {
+            let snat = c
+                .snat_entries
+                .iter()
+                .any(|s| s.snat_ips.contains(&e.address));
+            let dnat = c.forward_entries.iter().any(|f| f.external_ip == e.address);
+            let using = if snat {
+                "UsedBySnatTable"
+            } else if dnat {
+                "UsedByForwardTable"
+            } else {
+                "Idle"
+            };
+            json!({
+                "AllocationId": e.allocation_id,
+                "IpAddress": e.address.to_string(),
+                "UsingStatus": using,
+                "SnatEntryEnabled": snat,
+                "PrivateIpAddress": e.binding.as_ref().and_then(|b| b.private_ip)
+                    .map_or(String::new(), |a| a.to_string()),
+            })
+        })
+        .collect();
+    let zone = c
+        .vswitches
+        .get(&g.vswitch)
+        .map_or(String::new(), |v| v.zone.clone());
+    json!({
+        "NatGatewayId": g.id,
+        "Name": "",
+        "Description": "",
+        "RegionId": g.region,
+        "VpcId": c.settings.vpc_id,
+        "Status": "Available",
+        "BusinessStatus": "Normal",
+        "NatType": "Enhanced",
+        "NetworkType": "internet",
+        "InstanceChargeType": "PostPaid",
+        "InternetChargeType": "PayByLcu",
+        "EipBindMode": if g.eip_takes_private_ip { "MULTI_BINDED" } else { "NAT" },
+        "DeletionProtection": false,
+        "ResourceGroupId": "rg-lab",
+        "SnatTableIds": {"SnatTableId": [snat_table_of(&g.id)]},
+        "ForwardTableIds": {"ForwardTableId": [forward_table_of(&g.id)]},
+        "IpLists": {"IpList": ips},
+        "NatGatewayPrivateInfo": {"VswitchId": g.vswitch, "IzNo": zone},
+        "Tags": {"Tag": []},
+    })
+}
+
+fn describe_snat_table_entries(c: &mut Cloud, x: &mut Call<'_>) -> Result<(), ApiError> {
+    let p = x.p;
+    let table = get(p, "SnatTableId");
+    let gw = get(p, "NatGatewayId");
+    let entry = get(p, "SnatEntryId");
+    let cidr = get(p, "SourceCIDR");
+    let vsw = get(p, "SourceVSwitchId");
+    let snat_ip = get(p, "SnatIp");
+    let name = get(p, "SnatEntryName");
+    let page = num(p, "PageNumber", 1, u32::MAX)?;
+    let size = num(p, "PageSize", 10, 100)?;
+    let c: &Cloud = c;
+    let all: Vec<&cloud::SnatEntry> = c
+        .snat_entries
+        .iter()
+        .filter(|s| {
+            c.nat_gateways
+                .get(&s.nat_gateway)
+                .is_some_and(|g| g.region == x.region)
+        })
+        .filter(|s| admits(table, &snat_table_of(&s.nat_gateway)))
+        .filter(|s| admits(gw, &s.nat_gateway))
+        .filter(|s| admits(entry, &s.id))
+        .filter(|s| cidr.is_none_or(|v| s.source_cidr.as_deref() == Some(v)))
+        .filter(|s| vsw.is_none_or(|v| s.source_vswitch.as_deref() == Some(v)))
+        .filter(|s| snat_ip.is_none_or(|v| s.snat_ips.iter().any(|a| a.to_string() == v)))
+        .filter(|s| name.is_none_or(|v| s.name == v))
+        .collect();
+    let items = paged(&mut x.out, &all, page, size, |s| {
+        json!({
+            "SnatTableId": snat_table_of(&s.nat_gateway),
+            "SnatEntryId": s.id,
+            "SnatEntryName": s.name,
+            "SourceCIDR": s.source_cidr.clone().unwrap_or_default(),
+            "SourceVSwitchId": s.source_vswitch.clone().unwrap_or_default(),
+            "SnatIp": s.snat_ips.iter().map(|a| a.to_string()).collect::<Vec<_>>().join(","),
+            "NatGatewayId": s.nat_gateway,
+            "Status": "Available",
+            "EipAffinity": 0,
+            "NetworkInterfaceId": "",
+        })
+    });
+    x.out
+        .insert("SnatTableEntries".into(), json!({"SnatTableEntry": items}));
+    Ok(())
+}
+
+fn describe_forward_table_entries(c: &mut Cloud, x: &mut Call<'_>) -> Result<(), ApiError> {
+    let p = x.p;
+    let table = get(p, "ForwardTableId");
+    let gw = get(p, "NatGatewayId");
+    let entry = get(p, "ForwardEntryId");
+    let ext_ip = get(p, "ExternalIp");
+    let int_ip = get(p, "InternalIp");
+    let ext_port = get(p, "ExternalPort");
+    let int_port = get(p, "InternalPort");
+    let proto = get(p, "IpProtocol");
+    let name = get(p, "ForwardEntryName");
+    let page = num(p, "PageNumber", 1, u32::MAX)?;
+    let size = num(p, "PageSize", 10, 50)?;
+    let c: &Cloud = c;
+    let all: Vec<&cloud::ForwardEntry> = c
+        .forward_entries
+        .iter()
+        .filter(|f| {
+            c.nat_gateways
+                .get(&f.nat_gateway)
+                .is_some_and(|g| g.region == x.region)
+        })
+        .filter(|f| admits(table, &forward_table_of(&f.nat_gateway)))
+        .filter(|f| admits(gw, &f.nat_gateway))
+        .filter(|f| admits(entry, &f.id))
+        .filter(|f| ext_ip.is_none_or(|v| f.external_ip.to_string() == v))
+        .filter(|f| int_ip.is_none_or(|v| f.internal_ip.to_string() == v))
+        .filter(|f| ext_port.is_none_or(|v| f.external_port.eq_ignore_ascii_case(v)))
+        .filter(|f| int_port.is_none_or(|v| f.internal_port.eq_ignore_ascii_case(v)))
+        .filter(|f| proto.is_none_or(|v| f.ip_protocol.eq_ignore_ascii_case(v)))
+        .filter(|f| name.is_none_or(|v| f.name == v))
+        .collect();
+    let items = paged(&mut x.out, &all, page, size, |f| {
+        json!({
+            "ForwardTableId": forward_table_of(&f.nat_gateway),
+            "ForwardEntryId": f.id,
+            "ForwardEntryName": f.name,
+            "ExternalIp": f.external_ip.to_string(),
+            "ExternalPort": f.external_port,
+            "InternalIp": f.internal_ip.to_string(),
+            "InternalPort": f.internal_port,
+            "IpProtocol": f.ip_protocol,
+            "NatGatewayId": f.nat_gateway,
+            "Status": "Available",
+        })
+    });
+    x.out.insert(
+        "ForwardTableEntries".into(),
+        json!({"ForwardTableEntry": items}),
+    );
+    Ok(())
 }
 
 #[cfg(test)]

@@ -366,6 +366,14 @@ pub struct SnatEntry {
     pub id: String,
     pub nat_gateway: String,
     pub snat_ips: Vec<Ipv4Addr>,
+    /// What it translates: a CIDR (`SourceCIDR`, as `a.b.c.d/len`) or a vSwitch's hosts
+    /// (`SourceVSwitchId`). States saved before these were kept read as neither.
+    #[serde(default)]
+    pub source_cidr: Option<String>,
+    #[serde(default)]
+    pub source_vswitch: Option<String>,
+    #[serde(default)]
+    pub name: String,
 }
 
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
@@ -374,6 +382,20 @@ pub struct ForwardEntry {
     pub nat_gateway: String,
     pub external_ip: Ipv4Addr,
     pub internal_ip: Ipv4Addr,
+    /// `ExternalPort` / `InternalPort` as the API spells them: a port, or `Any` (whole IP).
+    #[serde(default = "any_word")]
+    pub external_port: String,
+    #[serde(default = "any_word")]
+    pub internal_port: String,
+    /// `TCP`, `UDP` or `Any`.
+    #[serde(default = "any_word")]
+    pub ip_protocol: String,
+    #[serde(default)]
+    pub name: String,
+}
+
+fn any_word() -> String {
+    "Any".into()
 }
 
 /// A high-availability virtual IP.

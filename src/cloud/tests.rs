@@ -563,12 +563,19 @@ fn snat_and_dnat_entries_guard_unassociation_and_dnat_targets() {
         id: "snat-1".into(),
         nat_gateway: "ngw-old".into(),
         snat_ips: vec![ip("198.51.100.1")],
+        source_cidr: Some("10.0.1.0/24".into()),
+        source_vswitch: None,
+        name: String::new(),
     });
     c.forward_entries.push(ForwardEntry {
         id: "fwd-1".into(),
         nat_gateway: "ngw-old".into(),
         external_ip: ip("198.51.100.2"),
         internal_ip: ip("10.0.1.21"),
+        external_port: "Any".into(),
+        internal_port: "Any".into(),
+        ip_protocol: "Any".into(),
+        name: String::new(),
     });
     err(
         c.unassociate(NOW, "eip-1", false),

@@ -176,6 +176,9 @@ pub fn build(lab: &LabFile, now: u64) -> Result<Cloud, String> {
             id: s.id.clone().unwrap_or_else(|| format!("snat-{k}")),
             nat_gateway: s.nat_gateway.clone(),
             snat_ips: s.snat_ip.clone(),
+            source_cidr: s.source_cidr.map(|c| c.to_string()),
+            source_vswitch: s.source_vswitch_id.clone(),
+            name: String::new(),
         });
     }
     for (k, f) in lab.forward_entry.iter().enumerate() {
@@ -184,9 +187,21 @@ pub fn build(lab: &LabFile, now: u64) -> Result<Cloud, String> {
             nat_gateway: f.nat_gateway.clone(),
             external_ip: f.external_ip,
             internal_ip: f.internal_ip,
+            external_port: port_word(f.external_port),
+            internal_port: port_word(f.internal_port),
+            ip_protocol: f.ip_protocol.to_string(),
+            name: String::new(),
         });
     }
     Ok(c)
+}
+
+/// A DNAT port as the API spells it (`Any` for a whole-IP mapping).
+fn port_word(p: crate::lab::config::ForwardPort) -> String {
+    match p {
+        crate::lab::config::ForwardPort::Any => "Any".into(),
+        crate::lab::config::ForwardPort::Port(n) => n.to_string(),
+    }
 }
 
 /// AttachNetworkInterface as the cloud would have done it on the way to the declared state,
