@@ -4,18 +4,22 @@
 //! `cargo bench --bench napt`. Each size builds its sessions first (UDP, one per private
 //! host:port and remote, through an SNAT entry of 20 EIPs, the gateway's maximum), then times
 //! windows of `WINDOW` lookups of established flows in a random order: `outbound_udp` looks
-//! up the guest's side, `inbound_udp` the internet's reply. The table is far larger than the
-//! caches at 1,000,000 sessions, so most lookups miss them, as a busy gateway's would. Every
-//! answer of the first pass is checked against the translation that made the session; a
-//! bench that measured refusals panics.
+//! up the guest's side, `inbound_udp` the internet's reply, one call per packet; the
+//! `_batch` groups do the same lookups through `outbound_batch` / `inbound_batch`, `BATCH`
+//! flows a call (a dataplane's read batch). The table is far larger than the caches at
+//! 1,000,000 sessions, so most lookups miss them, as a busy gateway's would. Every answer of
+//! the first pass, one by one and batched, is checked against the translation that made the
+//! session; a bench that measured refusals panics.
 
 use criterion::{criterion_group, criterion_main, BenchmarkId, Criterion, Throughput};
-use eiplab::napt::{Napt, NaptConfig, Proto, SnatRule};
+use eiplab::napt::{Napt, NaptConfig, NaptDrop, Proto, SnatRule};
 use std::hint::black_box;
 use std::net::{Ipv4Addr, SocketAddrV4};
 use std::time::{Duration, Instant};
 
 const WINDOW: usize = 4096;
+/// Flows per batch call in the `_batch` groups.
+const BATCH: usize = 64;
 const SIZES: [usize; 2] = [1_000, 1_000_000];
 const SEC: u64 = 1_000_000_000;
 
@@ -23,6 +27,9 @@ struct Flows {
     napt: Napt,
     /// (guest side: src, dst) and the translated source, in a random order.
     out: Vec<(SocketAddrV4, SocketAddrV4, SocketAddrV4)>,
+    /// The same flows as batch calls take them: guest side, and the internet's reply.
+    out_q: Vec<(Proto, SocketAddrV4, SocketAddrV4)>,
+    in_q: Vec<(Proto, SocketAddrV4, SocketAddrV4)>,
     now: u64,
 }
 
@@ -67,9 +74,13 @@ fn build(n: usize) -> Flows {
         out.push((src, dst, t.src));
     }
     shuffle(&mut out, 0x9e37_79b9_7f4a_7c15);
+    let out_q = out.iter().map(|&(s, d, _)| (Proto::Udp, s, d)).collect();
+    let in_q = out.iter().map(|&(_, d, e)| (Proto::Udp, d, e)).collect();
     Flows {
         napt,
         out,
+        out_q,
+        in_q,
         now: SEC,
     }
 }
@@ -103,7 +114,44 @@ impl Flows {
         total
     }
 
-    /// Every established flow is found both ways, and translates as when it was made.
+    /// Times `iters` windows of the same lookups, `BATCH` flows a call (fewer where the
+    /// order wraps around).
+    fn measure_batch(&mut self, iters: u64, inbound: bool, at: &mut usize) -> Duration {
+        let mut total = Duration::ZERO;
+        let len = self.out.len();
+        let mut outs = [Err(NaptDrop::NoSession); BATCH];
+        let mut ins = [Err(NaptDrop::NoSession); BATCH];
+        for _ in 0..iters {
+            self.now += 1_000;
+            let now = self.now;
+            let mut k = *at;
+            let mut left = WINDOW;
+            let t = Instant::now();
+            while left > 0 {
+                let m = BATCH.min(left).min(len - k);
+                if inbound {
+                    self.napt
+                        .inbound_batch(now, &self.in_q[k..k + m], &mut ins[..m]);
+                    black_box(&ins);
+                } else {
+                    self.napt
+                        .outbound_batch(now, &self.out_q[k..k + m], &mut outs[..m]);
+                    black_box(&outs);
+                }
+                left -= m;
+                k += m;
+                if k == len {
+                    k = 0;
+                }
+            }
+            total += t.elapsed();
+            *at = k;
+        }
+        total
+    }
+
+    /// Every established flow is found both ways, one by one and batched, and translates
+    /// as when it was made.
     fn check(&mut self) {
         let now = self.now;
         for &(src, dst, ext) in &self.out {
@@ -119,11 +167,25 @@ impl Flows {
                 .expect("inbound");
             assert_eq!(back, src, "{dst} -> {ext}");
         }
+        let mut outs = vec![Err(NaptDrop::NoSession); self.out.len()];
+        let mut ins = vec![Err(NaptDrop::NoSession); self.out.len()];
+        self.napt.outbound_batch(now, &self.out_q, &mut outs);
+        self.napt.inbound_batch(now, &self.in_q, &mut ins);
+        for (&(src, dst, ext), (t, back)) in self.out.iter().zip(outs.iter().zip(&ins)) {
+            let t = t.expect("outbound_batch");
+            assert_eq!((t.src, t.dst), (ext, dst), "batched {src} -> {dst}");
+            assert_eq!(*back, Ok(src), "batched {dst} -> {ext}");
+        }
     }
 }
 
 fn napt(c: &mut Criterion) {
-    for (name, inbound) in [("outbound_udp", false), ("inbound_udp", true)] {
+    for (name, inbound, batch) in [
+        ("outbound_udp", false, false),
+        ("inbound_udp", true, false),
+        ("outbound_udp_batch", false, true),
+        ("inbound_udp_batch", true, true),
+    ] {
         let mut g = c.benchmark_group(format!("napt_{name}"));
         g.throughput(Throughput::Elements(WINDOW as u64));
         for n in SIZES {
@@ -135,7 +197,13 @@ fn napt(c: &mut Criterion) {
                     f.check();
                     f
                 });
-                b.iter_custom(|iters| f.measure(iters, inbound, &mut at));
+                b.iter_custom(|iters| {
+                    if batch {
+                        f.measure_batch(iters, inbound, &mut at)
+                    } else {
+                        f.measure(iters, inbound, &mut at)
+                    }
+                });
             });
         }
         g.finish();

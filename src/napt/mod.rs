@@ -21,12 +21,14 @@
 //! the number of live flows (at most `max_sessions`), never the number that came and went.
 //! Expiry is a timer wheel ([`wheel`]) that packets do not touch.
 
+mod index;
 mod key;
 mod ports;
 mod wheel;
 
 use core::net::{Ipv4Addr, SocketAddrV4};
 use core::ops::RangeInclusive;
+use index::FlowIndex;
 use key::{spread, FlowKey, FlowMap};
 use ports::PortSet;
 use wheel::{Links, Timed, Wheel};
@@ -342,8 +344,11 @@ const FIN_OUT: u8 = 4;
 const FIN_IN: u8 = 8;
 const RST: u8 = 16;
 
-/// One flow. 48 bytes: the hot path reads one of these after its index lookup.
+/// One flow: 48 bytes of fields on a 64-byte line of its own, which is what the hot path
+/// reads after its index lookup. (At 48 bytes a stride, half the sessions would straddle two
+/// lines, and a lookup in a table larger than the caches would wait for both.)
 #[derive(Clone, Copy, Debug)]
+#[repr(align(64))]
 struct Session {
     expires: u64,
     int_ip: u32,
@@ -487,8 +492,8 @@ pub struct Napt {
     sessions: Vec<Session>,
     free_sessions: Vec<u32>,
     live: usize,
-    out_index: FlowMap<FlowKey, u32>,
-    in_index: FlowMap<FlowKey, u32>,
+    out_index: FlowIndex,
+    in_index: FlowIndex,
     mappings: Vec<Mapping>,
     free_mappings: Vec<u32>,
     map_by_int: FlowMap<FlowKey, u32>,
@@ -514,6 +519,52 @@ fn ip(a: &SocketAddrV4) -> u32 {
 #[inline(always)]
 fn sock(ip: u32, port: u16) -> SocketAddrV4 {
     SocketAddrV4::new(Ipv4Addr::from(ip), port)
+}
+
+/// How many flows ahead the batch calls fetch sessions (and twice that, index lines): 16
+/// measured faster than 8 at 1,000,000 sessions (21 against 15 Mpps).
+const BATCH_DISTANCE: usize = 16;
+
+#[derive(Clone, Copy)]
+enum Dir {
+    Out,
+    In,
+}
+
+/// A flow of a batch on its way through the pipeline: its key, its first slot in the index
+/// and, once read, what the index holds for it, as of the index's generation `gen`.
+#[derive(Clone, Copy)]
+struct Ahead {
+    key: FlowKey,
+    home: usize,
+    gen: u64,
+    found: Option<u32>,
+}
+
+/// The key of `out_index` for a packet from inside, `src` to `dst`.
+#[inline(always)]
+fn out_key(proto: Proto, src: SocketAddrV4, dst: SocketAddrV4) -> FlowKey {
+    let p = proto.protocol();
+    FlowKey::new(
+        p,
+        ip(&src),
+        src.port(),
+        ip(&dst),
+        remote_port(p, dst.port()),
+    )
+}
+
+/// The key of `in_index` for a packet from the Internet, `src` to `dst`.
+#[inline(always)]
+fn in_key(proto: Proto, src: SocketAddrV4, dst: SocketAddrV4) -> FlowKey {
+    let p = proto.protocol();
+    FlowKey::new(
+        p,
+        ip(&dst),
+        dst.port(),
+        ip(&src),
+        remote_port(p, src.port()),
+    )
 }
 
 /// The remote's port as keys hold it: ICMP queries have none.
@@ -548,8 +599,8 @@ impl Napt {
             sessions: Vec::new(),
             free_sessions: Vec::new(),
             live: 0,
-            out_index: FlowMap::default(),
-            in_index: FlowMap::default(),
+            out_index: FlowIndex::default(),
+            in_index: FlowIndex::default(),
             mappings: Vec::new(),
             free_mappings: Vec::new(),
             map_by_int: FlowMap::default(),
@@ -694,15 +745,21 @@ impl Napt {
         src: SocketAddrV4,
         dst: SocketAddrV4,
     ) -> Result<Translation, NaptDrop> {
-        let p = proto.protocol();
-        let k = FlowKey::new(
-            p,
-            ip(&src),
-            src.port(),
-            ip(&dst),
-            remote_port(p, dst.port()),
-        );
-        if let Some(&i) = self.out_index.get(&k) {
+        let found = self.out_index.get(&out_key(proto, src, dst)).copied();
+        self.outbound_found(now, proto, src, dst, found)
+    }
+
+    /// [`Napt::outbound`] once `out_index` has answered `found`.
+    #[inline(always)]
+    fn outbound_found(
+        &mut self,
+        now: u64,
+        proto: Proto,
+        src: SocketAddrV4,
+        dst: SocketAddrV4,
+        found: Option<u32>,
+    ) -> Result<Translation, NaptDrop> {
+        if let Some(i) = found {
             let s = &mut self.sessions[i as usize];
             if s.expires > now {
                 if s.touch(&self.cfg, now, proto, true) {
@@ -747,10 +804,21 @@ impl Napt {
         src: SocketAddrV4,
         dst: SocketAddrV4,
     ) -> Result<SocketAddrV4, NaptDrop> {
-        let p = proto.protocol();
-        let rem = (ip(&src), remote_port(p, src.port()));
-        let k = FlowKey::new(p, ip(&dst), dst.port(), rem.0, rem.1);
-        if let Some(&i) = self.in_index.get(&k) {
+        let found = self.in_index.get(&in_key(proto, src, dst)).copied();
+        self.inbound_found(now, proto, src, dst, found)
+    }
+
+    /// [`Napt::inbound_inner`] once `in_index` has answered `found`.
+    #[inline(always)]
+    fn inbound_found(
+        &mut self,
+        now: u64,
+        proto: Proto,
+        src: SocketAddrV4,
+        dst: SocketAddrV4,
+        found: Option<u32>,
+    ) -> Result<SocketAddrV4, NaptDrop> {
+        if let Some(i) = found {
             let s = &mut self.sessions[i as usize];
             if s.expires > now {
                 let int = sock(s.int_ip, s.int_port);
@@ -761,7 +829,135 @@ impl Napt {
             }
             self.remove_session(i);
         }
+        let rem = (ip(&src), remote_port(proto.protocol(), src.port()));
         self.inbound_new(now, proto, rem, dst)
+    }
+
+    /// [`Napt::outbound`] of each of `flows` in turn, `(proto, src, dst)`, its answer in the
+    /// same place of `out` (as long as `flows`): exactly what one call after the other
+    /// gives, only faster once the sessions outgrow the caches.
+    ///
+    /// The batch runs as a pipeline: while flow `i` is translated, the index line of flow
+    /// `i + 2D` is being fetched (its address follows from the flow alone), and the session
+    /// of flow `i + D`, which its index line (fetched meanwhile) names. So each flow's two
+    /// misses are under way long before it needs them, instead of one after the other. What
+    /// the index answered ahead is used only if the index has not changed since (a new or
+    /// ended session on the way); else the flow is looked up again.
+    pub fn outbound_batch(
+        &mut self,
+        now: u64,
+        flows: &[(Proto, SocketAddrV4, SocketAddrV4)],
+        out: &mut [Result<Translation, NaptDrop>],
+    ) {
+        assert_eq!(flows.len(), out.len(), "one answer per flow");
+        self.pipeline(
+            Dir::Out,
+            flows,
+            |&(p, s, d)| out_key(p, s, d),
+            |n, i, found| {
+                let (p, s, d) = flows[i];
+                // Counts its own drops, as `outbound` does.
+                out[i] = n.outbound_found(now, p, s, d, found);
+            },
+        );
+    }
+
+    /// [`Napt::inbound`] of each of `flows` in turn, `(proto, src, dst)`, as
+    /// [`Napt::outbound_batch`] does [`Napt::outbound`].
+    pub fn inbound_batch(
+        &mut self,
+        now: u64,
+        flows: &[(Proto, SocketAddrV4, SocketAddrV4)],
+        out: &mut [Result<SocketAddrV4, NaptDrop>],
+    ) {
+        assert_eq!(flows.len(), out.len(), "one answer per flow");
+        self.pipeline(
+            Dir::In,
+            flows,
+            |&(p, s, d)| in_key(p, s, d),
+            |n, i, found| {
+                let (p, s, d) = flows[i];
+                let r = n.inbound_found(now, p, s, d, found);
+                out[i] = n.count(r);
+            },
+        );
+    }
+
+    /// Runs `each(self, i, what the index holds for flow i)` for every flow in order, with
+    /// index lines fetched `2D` flows ahead and sessions `D` ahead.
+    #[inline(always)]
+    fn pipeline<F>(
+        &mut self,
+        d: Dir,
+        flows: &[F],
+        key: impl Fn(&F) -> FlowKey,
+        mut each: impl FnMut(&mut Self, usize, Option<u32>),
+    ) {
+        const D: usize = BATCH_DISTANCE;
+        const R: usize = 4 * D; // ring slots, a power of two above 2D
+        let mut ring = [Ahead {
+            key: FlowKey::EMPTY,
+            home: 0,
+            gen: 0,
+            found: None,
+        }; R];
+        let n = flows.len();
+        // Stage 1, flow j: its key and first slot; fetch that line.
+        let stage1 = |me: &Self, ring: &mut [Ahead; R], j: usize| {
+            let ix = me.index(d);
+            let k = key(&flows[j]);
+            let home = ix.home(k);
+            ix.prefetch_home(home);
+            ring[j % R] = Ahead {
+                key: k,
+                home,
+                gen: ix.generation(),
+                found: None,
+            };
+        };
+        // Stage 2, flow j: read its line; fetch its session.
+        let stage2 = |me: &Self, ring: &mut [Ahead; R], j: usize| {
+            let ix = me.index(d);
+            let a = &mut ring[j % R];
+            if a.gen != ix.generation() {
+                a.home = ix.home(a.key);
+                a.gen = ix.generation();
+            }
+            a.found = ix.get_from(a.home, a.key);
+            if let Some(s) = a.found.and_then(|i| me.sessions.get(i as usize)) {
+                crate::engine::prefetch(s);
+            }
+        };
+        for j in 0..n.min(2 * D) {
+            stage1(self, &mut ring, j);
+        }
+        for j in 0..n.min(D) {
+            stage2(self, &mut ring, j);
+        }
+        for i in 0..n {
+            if i + 2 * D < n {
+                stage1(self, &mut ring, i + 2 * D);
+            }
+            if i + D < n {
+                stage2(self, &mut ring, i + D);
+            }
+            let a = ring[i % R];
+            let ix = self.index(d);
+            let found = if a.gen == ix.generation() {
+                a.found
+            } else {
+                ix.get(&a.key).copied()
+            };
+            each(self, i, found);
+        }
+    }
+
+    #[inline(always)]
+    fn index(&self, d: Dir) -> &FlowIndex {
+        match d {
+            Dir::Out => &self.out_index,
+            Dir::In => &self.in_index,
+        }
     }
 
     /// The second half of a hairpinned packet: it arrives at `dst` from `from`, the
@@ -1193,7 +1389,7 @@ impl Napt {
         self.count(r)
     }
 
-    fn live_session(&self, index: &FlowMap<FlowKey, u32>, k: FlowKey, now: u64) -> Option<Session> {
+    fn live_session(&self, index: &FlowIndex, k: FlowKey, now: u64) -> Option<Session> {
         let &i = index.get(&k)?;
         let s = self.sessions[i as usize];
         (s.expires > now).then_some(s)

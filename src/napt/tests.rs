@@ -1015,3 +1015,139 @@ proptest! {
         }
     }
 }
+
+/// The batch calls give exactly what one call after the other gives: answers, drop counts,
+/// sessions and mappings, over a mix of established flows, new ones, misses, refusals
+/// (table full, filtered, unknown destinations), hairpins, DNAT forwards and sessions that
+/// expire between and within batches.
+#[test]
+fn batch_calls_answer_exactly_as_one_call_after_the_other() {
+    let cfg = with(|c| {
+        c.udp_ns = 3 * S;
+        c.icmp_ns = 2 * S;
+        c.tcp_transitory_ns = 4 * S;
+        c.tcp_established_ns = 6 * S;
+        c.max_sessions = 250;
+        c.ports = 2000..=2600;
+        c.filtering = Behaviour::AddressDependent;
+    });
+    let eips = ["198.51.100.1", "198.51.100.2"];
+    let rules = || {
+        (
+            vec![snat("10.0.0.0/16", &eips)],
+            vec![
+                dnat("198.51.100.1:80", DnatProtocol::Tcp, "10.0.9.9:8080"),
+                dnat("198.51.100.3:0", DnatProtocol::Any, "10.0.9.10:0"),
+            ],
+        )
+    };
+    let (s1, d1) = rules();
+    let (s2, d2) = rules();
+    let mut batched = Napt::new(cfg.clone(), s1, d1).unwrap();
+    let mut single = Napt::new(cfg, s2, d2).unwrap();
+    let mut seed = 0x9e37_79b9_7f4a_7c15u64;
+    let mut rnd = |m: u64| {
+        seed ^= seed << 13;
+        seed ^= seed >> 7;
+        seed ^= seed << 17;
+        seed % m
+    };
+    let mut now = T0;
+    let mut answered = (0usize, 0usize);
+    for round in 0..1500 {
+        now += rnd(400_000_000);
+        if rnd(20) == 0 {
+            now += 4 * S; // most sessions expire
+        }
+        if rnd(10) == 0 {
+            batched.handle_timeout(now);
+            single.handle_timeout(now);
+        }
+        let len = 1 + rnd(80) as usize;
+        let mut flows = Vec::with_capacity(len);
+        for _ in 0..len {
+            // A flow again a few places on: read ahead before the first made its session.
+            if !flows.is_empty() && rnd(4) == 0 {
+                let again = flows[flows.len() - 1 - rnd(flows.len().min(20) as u64) as usize];
+                flows.push(again);
+                continue;
+            }
+            let proto = match rnd(6) {
+                0 => Proto::IcmpQuery,
+                1 => Proto::Tcp(TcpFlags(rnd(256) as u8)),
+                _ => Proto::Udp,
+            };
+            let host = SocketAddrV4::new(
+                Ipv4Addr::new(10, 0, rnd(12) as u8, rnd(40) as u8),
+                1000 + rnd(30) as u16,
+            );
+            let remote = match rnd(12) {
+                0 => SocketAddrV4::new(v4(eips[rnd(2) as usize]), 2000 + rnd(600) as u16),
+                1 => sa("198.51.100.3:53"),
+                _ => SocketAddrV4::new(
+                    Ipv4Addr::new(203, 0, 113, rnd(20) as u8),
+                    40 + rnd(4) as u16,
+                ),
+            };
+            flows.push((proto, host, remote));
+        }
+        if rnd(2) == 0 {
+            let mut got = vec![Err(NaptDrop::NoSession); len];
+            batched.outbound_batch(now, &flows, &mut got);
+            for (f, g) in flows.iter().zip(&got) {
+                assert_eq!(
+                    *g,
+                    single.outbound(now, f.0, f.1, f.2),
+                    "round {round}: {f:?}"
+                );
+                answered.0 += g.is_ok() as usize;
+            }
+        } else {
+            // The internet's side: replies to the remotes' flows, and strangers, to the
+            // gateway's external addresses (mostly the ports in use) or elsewhere.
+            let mut flows: Vec<_> = flows
+                .iter()
+                .map(|&(p, _, remote)| {
+                    let ext = match rnd(10) {
+                        0 => sa("192.0.2.1:9"),
+                        1 => sa("198.51.100.1:80"),
+                        2 => SocketAddrV4::new(v4("198.51.100.3"), rnd(3000) as u16),
+                        _ => SocketAddrV4::new(v4(eips[rnd(2) as usize]), 2000 + rnd(600) as u16),
+                    };
+                    (p, remote, ext)
+                })
+                .collect();
+            for i in 1..flows.len() {
+                if rnd(4) == 0 {
+                    flows[i] = flows[i - 1 - rnd(i.min(20) as u64) as usize];
+                }
+            }
+            let mut got = vec![Err(NaptDrop::NoSession); len];
+            batched.inbound_batch(now, &flows, &mut got);
+            for (f, g) in flows.iter().zip(&got) {
+                assert_eq!(
+                    *g,
+                    single.inbound(now, f.0, f.1, f.2),
+                    "round {round}: {f:?}"
+                );
+                answered.1 += g.is_ok() as usize;
+            }
+        }
+        assert_eq!(batched.drop_counts(), single.drop_counts(), "round {round}");
+        assert_eq!(batched.sessions(), single.sessions());
+        assert_eq!(batched.mappings(), single.mappings());
+        if round % 100 == 0 {
+            batched.check_invariants();
+        }
+    }
+    // The mix exercised what it should.
+    let drops = batched.drop_counts();
+    for d in [
+        NaptDrop::TableFull,
+        NaptDrop::NoSession,
+        NaptDrop::UnknownDestination,
+    ] {
+        assert!(drops[d.index()] > 0, "no {d:?}: {drops:?}");
+    }
+    assert!(answered.0 > 5_000 && answered.1 > 1_000, "{answered:?}");
+}
