@@ -496,6 +496,16 @@ pub fn inspect(
     }
 }
 
+/// The first finding a walk like [`inspect_each`] reports (it is told to stop there).
+fn first_finding(walk: impl FnOnce(&mut dyn FnMut(Finding) -> bool)) -> Option<Finding> {
+    let mut first = None;
+    walk(&mut |f| {
+        first = Some(f);
+        false
+    });
+    first
+}
+
 /// Every finding of [`inspect`] in one payload, in payload order, until `f` returns false:
 /// SIP and RTSP report each line that carries the address (a SIP message may carry it in
 /// `Contact:` and again in its SDP's `c=`, which is what breaks the media); the other

@@ -79,12 +79,7 @@ fn is_transport_header(line: &[u8]) -> bool {
 /// else (an SDP `c=` line in a DESCRIBE reply, say) is
 /// [`Field::TextAddress`].
 pub fn inspect(payload: &[u8], private: [u8; 4], public: [u8; 4]) -> Option<Finding> {
-    let mut first = None;
-    inspect_each(payload, private, public, &mut |f| {
-        first = Some(f);
-        false
-    });
-    first
+    super::first_finding(|f| inspect_each(payload, private, public, f))
 }
 
 /// Every finding of [`inspect`], at most one per line, in payload order, until `f` returns

@@ -81,12 +81,7 @@ fn body_field(line: &[u8]) -> Field {
 /// First line, in payload order, that carries `private` or `public` as a
 /// standalone dotted quad, labelled by where it sits in the message.
 pub fn inspect(payload: &[u8], private: [u8; 4], public: [u8; 4]) -> Option<Finding> {
-    let mut first = None;
-    inspect_each(payload, private, public, &mut |f| {
-        first = Some(f);
-        false
-    });
-    first
+    super::first_finding(|f| inspect_each(payload, private, public, f))
 }
 
 /// Every finding of [`inspect`], one per line, in payload order, until `f` returns false.

@@ -765,21 +765,18 @@ impl Proc {
         }
     }
 
-    /// Waits for the probe's `{"event": "ready"}` line.
-    fn wait_ready_line(&mut self, limit: Duration) -> Result<(), String> {
+    /// Polls `ready` every `every` until it holds, the process ends (an error with its
+    /// status and the end of its stderr), a stop is asked, or `limit` passes (`too_late`).
+    fn wait_until(
+        &mut self,
+        limit: Duration,
+        every: Duration,
+        mut ready: impl FnMut(&Proc) -> bool,
+        too_late: impl FnOnce(&Proc) -> String,
+    ) -> Result<(), String> {
         let until = Instant::now() + limit;
         while Instant::now() < until && !stopping() {
-            let ready = self.stdout().lines().any(|l| {
-                serde_json::from_str::<serde_json::Value>(l.trim())
-                    .ok()
-                    .and_then(|v| {
-                        v.get("event")
-                            .and_then(|e| e.as_str())
-                            .map(|e| e == "ready")
-                    })
-                    .unwrap_or(false)
-            });
-            if ready {
+            if ready(self) {
                 return Ok(());
             }
             if let Some(code) = self.poll() {
@@ -789,13 +786,31 @@ impl Proc {
                     tail(&self.stderr(), 400).trim()
                 ));
             }
-            std::thread::sleep(Duration::from_millis(20));
+            std::thread::sleep(every);
         }
-        Err(format!(
-            "not ready within {} s: {}",
-            limit.as_secs(),
-            tail(&self.stderr(), 400).trim()
-        ))
+        Err(too_late(self))
+    }
+
+    /// Waits for the probe's `{"event": "ready"}` line.
+    fn wait_ready_line(&mut self, limit: Duration) -> Result<(), String> {
+        self.wait_until(
+            limit,
+            Duration::from_millis(20),
+            |p| {
+                p.stdout().lines().any(|l| {
+                    serde_json::from_str::<serde_json::Value>(l.trim())
+                        .ok()
+                        .is_some_and(|v| v.get("event").and_then(|e| e.as_str()) == Some("ready"))
+                })
+            },
+            |p| {
+                format!(
+                    "not ready within {} s: {}",
+                    limit.as_secs(),
+                    tail(&p.stderr(), 400).trim()
+                )
+            },
+        )
     }
 
     /// Waits until something in `ns` listens on `port` (a scenario's server).
@@ -806,36 +821,29 @@ impl Proc {
         t: Transport,
         limit: Duration,
     ) -> Result<(), String> {
-        let until = Instant::now() + limit;
         let flag = match t {
             Transport::Tcp => "-Hltn",
             Transport::Udp => "-Hlun",
         };
-        while Instant::now() < until && !stopping() {
-            let out = Command::new("ip")
-                .args(["netns", "exec", ns, "ss", flag])
-                .arg(format!("sport = :{port}"))
-                .stdin(Stdio::null())
-                .stderr(Stdio::null())
-                .output();
-            if let Ok(o) = out {
-                if !o.stdout.is_empty() {
-                    return Ok(());
-                }
-            }
-            if let Some(code) = self.poll() {
-                self.join_readers();
-                return Err(format!(
-                    "it ended with status {code}: {}",
-                    tail(&self.stderr(), 400).trim()
-                ));
-            }
-            std::thread::sleep(Duration::from_millis(50));
-        }
-        Err(format!(
-            "nothing listened on port {port} within {} s",
-            limit.as_secs()
-        ))
+        self.wait_until(
+            limit,
+            Duration::from_millis(50),
+            |_| {
+                Command::new("ip")
+                    .args(["netns", "exec", ns, "ss", flag])
+                    .arg(format!("sport = :{port}"))
+                    .stdin(Stdio::null())
+                    .stderr(Stdio::null())
+                    .output()
+                    .is_ok_and(|o| !o.stdout.is_empty())
+            },
+            |_| {
+                format!(
+                    "nothing listened on port {port} within {} s",
+                    limit.as_secs()
+                )
+            },
+        )
     }
 
     /// SIGTERM to its process group, SIGKILL after [`STOP_GRACE`]; waits for it.
