@@ -29,8 +29,10 @@ use std::time::{Duration, Instant};
 /// The lab `eiplab compat` builds when none is given.
 pub const DEFAULT_LAB: &str = include_str!("../../examples/compat-lab.toml");
 
-/// The probe scripts, written to a scratch directory at start.
+/// The probe scripts (and `probe.py`, which they share), written to a scratch directory at
+/// start.
 const SCRIPTS: &[(&str, &str)] = &[
+    ("probe.py", include_str!("peers/probe.py")),
     ("ftp.py", include_str!("peers/ftp.py")),
     ("sip.py", include_str!("peers/sip.py")),
     ("tftp.py", include_str!("peers/tftp.py")),

@@ -7,11 +7,9 @@ server: dnsmasq in the foreground, authoritative for two records only:
 client: dig (bind9-dnsutils), `dig @<server> -p <port> -b <bind>`, A and SRV, each over UDP
         (+notcp) and TCP (+tcp), +time=3 +tries=1. ok = all four answered with those records.
 
-Contract: one JSON line on stdout (client) / ready + summary lines (server); see CONTRACT.md.
+Contract: one JSON line on stdout (client) / ready + summary lines (server); see probe.py.
 """
 
-import argparse
-import json
 import os
 import re
 import signal
@@ -22,6 +20,9 @@ import sys
 import threading
 import time
 
+import probe
+from probe import emit, end_child
+
 DNSMASQ = "/usr/sbin/dnsmasq"
 DIG = "/usr/bin/dig"
 A_NAME = "host.lab.test"
@@ -31,41 +32,9 @@ READY_NAME = "ready.probe.lab.test"  # the server's own start-up check, left out
 DIG_TIME = 3
 
 
-def emit(obj):
-    sys.stdout.write(json.dumps(obj) + "\n")
-    sys.stdout.flush()
-
-
 def log(msg):
     sys.stderr.write("dns.py: %s\n" % msg)
     sys.stderr.flush()
-
-
-def end_child(proc, grace=1.0):
-    """End one child we started, by its pid (and its own process group: dnsmasq forks a
-    helper per TCP connection)."""
-    if proc is None:
-        return
-    if proc.poll() is None:
-        try:
-            os.kill(proc.pid, signal.SIGTERM)
-        except ProcessLookupError:
-            pass
-        try:
-            proc.wait(grace)
-        except subprocess.TimeoutExpired:
-            try:
-                os.kill(proc.pid, signal.SIGKILL)
-            except ProcessLookupError:
-                pass
-            try:
-                proc.wait(1.0)
-            except subprocess.TimeoutExpired:
-                pass
-    try:
-        os.killpg(proc.pid, signal.SIGKILL)
-    except (ProcessLookupError, PermissionError):
-        pass
 
 
 # --------------------------------------------------------------------------------------------
@@ -313,22 +282,9 @@ def run_client(args):
 # --------------------------------------------------------------------------------------------
 
 def main():
-    p = argparse.ArgumentParser(description="eiplab compat DNS probe")
-    p.add_argument("role", choices=["server", "client"])
-    p.add_argument("--listen")
-    p.add_argument("--server")
-    p.add_argument("--port", type=int, default=53)
-    p.add_argument("--bind")
-    p.add_argument("--dir", required=True)
-    p.add_argument("--timeout", type=float, default=15.0)
-    p.add_argument("--variant", default=None, help="unused")
-    args = p.parse_args()
+    args = probe.args("eiplab compat DNS probe", 53)
     if args.role == "server":
-        if not args.listen:
-            p.error("server needs --listen")
         return run_server(args)
-    if not args.server or not args.bind:
-        p.error("client needs --server and --bind")
     return run_client(args)
 
 

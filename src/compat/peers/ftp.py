@@ -8,26 +8,21 @@ server: pyftpdlib (Debian python3-pyftpdlib) in-process, anonymous read/write on
 client: Python's ftplib, --variant pasv | epsv | port | eprt. Logs in anonymously, uploads a
         256 KiB random file (STOR), downloads it back (RETR) and compares sha256.
 
-Contract: one JSON line on stdout (client) / ready + summary lines (server); see CONTRACT.md.
+Contract: one JSON line on stdout (client) / ready + summary lines (server); see probe.py.
 """
 
-import argparse
 import hashlib
-import json
 import os
 import signal
 import socket
 import sys
-import time
+
+import probe
+from probe import emit
 
 PASSIVE_PORTS = range(40000, 40200)
 FILE_SIZE = 256 * 1024
 STEP_WAIT = 4.0  # every single network wait of the client is bounded by this
-
-
-def emit(obj):
-    sys.stdout.write(json.dumps(obj) + "\n")
-    sys.stdout.flush()
 
 
 def log(msg):
@@ -406,22 +401,9 @@ def transfer(ftplib, ftp, state, step, verb, name, local_path, sink):
 # --------------------------------------------------------------------------------------------
 
 def main():
-    p = argparse.ArgumentParser(description="eiplab compat FTP probe")
-    p.add_argument("role", choices=["server", "client"])
-    p.add_argument("--listen")
-    p.add_argument("--server")
-    p.add_argument("--port", type=int, default=21)
-    p.add_argument("--bind")
-    p.add_argument("--dir", required=True)
-    p.add_argument("--timeout", type=float, default=15.0)
-    p.add_argument("--variant", default="pasv")
-    args = p.parse_args()
+    args = probe.args("eiplab compat FTP probe", 21, variant="pasv")
     if args.role == "server":
-        if not args.listen:
-            p.error("server needs --listen")
         return run_server(args)
-    if not args.server or not args.bind:
-        p.error("client needs --server and --bind")
     return run_client(args)
 
 

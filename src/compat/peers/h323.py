@@ -19,9 +19,7 @@ ASN.1 PER encoding of H323-UserInformation: it only reproduces what matters to a
 transport address as four raw address bytes followed by a two-byte port.
 """
 
-import argparse
 import ipaddress
-import json
 import os
 import select
 import signal
@@ -30,6 +28,9 @@ import struct
 import sys
 import threading
 import time
+
+import probe
+from probe import emit
 
 # Q.931 (ITU-T Q.931 / H.225.0) constants
 PD_Q931 = 0x08
@@ -61,11 +62,6 @@ TAG_H245_ADDR = 0x02
 H225_PORT = 1720
 H245_PORT = 1721        # named in the CONNECT only; no H.245 listener is started
 STEP_WAIT = 4.0
-
-
-def emit(obj):
-    sys.stdout.write(json.dumps(obj) + "\n")
-    sys.stdout.flush()
 
 
 def err(*a):
@@ -407,21 +403,7 @@ def run_client(args):
 
 
 def main():
-    ap = argparse.ArgumentParser(description=__doc__,
-                                 formatter_class=argparse.RawDescriptionHelpFormatter)
-    sub = ap.add_subparsers(dest="role", required=True)
-    s = sub.add_parser("server")
-    s.add_argument("--listen", required=True)
-    s.add_argument("--port", type=int, default=1720)
-    s.add_argument("--dir", required=True)
-    c = sub.add_parser("client")
-    c.add_argument("--server", required=True)
-    c.add_argument("--port", type=int, default=1720)
-    c.add_argument("--bind", required=True)
-    c.add_argument("--dir", required=True)
-    c.add_argument("--timeout", type=float, default=15)
-    c.add_argument("--variant", default=None)
-    args = ap.parse_args()
+    args = probe.args(__doc__, 1720)
     if args.role == "server":
         return run_server(args)
 

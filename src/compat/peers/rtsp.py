@@ -14,14 +14,15 @@ rtspsrc's own message dump (debug category rtspsrc at LOG level), which is caugh
 function and also written to DIR/rtspsrc.log.
 """
 
-import argparse
-import json
 import os
 import re
 import signal
 import sys
 import threading
 import time
+
+import probe
+from probe import emit
 
 MOUNT = "/test"
 LAUNCH = ("( audiotestsrc is-live=true samplesperbuffer=160 wave=sine "
@@ -36,11 +37,6 @@ STEP_WAIT = 4.0         # longest wait for any one answer
 
 def err(*a):
     print(*a, file=sys.stderr, flush=True)
-
-
-def emit(obj):
-    sys.stdout.write(json.dumps(obj) + "\n")
-    sys.stdout.flush()
 
 
 def load_gst(need_server):
@@ -527,20 +523,7 @@ def run_client(args):
 
 
 def main():
-    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    sub = ap.add_subparsers(dest="role", required=True)
-    s = sub.add_parser("server")
-    s.add_argument("--listen", required=True)
-    s.add_argument("--port", type=int, default=554)
-    s.add_argument("--dir", required=True)
-    c = sub.add_parser("client")
-    c.add_argument("--server", required=True)
-    c.add_argument("--port", type=int, default=554)
-    c.add_argument("--bind", default=None)
-    c.add_argument("--dir", required=True)
-    c.add_argument("--timeout", type=float, default=15)
-    c.add_argument("--variant", default=None)
-    args = ap.parse_args()
+    args = probe.args(__doc__, 554, bind_required=False)
     if args.role == "server":
         return run_server(args)
     # Watchdog: whatever happens inside GStreamer, answer within --timeout.

@@ -27,8 +27,6 @@ tcpdump -i any) in a thread, keeping inbound IPv4/UDP packets addressed to its o
 Every SIPp process is started by this script and ended by its pid.
 """
 
-import argparse
-import json
 import math
 import os
 import re
@@ -40,6 +38,9 @@ import subprocess
 import sys
 import threading
 import time
+
+import probe
+from probe import emit
 
 SERVER_MEDIA_PORT = 6000      # -mp of the UAS: the port its SDP names (6002 is SIPp's video port)
 PACKETS = 100                 # 2 s of PCMU at 20 ms per packet (160 bytes per packet)
@@ -54,11 +55,6 @@ CALL_PAUSE_MS = 2600          # the caller keeps the call up this long after ACK
 
 def log(*a):
     print("sip.py:", *a, file=sys.stderr, flush=True)
-
-
-def emit(obj):
-    sys.stdout.write(json.dumps(obj) + "\n")
-    sys.stdout.flush()
 
 
 # --------------------------------------------------------------------------------------------
@@ -819,20 +815,7 @@ def judge(a, msgs, sniffer, terminated, deadline_hit=False):
 
 
 def main():
-    p = argparse.ArgumentParser(description="eiplab compat SIP probe (SIPp)")
-    sub = p.add_subparsers(dest="role", required=True)
-    s = sub.add_parser("server")
-    s.add_argument("--listen", required=True)
-    s.add_argument("--port", type=int, default=5060)
-    s.add_argument("--dir", required=True)
-    c = sub.add_parser("client")
-    c.add_argument("--server", required=True)
-    c.add_argument("--port", type=int, default=5060)
-    c.add_argument("--bind", required=True)
-    c.add_argument("--dir", required=True)
-    c.add_argument("--timeout", type=float, default=15)
-    c.add_argument("--variant", default=None)
-    a = p.parse_args()
+    a = probe.args("eiplab compat SIP probe (SIPp)", 5060)
     if a.role == "server":
         return run_server(a)
     return run_client(a)

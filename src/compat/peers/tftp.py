@@ -8,28 +8,24 @@ client: tftp-hpa (`tftp -m binary -v <server> <port> -c get|put …`): reads pro
         compares it; writes a fresh random 64 KiB file under a new name, reads it back and
         compares (the client cannot see the server's disk, so the read-back is the proof).
 
-Contract: one JSON line on stdout (client) / ready + summary lines (server); see CONTRACT.md.
+Contract: one JSON line on stdout (client) / ready + summary lines (server); see probe.py.
 """
 
-import argparse
 import hashlib
-import json
 import os
 import signal
 import subprocess
 import sys
 import time
 
+import probe
+from probe import emit, end_child
+
 TFTPD = "/usr/sbin/in.tftpd"
 TFTP = "/usr/bin/tftp"
 SERVED = "probe.bin"
 FILE_SIZE = 64 * 1024
 CALL_WAIT = 5.0  # tftp-hpa retransmits for ~25 s by itself: each call is killed after this
-
-
-def emit(obj):
-    sys.stdout.write(json.dumps(obj) + "\n")
-    sys.stdout.flush()
 
 
 def log(msg):
@@ -45,33 +41,6 @@ def served_bytes():
         out += hashlib.sha256(b"eiplab-compat-tftp-%d" % i).digest()
         i += 1
     return bytes(out[:FILE_SIZE])
-
-
-def end_child(proc, grace=1.0):
-    """End one child we started, by its pid (and its own process group, for forked helpers)."""
-    if proc is None:
-        return
-    if proc.poll() is None:
-        try:
-            os.kill(proc.pid, signal.SIGTERM)
-        except ProcessLookupError:
-            pass
-        try:
-            proc.wait(grace)
-        except subprocess.TimeoutExpired:
-            try:
-                os.kill(proc.pid, signal.SIGKILL)
-            except ProcessLookupError:
-                pass
-            try:
-                proc.wait(1.0)
-            except subprocess.TimeoutExpired:
-                pass
-    # helpers forked by the child share the group it leads (started with start_new_session)
-    try:
-        os.killpg(proc.pid, signal.SIGKILL)
-    except (ProcessLookupError, PermissionError):
-        pass
 
 
 # --------------------------------------------------------------------------------------------
@@ -318,22 +287,10 @@ def sha_of(path):
 # --------------------------------------------------------------------------------------------
 
 def main():
-    p = argparse.ArgumentParser(description="eiplab compat TFTP probe")
-    p.add_argument("role", choices=["server", "client"])
-    p.add_argument("--listen")
-    p.add_argument("--server")
-    p.add_argument("--port", type=int, default=69)
-    p.add_argument("--bind", help="ignored: tftp-hpa cannot bind a source address")
-    p.add_argument("--dir", required=True)
-    p.add_argument("--timeout", type=float, default=15.0)
-    p.add_argument("--variant", default=None, help="unused")
-    args = p.parse_args()
+    args = probe.args("eiplab compat TFTP probe", 69, bind_required=False,
+                      bind_help="ignored: tftp-hpa cannot bind a source address")
     if args.role == "server":
-        if not args.listen:
-            p.error("server needs --listen")
         return run_server(args)
-    if not args.server:
-        p.error("client needs --server")
     return run_client(args)
 
 
