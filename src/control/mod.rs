@@ -54,6 +54,9 @@ struct Inner {
     /// Lab clock minus the real clock, nanoseconds (moved by [`ControlPlane::advance_clock`]).
     offset_ns: i64,
     store: Option<Store>,
+    /// Settings of the engine table that come from the lab file, not the cloud's state
+    /// (changed only by [`ControlPlane::set_alg_policy`]).
+    extras: TableExtras,
 }
 
 /// The running control plane, shared by the API, the lab and the timer task.
@@ -62,9 +65,6 @@ pub struct ControlPlane {
     cell: Arc<TableCell>,
     /// The running dataplane's counters, when one runs (`--backend netns`).
     live: OnceLock<LiveCounters>,
-    /// Settings of the engine table that come from the lab file, not the cloud's state
-    /// (changed only by [`ControlPlane::set_alg_policy`], under the state's lock).
-    extras: Mutex<TableExtras>,
     /// Signalled by every change of state, so [`ControlPlane::run_timers`] looks at the next
     /// deadline again.
     changed: Notify,
@@ -127,10 +127,10 @@ impl ControlPlane {
                 cloud,
                 offset_ns,
                 store,
+                extras: opts.table.clone(),
             }),
             cell: Arc::new(TableCell::new(table)),
             live: OnceLock::new(),
-            extras: Mutex::new(opts.table.clone()),
             changed: Notify::new(),
             wakeups: AtomicU64::new(0),
         });
@@ -139,7 +139,7 @@ impl ControlPlane {
             let now = g.lab_now();
             g.cloud.handle_timeout(now);
             g.save().map_err(|e| e.to_string())?;
-            cp.publish(&g.cloud);
+            cp.publish(&g);
         }
         Ok(cp)
     }
@@ -151,9 +151,8 @@ impl ControlPlane {
             .expect("the control plane's lock (a change panicked)")
     }
 
-    fn publish(&self, cloud: &Cloud) {
-        let extras = self.extras.lock().map(|x| x.clone()).unwrap_or_default();
-        match build_table(cloud, &extras) {
+    fn publish(&self, g: &Inner) {
+        match build_table(&g.cloud, &g.extras) {
             Ok(t) => {
                 let generation = self.cell.publish(t);
                 tracing::debug!(generation, "engine table published");
@@ -187,7 +186,7 @@ impl ControlPlane {
                 g.cloud = before;
                 return Err(e.into());
             }
-            self.publish(&g.cloud);
+            self.publish(&g);
             self.changed.notify_one();
         }
         result
@@ -227,11 +226,9 @@ impl ControlPlane {
     /// once: what `eiplab compat` does between its rows. Not part of the cloud's state (the
     /// cloud has no API for it), so it is not saved.
     pub fn set_alg_policy(&self, policy: crate::alg::AlgPolicy) {
-        let g = self.lock();
-        if let Ok(mut x) = self.extras.lock() {
-            x.alg = Some(policy);
-        }
-        self.publish(&g.cloud);
+        let mut g = self.lock();
+        g.extras.alg = Some(policy);
+        self.publish(&g);
     }
 
     /// Reads the cloud's state as it is (held under the control plane's lock: keep `f` short).
@@ -256,7 +253,7 @@ impl ControlPlane {
         let now = g.lab_now();
         g.cloud.handle_timeout(now);
         g.save()?;
-        self.publish(&g.cloud);
+        self.publish(&g);
         self.changed.notify_one();
         Ok(now)
     }
@@ -316,7 +313,7 @@ impl ControlPlane {
             if let Err(e) = g.save() {
                 tracing::error!("saving state: {e}");
             }
-            self.publish(&g.cloud);
+            self.publish(&g);
         }
         g.cloud.poll_timeout().map(|t| t.saturating_sub(now))
     }
