@@ -40,7 +40,7 @@ import threading
 import time
 
 import probe
-from probe import emit
+from probe import emit, end_child
 
 SERVER_MEDIA_PORT = 6000      # -mp of the UAS: the port its SDP names (6002 is SIPp's video port)
 PACKETS = 100                 # 2 s of PCMU at 20 ms per packet (160 bytes per packet)
@@ -458,26 +458,6 @@ def start_sipp(args, d, name):
         err.close()
 
 
-def end_process(p, grace=0.7):
-    """End one child we started, by its pid: SIGTERM, then SIGKILL."""
-    if p is None or p.poll() is not None:
-        return
-    try:
-        os.kill(p.pid, signal.SIGTERM)
-        p.wait(grace)
-    except subprocess.TimeoutExpired:
-        try:
-            os.kill(p.pid, signal.SIGKILL)
-        except ProcessLookupError:
-            pass
-        try:
-            p.wait(1.0)
-        except subprocess.TimeoutExpired:
-            pass
-    except ProcessLookupError:
-        pass
-
-
 def tail(path, n=400):
     try:
         with open(path, "rb") as f:
@@ -540,7 +520,7 @@ def run_server(a):
         time.sleep(0.05)
     if not ready:
         why = tail(os.path.join(d, "sipp_uas.stderr")) or tail(os.path.join(d, "uas_errors.log"))
-        end_process(proc)
+        end_child(proc, grace=0.7)
         sniffer.finish()
         if term.is_set():
             emit({"event": "summary", "error": "terminated before SIPp was ready"})
@@ -555,7 +535,7 @@ def run_server(a):
         if exited_early is None and proc.poll() is not None:
             exited_early = proc.returncode
             log("SIPp UAS exited by itself with code", exited_early)
-    end_process(proc, grace=0.5)
+    end_child(proc, grace=0.5)
     time.sleep(0.05)
     sniffer.finish()
     sniffer.save(os.path.join(d, "rtp_capture.txt"))
@@ -635,12 +615,12 @@ def run_client(a):
         while proc.poll() is None and time.time() < hard:
             time.sleep(0.05)
         deadline_hit = proc.poll() is None
-        end_process(proc)
+        end_child(proc, grace=0.7)
         time.sleep(0.3)     # last echoes in flight
     except Terminated:
         terminated = True
     finally:
-        end_process(proc)
+        end_child(proc, grace=0.7)
         if sniffer:
             sniffer.finish()
             sniffer.save(os.path.join(d, "rtp_capture.txt"))
