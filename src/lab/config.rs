@@ -500,9 +500,75 @@ pub struct NatGateway {
     /// Default: the top-level region.
     #[serde(default)]
     pub region: String,
+    // The NAPT's behaviour ([`NatGateway::napt_config`]); each defaults to the cloud's
+    // ([`crate::napt::NaptConfig::cloud`]).
+    /// Which flows of a host share an external port (RFC 4787 §4.1).
+    #[serde(default = "default_nat_mapping")]
+    pub mapping: NatBehaviour,
+    /// Which remotes may send through a mapping (RFC 4787 §5).
+    #[serde(default = "default_nat_filtering")]
+    pub filtering: NatBehaviour,
+    /// Keep the host's source port when it is free (RFC 4787 REQ-3).
+    #[serde(default = "default_port_preservation")]
+    pub port_preservation: bool,
+    /// How an SNAT entry with several EIPs picks one (RFC 4787 REQ-2).
+    #[serde(default = "default_nat_pooling")]
+    pub pooling: NatPooling,
+    /// Whether hosts reach each other through the gateway's EIPs (RFC 4787 REQ-9).
+    #[serde(default = "default_hairpinning")]
+    pub hairpinning: bool,
+    /// The idle timeouts the four `*_timeout` keys start from.
+    #[serde(default)]
+    pub timeouts: NatTimeouts,
+    /// Seconds, overriding `timeouts`.
+    #[serde(default)]
+    pub tcp_established_timeout: Option<u64>,
+    #[serde(default)]
+    pub tcp_transitory_timeout: Option<u64>,
+    #[serde(default)]
+    pub udp_timeout: Option<u64>,
+    #[serde(default)]
+    pub icmp_timeout: Option<u64>,
+    /// The session table's bound.
+    #[serde(default = "default_max_sessions")]
+    pub max_sessions: u64,
+    /// The external ports (and ICMP identifiers) SNAT allocates.
+    #[serde(default = "default_nat_ports")]
+    pub ports: PortRange,
 }
 
 impl NatGateway {
+    /// The most sessions `max_sessions` may allow.
+    pub const MAX_SESSIONS: u64 = 1 << 24;
+    /// The longest idle timeout, in seconds (a week).
+    pub const MAX_TIMEOUT_S: u64 = 7 * 24 * 3600;
+
+    /// The gateway's NAPT configuration: `timeouts`' idle timeouts with the `*_timeout`
+    /// overrides, and the other keys as given (each the cloud's when absent).
+    pub fn napt_config(&self) -> crate::napt::NaptConfig {
+        use crate::napt::NaptConfig;
+        let base = match self.timeouts {
+            NatTimeouts::Cloud => NaptConfig::cloud(),
+            NatTimeouts::Rfc => NaptConfig::rfc_minimums(),
+        };
+        let ns = |secs: Option<u64>, preset: u64| {
+            secs.map_or(preset, |s| s.saturating_mul(1_000_000_000))
+        };
+        NaptConfig {
+            mapping: self.mapping.behaviour(),
+            filtering: self.filtering.behaviour(),
+            port_preservation: self.port_preservation,
+            pooling: self.pooling.pooling(),
+            hairpinning: self.hairpinning,
+            tcp_established_ns: ns(self.tcp_established_timeout, base.tcp_established_ns),
+            tcp_transitory_ns: ns(self.tcp_transitory_timeout, base.tcp_transitory_ns),
+            udp_ns: ns(self.udp_timeout, base.udp_ns),
+            icmp_ns: ns(self.icmp_timeout, base.icmp_ns),
+            max_sessions: usize::try_from(self.max_sessions).unwrap_or(usize::MAX),
+            ports: self.ports.first..=self.ports.last,
+        }
+    }
+
     /// Gateways created on or after this day take a private IP of their vSwitch per EIP
     /// (SPEC §3: "since" includes the day).
     pub const PRIVATE_IP_PER_EIP_SINCE: Date = Date {
@@ -625,6 +691,31 @@ fn default_instance_type() -> String {
 }
 fn default_bandwidth() -> u32 {
     5
+}
+fn default_nat_mapping() -> NatBehaviour {
+    NatBehaviour::of(crate::napt::NaptConfig::cloud().mapping)
+}
+fn default_nat_filtering() -> NatBehaviour {
+    NatBehaviour::of(crate::napt::NaptConfig::cloud().filtering)
+}
+fn default_port_preservation() -> bool {
+    crate::napt::NaptConfig::cloud().port_preservation
+}
+fn default_nat_pooling() -> NatPooling {
+    NatPooling::of(crate::napt::NaptConfig::cloud().pooling)
+}
+fn default_hairpinning() -> bool {
+    crate::napt::NaptConfig::cloud().hairpinning
+}
+fn default_max_sessions() -> u64 {
+    crate::napt::NaptConfig::cloud().max_sessions as u64
+}
+fn default_nat_ports() -> PortRange {
+    let ports = crate::napt::NaptConfig::cloud().ports;
+    PortRange {
+        first: *ports.start(),
+        last: *ports.end(),
+    }
 }
 fn default_created() -> Date {
     Date {
@@ -832,6 +923,138 @@ choice! {
         #[default]
         Intranet = "intranet",
         Internet = "internet",
+    }
+}
+
+choice! {
+    /// A NAT gateway's mapping or filtering behaviour (RFC 4787 §4.1, §5).
+    pub enum NatBehaviour ("NAT behaviour") {
+        EndpointIndependent = "endpoint-independent",
+        AddressDependent = "address-dependent",
+        AddressAndPortDependent = "address-and-port-dependent",
+    }
+}
+
+impl NatBehaviour {
+    pub fn behaviour(self) -> crate::napt::Behaviour {
+        use crate::napt::Behaviour as B;
+        match self {
+            NatBehaviour::EndpointIndependent => B::EndpointIndependent,
+            NatBehaviour::AddressDependent => B::AddressDependent,
+            NatBehaviour::AddressAndPortDependent => B::AddressAndPortDependent,
+        }
+    }
+
+    fn of(b: crate::napt::Behaviour) -> Self {
+        use crate::napt::Behaviour as B;
+        match b {
+            B::EndpointIndependent => NatBehaviour::EndpointIndependent,
+            B::AddressDependent => NatBehaviour::AddressDependent,
+            B::AddressAndPortDependent => NatBehaviour::AddressAndPortDependent,
+        }
+    }
+}
+
+choice! {
+    /// How a NAT gateway's SNAT entry with several EIPs picks one (RFC 4787 REQ-2).
+    pub enum NatPooling ("pooling") {
+        Arbitrary = "arbitrary",
+        Paired = "paired",
+    }
+}
+
+impl NatPooling {
+    pub fn pooling(self) -> crate::napt::Pooling {
+        match self {
+            NatPooling::Arbitrary => crate::napt::Pooling::Arbitrary,
+            NatPooling::Paired => crate::napt::Pooling::Paired,
+        }
+    }
+
+    fn of(p: crate::napt::Pooling) -> Self {
+        match p {
+            crate::napt::Pooling::Arbitrary => NatPooling::Arbitrary,
+            crate::napt::Pooling::Paired => NatPooling::Paired,
+        }
+    }
+}
+
+choice! {
+    /// Where a NAT gateway's idle timeouts start from.
+    #[derive(Default)]
+    pub enum NatTimeouts ("timeouts") {
+        /// The cloud's ([`crate::napt::NaptConfig::cloud`]).
+        #[default]
+        Cloud = "cloud",
+        /// The RFCs' minimums ([`crate::napt::NaptConfig::rfc_minimums`]).
+        Rfc = "rfc",
+    }
+}
+
+/// A range of ports, `"first-last"` in the file, 1 <= first <= last <= 65535.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub struct PortRange {
+    pub first: u16,
+    pub last: u16,
+}
+
+impl fmt::Display for PortRange {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "{}-{}", self.first, self.last)
+    }
+}
+
+impl FromStr for PortRange {
+    type Err = String;
+    fn from_str(s: &str) -> Result<Self, String> {
+        let how = "write \"first-last\" with 1 <= first <= last <= 65535, e.g. \"1024-65535\"";
+        let port = |t: &str| match t.trim().parse::<u32>() {
+            Ok(p @ 1..=65535) => Some(p as u16),
+            _ => None,
+        };
+        let Some((first, last)) = s
+            .split_once('-')
+            .and_then(|(a, b)| Some((port(a)?, port(b)?)))
+        else {
+            return Err(format!("`{s}` is not a port range: {how}"));
+        };
+        if first > last {
+            return Err(format!(
+                "`{s}` starts above where it ends: write the lower port first, \"{last}-{first}\""
+            ));
+        }
+        Ok(PortRange { first, last })
+    }
+}
+
+impl Serialize for PortRange {
+    fn serialize<S: Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        s.collect_str(self)
+    }
+}
+
+impl<'de> Deserialize<'de> for PortRange {
+    fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        struct V;
+        impl Visitor<'_> for V {
+            type Value = PortRange;
+            fn expecting(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+                f.write_str("a port range \"first-last\"")
+            }
+            fn visit_str<E: de::Error>(self, v: &str) -> Result<PortRange, E> {
+                v.parse().map_err(E::custom)
+            }
+            fn visit_i64<E: de::Error>(self, v: i64) -> Result<PortRange, E> {
+                let example = match v {
+                    1..=65535 => format!("\"{v}-{v}\" for that port alone"),
+                    _ => "\"1024-65535\"".to_owned(),
+                };
+                Err(E::custom(format!(
+                    "`{v}` is not a port range: write a quoted \"first-last\", e.g. {example}"
+                )))
+            }
+        }
+        d.deserialize_any(V)
     }
 }
 
@@ -1917,6 +2140,69 @@ fn host_in(
     }
 }
 
+/// A NAT gateway's NAPT numbers (the shape stage checked the words and the port range).
+fn validate_napt(c: &mut Check<'_, '_>, p: &Path, g: &NatGateway) {
+    let preset = match g.timeouts {
+        NatTimeouts::Cloud => crate::napt::NaptConfig::cloud(),
+        NatTimeouts::Rfc => crate::napt::NaptConfig::rfc_minimums(),
+    };
+    let max = NatGateway::MAX_TIMEOUT_S;
+    for (key, value, preset_ns) in [
+        (
+            "tcp_established_timeout",
+            g.tcp_established_timeout,
+            preset.tcp_established_ns,
+        ),
+        (
+            "tcp_transitory_timeout",
+            g.tcp_transitory_timeout,
+            preset.tcp_transitory_ns,
+        ),
+        ("udp_timeout", g.udp_timeout, preset.udp_ns),
+        ("icmp_timeout", g.icmp_timeout, preset.icmp_ns),
+    ] {
+        let preset_s = preset_ns / 1_000_000_000;
+        match value {
+            Some(0) => c.err(
+                &p.k(key),
+                format!(
+                    "{key} is 0 s: an idle timeout is at least 1 second; set one, or remove the \
+                     key for timeouts = \"{}\"'s {preset_s} s",
+                    g.timeouts
+                ),
+            ),
+            Some(s) if s > max => c.err(
+                &p.k(key),
+                format!(
+                    "{key} = {s} s is longer than a week: set at most {max} seconds, or remove \
+                     the key for timeouts = \"{}\"'s {preset_s} s",
+                    g.timeouts
+                ),
+            ),
+            _ => {}
+        }
+    }
+    let (most, default) = (NatGateway::MAX_SESSIONS, default_max_sessions());
+    if g.max_sessions == 0 {
+        c.err(
+            &p.k("max_sessions"),
+            format!(
+                "max_sessions is 0: the gateway could carry no flow; set at least 1 (default \
+                 {default})"
+            ),
+        );
+    } else if g.max_sessions > most {
+        c.err(
+            &p.k("max_sessions"),
+            format!(
+                "max_sessions = {} is above the lab's bound: set at most {most} (default \
+                 {default})",
+                g.max_sessions
+            ),
+        );
+    }
+}
+
 fn validate(lab: &LabFile, c: &mut Check<'_, '_>) {
     valid_region(c, &Path::key("region"), &lab.region);
     valid_name(
@@ -2126,6 +2412,7 @@ fn validate(lab: &LabFile, c: &mut Check<'_, '_>) {
         if let (Some(ip), Some(vsw)) = (g.private_ip, vswitches.get(g.vswitch.as_str())) {
             private_ip(c, &p.k("private_ip"), ip, vsw, "NAT gateway", &mut private);
         }
+        validate_napt(c, &p, g);
     }
 
     // HaVips.
@@ -3464,6 +3751,171 @@ enis = [{ id = "eni-10", private_ips = [
             "forward_entry[0].external_port",
         );
         assert_mentions(&i, &["1 to 65535"]);
+    }
+
+    /// The BASE lab with NAT gateways `ngw-0`, `ngw-1`, … on vsw-a, each with its own keys.
+    fn with_gateways(keys: &[&str]) -> String {
+        let gateways: String = keys
+            .iter()
+            .enumerate()
+            .map(|(i, k)| format!("[[nat_gateway]]\nid = \"ngw-{i}\"\nvswitch = \"vsw-a\"\n{k}\n"))
+            .collect();
+        with_base(&gateways)
+    }
+
+    #[test]
+    fn nat_gateway_napt_defaults_are_the_clouds() {
+        let lab = parse(SPEC_NAT_GATEWAY).unwrap();
+        let g = &lab.nat_gateway[0];
+        assert_eq!(g.napt_config(), crate::napt::NaptConfig::cloud());
+        assert_eq!(g.timeouts, NatTimeouts::Cloud);
+        assert_eq!(g.udp_timeout, None);
+        assert_eq!(g.ports.to_string(), "1024-65535");
+    }
+
+    #[test]
+    fn nat_gateway_napt_knobs_are_read() {
+        use crate::napt::{Behaviour, NaptConfig, Pooling};
+        const S: u64 = 1_000_000_000;
+        // Every value differs from the cloud's, so each key must be read for this to pass.
+        let lab = parse(&with_gateways(&[
+            "mapping = \"address-dependent\"\nfiltering = \"endpoint-independent\"\n\
+             port_preservation = true\npooling = \"paired\"\nhairpinning = false\n\
+             tcp_established_timeout = 7440\ntcp_transitory_timeout = 300\nudp_timeout = 120\n\
+             icmp_timeout = 30\nmax_sessions = 5000\nports = \" 2000 - 2999 \"",
+            "mapping = \"address-and-port-dependent\"\nfiltering = \"address-dependent\"\n\
+             pooling = \"arbitrary\"\nports = \"7-7\"",
+        ]))
+        .unwrap();
+        assert_eq!(
+            lab.nat_gateway[0].napt_config(),
+            NaptConfig {
+                mapping: Behaviour::AddressDependent,
+                filtering: Behaviour::EndpointIndependent,
+                port_preservation: true,
+                pooling: Pooling::Paired,
+                hairpinning: false,
+                tcp_established_ns: 7440 * S,
+                tcp_transitory_ns: 300 * S,
+                udp_ns: 120 * S,
+                icmp_ns: 30 * S,
+                max_sessions: 5000,
+                ports: 2000..=2999,
+            }
+        );
+        let c = lab.nat_gateway[1].napt_config();
+        assert_eq!(
+            (c.mapping, c.filtering, c.pooling, c.ports),
+            (
+                Behaviour::AddressAndPortDependent,
+                Behaviour::AddressDependent,
+                Pooling::Arbitrary,
+                7..=7
+            )
+        );
+        for b in NatBehaviour::ALL {
+            assert_eq!(NatBehaviour::of(b.behaviour()), *b);
+        }
+    }
+
+    #[test]
+    fn nat_gateway_rfc_timeouts_with_one_override() {
+        use crate::napt::NaptConfig;
+        let lab = parse(&with_gateways(&[
+            "timeouts = \"rfc\"\nudp_timeout = 300",
+            "timeouts = \"rfc\"",
+        ]))
+        .unwrap();
+        let rfc = NaptConfig::rfc_minimums();
+        // The RFCs' timeouts, UDP's overridden; the behaviours stay the cloud's.
+        let want = NaptConfig {
+            tcp_established_ns: rfc.tcp_established_ns,
+            tcp_transitory_ns: rfc.tcp_transitory_ns,
+            udp_ns: 300_000_000_000,
+            icmp_ns: rfc.icmp_ns,
+            ..NaptConfig::cloud()
+        };
+        assert_eq!(lab.nat_gateway[0].napt_config(), want);
+        assert_eq!(lab.nat_gateway[1].napt_config().udp_ns, rfc.udp_ns);
+        assert_ne!(
+            rfc.tcp_established_ns,
+            NaptConfig::cloud().tcp_established_ns
+        );
+    }
+
+    #[test]
+    fn nat_gateway_napt_bad_words_and_ranges_name_the_field() {
+        let text = with_gateways(&[
+            "mapping = \"full-cone\"\nports = \"0-100\"",
+            "filtering = \"address-dependant\"\nports = \"2000-1000\"",
+            "pooling = \"pair\"\nports = 5000",
+            "timeouts = \"RFC\"\nhairpinning = \"yes\"\nports = \"1024\"",
+            "timeout = \"rfc\"",
+        ]);
+        let words = "endpoint-independent, address-dependent, address-and-port-dependent";
+        let i = at(&text, "nat_gateway[0].mapping");
+        assert_mentions(&i, &["`full-cone` is not a valid NAT behaviour", words]);
+        let i = at(&text, "nat_gateway[0].ports");
+        assert_mentions(
+            &i,
+            &["`0-100` is not a port range", "1 <= first <= last <= 65535"],
+        );
+        let i = at(&text, "nat_gateway[1].filtering");
+        assert_mentions(&i, &[words, "did you mean `address-dependent`?"]);
+        let i = at(&text, "nat_gateway[1].ports");
+        assert_mentions(&i, &["the lower port first", "\"1000-2000\""]);
+        let i = at(&text, "nat_gateway[2].pooling");
+        assert_mentions(&i, &["expected one of arbitrary, paired"]);
+        let i = at(&text, "nat_gateway[2].ports");
+        assert_mentions(&i, &["quoted \"first-last\"", "\"5000-5000\""]);
+        let i = at(&text, "nat_gateway[3].timeouts");
+        assert_mentions(&i, &["expected one of cloud, rfc", "did you mean `rfc`?"]);
+        let i = at(&text, "nat_gateway[3].hairpinning");
+        assert_mentions(&i, &["write true or false"]);
+        let i = at(&text, "nat_gateway[3].ports");
+        assert_mentions(&i, &["`1024` is not a port range"]);
+        let i = at(&text, "nat_gateway[4].timeout");
+        assert_mentions(
+            &i,
+            &[
+                "did you mean `timeouts`?",
+                "mapping, filtering, port_preservation, pooling, hairpinning, timeouts, \
+                 tcp_established_timeout, tcp_transitory_timeout, udp_timeout, icmp_timeout, \
+                 max_sessions, ports",
+            ],
+        );
+    }
+
+    #[test]
+    fn nat_gateway_napt_bad_numbers_name_the_field() {
+        let text = with_gateways(&[
+            "udp_timeout = 0\nmax_sessions = 0",
+            "timeouts = \"rfc\"\ntcp_established_timeout = 0\nmax_sessions = 16777217",
+            "tcp_transitory_timeout = 604801\nicmp_timeout = 0",
+            "max_sessions = 16777216\ntcp_established_timeout = 604800\nudp_timeout = 1",
+        ]);
+        let all = issues(&text);
+        assert_eq!(all.len(), 6, "{all:#?}");
+        let i = at(&text, "nat_gateway[0].udp_timeout");
+        assert_mentions(
+            &i,
+            &[
+                "udp_timeout is 0 s",
+                "at least 1 second",
+                "\"cloud\"'s 60 s",
+            ],
+        );
+        let i = at(&text, "nat_gateway[0].max_sessions");
+        assert_mentions(&i, &["max_sessions is 0", "at least 1", "default 1000000"]);
+        let i = at(&text, "nat_gateway[1].tcp_established_timeout");
+        assert_mentions(&i, &["at least 1 second", "\"rfc\"'s 7440 s"]);
+        let i = at(&text, "nat_gateway[1].max_sessions");
+        assert_mentions(&i, &["max_sessions = 16777217", "at most 16777216"]);
+        let i = at(&text, "nat_gateway[2].tcp_transitory_timeout");
+        assert_mentions(&i, &["longer than a week", "at most 604800 seconds"]);
+        let i = at(&text, "nat_gateway[2].icmp_timeout");
+        assert_mentions(&i, &["icmp_timeout is 0 s"]);
+        // The bounds themselves are accepted (gateway 3).
     }
 
     #[test]

@@ -20,6 +20,11 @@
 //! allocation; sessions and mappings live in slabs that reuse freed slots, so memory follows
 //! the number of live flows (at most `max_sessions`), never the number that came and went.
 //! Expiry is a timer wheel ([`wheel`]) that packets do not touch.
+//!
+//! Rules and configuration change while flows are live ([`Napt::set_rules`],
+//! [`Napt::set_config`], one scan of the sessions each): the flows the new ones still
+//! translate the same way carry on, with the same external address and port; the others end
+//! at once.
 
 mod index;
 mod key;
@@ -405,7 +410,7 @@ impl Session {
     #[inline(always)]
     #[must_use]
     fn touch(&mut self, cfg: &NaptConfig, now: u64, proto: Proto, outbound: bool) -> bool {
-        let timeout = match proto {
+        match proto {
             Proto::Tcp(f) => {
                 let closing = self.tcp & RST != 0 || self.tcp & (FIN_OUT | FIN_IN) != 0;
                 if closing && f.contains(TcpFlags::SYN) && !f.contains(TcpFlags::ACK) {
@@ -424,6 +429,19 @@ impl Session {
                 if f.contains(TcpFlags::RST) {
                     self.tcp |= RST;
                 }
+            }
+            Proto::Udp | Proto::IcmpQuery => {}
+        }
+        let before = self.expires;
+        self.expires = now.saturating_add(self.timeout(cfg));
+        self.expires < before
+    }
+
+    /// The idle timeout of the session's protocol and state.
+    #[inline(always)]
+    fn timeout(&self, cfg: &NaptConfig) -> u64 {
+        match self.proto {
+            Protocol::Tcp => {
                 let both = |m: u8| self.tcp & m == m;
                 if self.tcp & RST == 0 && both(SEEN_OUT | SEEN_IN) && !both(FIN_OUT | FIN_IN) {
                     cfg.tcp_established_ns
@@ -431,12 +449,9 @@ impl Session {
                     cfg.tcp_transitory_ns
                 }
             }
-            Proto::Udp => cfg.udp_ns,
-            Proto::IcmpQuery => cfg.icmp_ns,
-        };
-        let before = self.expires;
-        self.expires = now.saturating_add(timeout);
-        self.expires < before
+            Protocol::Udp => cfg.udp_ns,
+            Protocol::Icmp => cfg.icmp_ns,
+        }
     }
 }
 
@@ -476,10 +491,10 @@ struct Host {
     mappings: u32,
 }
 
-/// The gateway's NAPT: rules, sessions, mappings and their timers.
+/// The rules in the form the tables use, built and checked by [`Rules::build`]. The EIP
+/// indices in `snat` (and in sessions' mappings and `hosts`) point into `eips`.
 #[derive(Debug)]
-pub struct Napt {
-    cfg: NaptConfig,
+struct Rules {
     /// Most specific first.
     snat: Vec<Snat>,
     /// (protocol, external IP, external port, 0, 0) -> internal.
@@ -487,8 +502,21 @@ pub struct Napt {
     /// Whole-IP DNAT: external -> internal and back.
     dnat_whole: FlowMap<u32, u32>,
     dnat_whole_rev: FlowMap<u32, u32>,
+    /// The addresses SNAT entries and port-forward DNAT entries use, with their ports.
     eips: Vec<Eip>,
+    /// Every external address of the gateway -> its index in `eips`, or NONE for a
+    /// whole-IP DNAT address (which has no ports to allocate).
     eip_index: FlowMap<u32, u32>,
+}
+
+/// The gateway's NAPT: rules, sessions, mappings and their timers.
+#[derive(Debug)]
+pub struct Napt {
+    cfg: NaptConfig,
+    /// The rules as given, to build [`Rules`] again when the port range changes.
+    snat_rules: Vec<SnatRule>,
+    dnat_rules: Vec<DnatRule>,
+    rules: Rules,
     sessions: Vec<Session>,
     free_sessions: Vec<u32>,
     live: usize,
@@ -577,42 +605,27 @@ fn remote_port(p: Protocol, port: u16) -> u16 {
     }
 }
 
-impl Napt {
-    /// Checks the rules against each other and builds an empty table.
-    pub fn new(
-        cfg: NaptConfig,
-        snat: Vec<SnatRule>,
-        dnat: Vec<DnatRule>,
-    ) -> Result<Napt, NaptConfigError> {
-        let (lo, hi) = (*cfg.ports.start(), *cfg.ports.end());
+impl Rules {
+    /// Checks the rules against each other and the SNAT port range, and builds them; the
+    /// EIPs' port sets hold the port-forward DNAT entries' ports and nothing else.
+    fn build(
+        ports: &RangeInclusive<u16>,
+        snat: &[SnatRule],
+        dnat: &[DnatRule],
+    ) -> Result<Rules, NaptConfigError> {
+        let (lo, hi) = (*ports.start(), *ports.end());
         if lo > hi {
             return Err(NaptConfigError::EmptyPortRange);
         }
-        let mut n = Napt {
-            cfg,
+        let mut n = Rules {
             snat: Vec::new(),
             dnat_ports: FlowMap::default(),
             dnat_whole: FlowMap::default(),
             dnat_whole_rev: FlowMap::default(),
             eips: Vec::new(),
             eip_index: FlowMap::default(),
-            sessions: Vec::new(),
-            free_sessions: Vec::new(),
-            live: 0,
-            out_index: FlowIndex::default(),
-            in_index: FlowIndex::default(),
-            mappings: Vec::new(),
-            free_mappings: Vec::new(),
-            map_by_int: FlowMap::default(),
-            map_by_ext: FlowMap::default(),
-            hosts: FlowMap::default(),
-            permits: FlowMap::default(),
-            wheel: Wheel::new(),
-            expired: Vec::new(),
-            allocations: 0,
-            drops: [0; NaptDrop::COUNT],
         };
-        let eip_of = |n: &mut Napt, a: Ipv4Addr| -> u32 {
+        let eip_of = |n: &mut Rules, a: Ipv4Addr| -> u32 {
             let a = u32::from(a);
             *n.eip_index.entry(a).or_insert_with(|| {
                 n.eips.push(Eip {
@@ -623,7 +636,7 @@ impl Napt {
             })
         };
         let mut dnat_targets = FlowMap::<FlowKey, ()>::default();
-        for r in &dnat {
+        for r in dnat {
             let (e, i) = (ip(&r.external), ip(&r.internal));
             match r.protocol {
                 DnatProtocol::Any => {
@@ -667,7 +680,7 @@ impl Napt {
                 }
             }
         }
-        for r in &snat {
+        for r in snat {
             if r.prefix_len > 32 {
                 return Err(NaptConfigError::BadPrefix {
                     source: r.source,
@@ -707,6 +720,208 @@ impl Napt {
         n.snat
             .sort_by_key(|s| core::cmp::Reverse(s.mask.count_ones()));
         Ok(n)
+    }
+
+    /// Whether these rules let an SNAT mapping of host `int_ip` on `p` keep `ext`: the
+    /// host's SNAT entry (the most specific one covering it, which its new flows use) lists
+    /// the address, no whole-IP DNAT entry maps the host, the port is in the SNAT range
+    /// `ports` and no DNAT entry forwards it. The address's index in `eips` if so.
+    fn snat_keeps(
+        &self,
+        ports: &RangeInclusive<u16>,
+        p: Protocol,
+        int_ip: u32,
+        ext: (u32, u16),
+    ) -> Option<u32> {
+        if self.dnat_whole_rev.contains_key(&int_ip)
+            || !ports.contains(&ext.1)
+            || self
+                .dnat_ports
+                .contains_key(&FlowKey::new(p, ext.0, ext.1, 0, 0))
+        {
+            return None;
+        }
+        let entry = self.snat.iter().find(|s| int_ip & s.mask == s.net)?;
+        let &x = self.eip_index.get(&ext.0)?;
+        entry.eips.contains(&x).then_some(x)
+    }
+
+    /// Whether a DNAT entry of these rules forwards `ext` on `p` to `int`, exactly.
+    fn forwards(&self, p: Protocol, int: (u32, u16), ext: (u32, u16)) -> bool {
+        let port = p != Protocol::Icmp
+            && self
+                .dnat_ports
+                .get(&FlowKey::new(p, ext.0, ext.1, 0, 0))
+                .is_some_and(|&i| i == int);
+        port || (self.dnat_whole.get(&ext.0) == Some(&int.0) && ext.1 == int.1)
+    }
+}
+
+impl Napt {
+    /// Checks the rules against each other and builds an empty table.
+    pub fn new(
+        cfg: NaptConfig,
+        snat: Vec<SnatRule>,
+        dnat: Vec<DnatRule>,
+    ) -> Result<Napt, NaptConfigError> {
+        let rules = Rules::build(&cfg.ports, &snat, &dnat)?;
+        Ok(Napt {
+            cfg,
+            snat_rules: snat,
+            dnat_rules: dnat,
+            rules,
+            sessions: Vec::new(),
+            free_sessions: Vec::new(),
+            live: 0,
+            out_index: FlowIndex::default(),
+            in_index: FlowIndex::default(),
+            mappings: Vec::new(),
+            free_mappings: Vec::new(),
+            map_by_int: FlowMap::default(),
+            map_by_ext: FlowMap::default(),
+            hosts: FlowMap::default(),
+            permits: FlowMap::default(),
+            wheel: Wheel::new(),
+            expired: Vec::new(),
+            allocations: 0,
+            drops: [0; NaptDrop::COUNT],
+        })
+    }
+
+    /// Replaces the rules, checked as [`Napt::new`] checks them (on error nothing changes).
+    ///
+    /// A flow stays, with the same external address and port, while the new rules would
+    /// still translate it so:
+    /// - an SNAT mapping (and its sessions) while its external address is one of the EIPs of
+    ///   the SNAT entry that now covers its internal host (the most specific one: the entry
+    ///   the host's new flows use) and no whole-IP DNAT entry maps the host;
+    /// - a DNAT session while its entry is there unchanged (the same external address, port
+    ///   and protocol to the same internal address and port; for a whole-IP entry, the same
+    ///   two addresses);
+    /// - and, either way, while its remote is one of the gateway's addresses exactly when it
+    ///   was (a hairpinned flow whose far end is no longer the gateway's ends, and so does a
+    ///   flow to an address that has become the gateway's: its packets would leave for the
+    ///   Internet instead of turning back inside).
+    ///
+    /// Everything else ends at once: its sessions and mappings are removed and their ports
+    /// freed, so no packet is translated by a rule that is gone. The flow's next packet from
+    /// inside is a new flow under the new rules (refused with [`NaptDrop::NoSnatRule`] if
+    /// none covers the host); a packet to its old external port finds nothing.
+    ///
+    /// A new port-forward DNAT entry whose external port (and protocol) an SNAT mapping
+    /// holds takes the port: the mapping and its sessions end, as if the port had been
+    /// reserved from the start (SNAT never hands out a DNAT entry's port).
+    pub fn set_rules(
+        &mut self,
+        snat: Vec<SnatRule>,
+        dnat: Vec<DnatRule>,
+    ) -> Result<(), NaptConfigError> {
+        let rules = Rules::build(&self.cfg.ports, &snat, &dnat)?;
+        self.adopt(self.cfg.clone(), rules);
+        self.snat_rules = snat;
+        self.dnat_rules = dnat;
+        Ok(())
+    }
+
+    /// Replaces the configuration, checked as [`Napt::new`] checks it (on error nothing
+    /// changes). Flows carry on under it, except where the old one made them:
+    /// - timeouts: each session's deadline becomes its last packet plus the new timeout of
+    ///   its state, so a shorter timeout may end idle sessions at the next
+    ///   [`Napt::handle_timeout`];
+    /// - `max_sessions` below the live sessions: they carry on, and new flows are refused
+    ///   until fewer are left;
+    /// - `filtering`, `port_preservation`: from the next new flow on;
+    /// - `hairpinning` turned off: the hairpinned sessions end;
+    /// - `ports`: SNAT mappings on ports outside the new range end;
+    /// - `mapping`, or `pooling` turned to paired: every SNAT mapping (and its sessions)
+    ///   ends, since the old behaviour made them (which flows share a mapping, or a host's
+    ///   spread over several EIPs). DNAT sessions stay.
+    pub fn set_config(&mut self, cfg: NaptConfig) -> Result<(), NaptConfigError> {
+        let rules = Rules::build(&cfg.ports, &self.snat_rules, &self.dnat_rules)?;
+        self.adopt(cfg, rules);
+        Ok(())
+    }
+
+    /// Puts `cfg` and `rules` in force, keeping the flows they would translate as before
+    /// ([`Napt::set_rules`], [`Napt::set_config`]) and removing the others.
+    fn adopt(&mut self, cfg: NaptConfig, rules: Rules) {
+        let snat_reset = cfg.mapping != self.cfg.mapping
+            || (cfg.pooling == Pooling::Paired && self.cfg.pooling != Pooling::Paired);
+        // The mappings that stay -> their EIP's index under the new rules.
+        let mut kept = FlowMap::<u32, u32>::default();
+        if !snat_reset {
+            for &m in self.map_by_ext.values() {
+                let mp = &self.mappings[m as usize];
+                let ext = (mp.ext_ip, mp.ext_port);
+                if let Some(x) = rules.snat_keeps(&cfg.ports, mp.proto, mp.int_ip, ext) {
+                    kept.insert(m, x);
+                }
+            }
+        }
+        let hairpin_off = self.cfg.hairpinning && !cfg.hairpinning;
+        let ending: Vec<u32> = (0..self.sessions.len() as u32)
+            .filter(|&i| {
+                let s = &self.sessions[i as usize];
+                let stays = if s.mapping != NONE {
+                    kept.contains_key(&s.mapping)
+                } else {
+                    rules.forwards(s.proto, (s.int_ip, s.int_port), (s.ext_ip, s.ext_port))
+                };
+                s.live
+                    && !(stays
+                        && s.hairpin == rules.eip_index.contains_key(&s.rem_ip)
+                        && !(hairpin_off && s.hairpin))
+            })
+            .collect();
+        // While the tables still follow the old rules and configuration.
+        for i in ending {
+            self.remove_session(i);
+        }
+        self.rules = rules;
+        // The mappings left are the kept ones (a mapping lives while a session does): their
+        // EIPs' new indices, and their ports taken in the new port sets.
+        for &m in self.map_by_ext.values() {
+            let mp = &mut self.mappings[m as usize];
+            mp.eip = kept[&m];
+            self.rules.eips[mp.eip as usize].ports[mp.proto.index()].take(mp.ext_port);
+            if let Some(h) = self.hosts.get_mut(&mp.int_ip) {
+                h.eip = mp.eip;
+            }
+        }
+        if cfg.pooling != Pooling::Paired {
+            self.hosts.clear();
+        }
+        if cfg.filtering != self.cfg.filtering {
+            self.permits.clear();
+            if cfg.filtering == Behaviour::AddressDependent {
+                for s in self.sessions.iter().filter(|s| s.live && s.mapping != NONE) {
+                    *self.permits.entry(permit(s.mapping, s.rem_ip)).or_insert(0) += 1;
+                }
+            }
+        }
+        let timeouts = |c: &NaptConfig| {
+            (
+                c.tcp_established_ns,
+                c.tcp_transitory_ns,
+                c.udp_ns,
+                c.icmp_ns,
+            )
+        };
+        if timeouts(&cfg) != timeouts(&self.cfg) {
+            for i in 0..self.sessions.len() as u32 {
+                let s = &mut self.sessions[i as usize];
+                if !s.live {
+                    continue;
+                }
+                let before = s.expires;
+                let last = before.saturating_sub(s.timeout(&self.cfg));
+                s.expires = last.saturating_add(s.timeout(&cfg));
+                if s.expires < before {
+                    self.refile(i);
+                }
+            }
+        }
+        self.cfg = cfg;
     }
 
     pub fn config(&self) -> &NaptConfig {
@@ -995,7 +1210,7 @@ impl Napt {
         let p = proto.protocol();
         let int = (ip(&src), src.port());
         let rem = (ip(&dst), remote_port(p, dst.port()));
-        if !self.cfg.hairpinning && self.eip_index.contains_key(&rem.0) {
+        if !self.cfg.hairpinning && self.rules.eip_index.contains_key(&rem.0) {
             return Err(NaptDrop::HairpinOff);
         }
         // New flows keep the wheel's clock current (and reclaim what is due), so that it
@@ -1003,7 +1218,7 @@ impl Napt {
         // mappings.
         self.handle_timeout(now);
         self.room()?;
-        let (ext, mapping) = match self.dnat_whole_rev.get(&int.0) {
+        let (ext, mapping) = match self.rules.dnat_whole_rev.get(&int.0) {
             Some(&e) => ((e, int.1), NONE),
             None => {
                 let m = self.mapping_for(p, int, rem)?;
@@ -1044,18 +1259,19 @@ impl Napt {
         // whole-IP entry holds, so this order only decides which lookup runs first.
         let forward = match p {
             Protocol::Tcp | Protocol::Udp => self
+                .rules
                 .dnat_ports
                 .get(&FlowKey::new(p, ext.0, ext.1, 0, 0))
                 .copied(),
             Protocol::Icmp => None,
         }
-        .or_else(|| self.dnat_whole.get(&ext.0).map(|&i| (i, ext.1)));
+        .or_else(|| self.rules.dnat_whole.get(&ext.0).map(|&i| (i, ext.1)));
         if let Some(int) = forward {
             self.room()?;
             self.create(now, proto, false, int, ext, rem, NONE)?;
             return Ok(sock(int.0, int.1));
         }
-        if !self.eip_index.contains_key(&ext.0) {
+        if !self.rules.eip_index.contains_key(&ext.0) {
             return Err(NaptDrop::UnknownDestination);
         }
         let m = *self
@@ -1096,6 +1312,7 @@ impl Napt {
         rem: (u32, u16),
     ) -> Result<u32, NaptDrop> {
         let r = self
+            .rules
             .snat
             .iter()
             .position(|s| int.0 & s.mask == s.net)
@@ -1109,7 +1326,7 @@ impl Napt {
             return Ok(m);
         }
         let (eip, port) = self.allocate(p, r, int, rem)?;
-        let ext_ip = self.eips[eip as usize].addr;
+        let ext_ip = self.rules.eips[eip as usize].addr;
         let mapping = Mapping {
             key,
             proto: p,
@@ -1155,7 +1372,7 @@ impl Napt {
             (int.0 as u64) << 16 | int.1 as u64,
             ((rem.0 as u64) << 16 | rem.1 as u64) ^ (self.allocations << 48),
         );
-        let snat = &self.snat[r];
+        let snat = &self.rules.snat[r];
         let n = snat.eips.len();
         // Paired: the host's IP if it has one, else a choice that depends on the host only.
         let (first, count) = match (self.cfg.pooling, self.hosts.get(&int.0)) {
@@ -1172,7 +1389,7 @@ impl Napt {
             {
                 candidates
                     .clone()
-                    .find(|&e| self.eips[e as usize].ports[p.index()].is_free(int.1))
+                    .find(|&e| self.rules.eips[e as usize].ports[p.index()].is_free(int.1))
                     .map(|e| (e, int.1))
             } else {
                 None
@@ -1181,13 +1398,13 @@ impl Napt {
         let start = (lo + (flow >> 32) % (hi - lo + 1)) as u16;
         let chosen = chosen.or_else(|| {
             candidates.clone().find_map(|e| {
-                self.eips[e as usize].ports[p.index()]
+                self.rules.eips[e as usize].ports[p.index()]
                     .find_free(start)
                     .map(|port| (e, port))
             })
         });
         let (e, port) = chosen.ok_or(NaptDrop::PortsExhausted)?;
-        self.eips[e as usize].ports[p.index()].take(port);
+        self.rules.eips[e as usize].ports[p.index()].take(port);
         Ok((e, port))
     }
 
@@ -1203,6 +1420,7 @@ impl Napt {
         rem: (u32, u16),
         mapping: u32,
     ) -> Result<u32, NaptDrop> {
+        debug_assert!(self.live < self.cfg.max_sessions, "room() comes first");
         let mut s = Session {
             expires: 0,
             int_ip: int.0,
@@ -1215,7 +1433,7 @@ impl Napt {
             rem_port: rem.1,
             proto: proto.protocol(),
             tcp: 0,
-            hairpin: self.eip_index.contains_key(&rem.0),
+            hairpin: self.rules.eip_index.contains_key(&rem.0),
             live: true,
         };
         let (ko, ki) = (s.out_key(), s.in_key());
@@ -1295,7 +1513,7 @@ impl Napt {
         self.map_by_int.remove(&mp.key);
         self.map_by_ext
             .remove(&FlowKey::new(mp.proto, mp.ext_ip, mp.ext_port, 0, 0));
-        self.eips[mp.eip as usize].ports[mp.proto.index()].release(mp.ext_port);
+        self.rules.eips[mp.eip as usize].ports[mp.proto.index()].release(mp.ext_port);
         if self.cfg.pooling == Pooling::Paired {
             if let Some(h) = self.hosts.get_mut(&mp.int_ip) {
                 h.mappings = h.mappings.saturating_sub(1);
@@ -1413,7 +1631,8 @@ impl Napt {
         self.expired = expired;
     }
 
-    /// Every index agrees with the slabs (tests only).
+    /// Every index agrees with the slabs, and every session and mapping with the rules and
+    /// configuration in force (tests only).
     #[cfg(test)]
     fn check_invariants(&self) {
         let live: Vec<u32> = (0..self.sessions.len() as u32)
@@ -1423,22 +1642,112 @@ impl Napt {
         assert_eq!(self.out_index.len(), self.live);
         assert_eq!(self.in_index.len(), self.live);
         assert_eq!(self.wheel.len(), self.live);
-        assert!(self.live <= self.cfg.max_sessions);
+        // (`max_sessions` bounds the new sessions, checked where they are made: a lower
+        // bound set while more were live lets those carry on.)
+        let mut permits = FlowMap::<u64, u32>::default();
         for &i in &live {
             let s = &self.sessions[i as usize];
             assert_eq!(self.out_index.get(&s.out_key()), Some(&i));
             assert_eq!(self.in_index.get(&s.in_key()), Some(&i));
+            assert_eq!(
+                s.hairpin,
+                self.rules.eip_index.contains_key(&s.rem_ip),
+                "a session to one of the gateway's addresses is hairpinned, no other"
+            );
+            if s.mapping == NONE {
+                let (int, ext) = ((s.int_ip, s.int_port), (s.ext_ip, s.ext_port));
+                assert!(
+                    self.rules.forwards(s.proto, int, ext),
+                    "a DNAT session without its entry"
+                );
+            } else {
+                let mp = &self.mappings[s.mapping as usize];
+                assert_eq!(self.map_by_int.get(&mp.key), Some(&s.mapping));
+                assert_eq!(
+                    (mp.proto, mp.int_ip, mp.int_port, mp.ext_ip, mp.ext_port),
+                    (s.proto, s.int_ip, s.int_port, s.ext_ip, s.ext_port)
+                );
+                *permits.entry(permit(s.mapping, s.rem_ip)).or_insert(0) += 1;
+            }
+        }
+        if self.cfg.filtering == Behaviour::AddressDependent {
+            assert_eq!(self.permits, permits);
+        } else {
+            assert!(self.permits.is_empty());
         }
         assert_eq!(self.map_by_int.len(), self.map_by_ext.len());
-        for (_, &m) in self.map_by_ext.iter() {
+        // Ports each (EIP, protocol) holds inside the SNAT range.
+        let in_range = |p: u16| self.cfg.ports.contains(&p);
+        let mut held = FlowMap::<(u32, usize), u32>::default();
+        let mut hosts = FlowMap::<u32, Host>::default();
+        for (k, &m) in self.map_by_ext.iter() {
             let mp = &self.mappings[m as usize];
+            assert_eq!(*k, FlowKey::new(mp.proto, mp.ext_ip, mp.ext_port, 0, 0));
+            assert_eq!(self.map_by_int.get(&mp.key), Some(&m));
             let n = live
                 .iter()
                 .filter(|&&i| self.sessions[i as usize].mapping == m)
                 .count();
             assert_eq!(mp.sessions as usize, n);
             assert!(n > 0, "a mapping without sessions");
-            assert!(!self.eips[mp.eip as usize].ports[mp.proto.index()].is_free(mp.ext_port));
+            let eip = &self.rules.eips[mp.eip as usize];
+            assert_eq!(eip.addr, mp.ext_ip);
+            assert!(!eip.ports[mp.proto.index()].is_free(mp.ext_port));
+            assert_eq!(
+                self.rules.snat_keeps(
+                    &self.cfg.ports,
+                    mp.proto,
+                    mp.int_ip,
+                    (mp.ext_ip, mp.ext_port)
+                ),
+                Some(mp.eip),
+                "a mapping the SNAT entries in force could not have made"
+            );
+            if in_range(mp.ext_port) {
+                *held.entry((mp.eip, mp.proto.index())).or_insert(0) += 1;
+            }
+            let h = hosts.entry(mp.int_ip).or_insert(Host {
+                eip: mp.eip,
+                mappings: 0,
+            });
+            h.mappings += 1;
+            if self.cfg.pooling == Pooling::Paired {
+                assert_eq!(h.eip, mp.eip, "paired pooling: one external IP per host");
+            }
+        }
+        if self.cfg.pooling == Pooling::Paired {
+            assert_eq!(self.hosts.len(), hosts.len());
+            for (host, h) in hosts.iter() {
+                let got = self.hosts.get(host).expect("a host with mappings");
+                assert_eq!((got.eip, got.mappings), (h.eip, h.mappings));
+            }
+        } else {
+            assert!(self.hosts.is_empty());
+        }
+        // Port-forward DNAT entries hold their ports for good; SNAT mappings hold theirs.
+        for r in &self.dnat_rules {
+            let p = match r.protocol {
+                DnatProtocol::Tcp => Protocol::Tcp,
+                DnatProtocol::Udp => Protocol::Udp,
+                DnatProtocol::Any => continue,
+            };
+            let (e, port) = (ip(&r.external), r.external.port());
+            let x = self.rules.eip_index[&e];
+            assert!(!self.rules.eips[x as usize].ports[p.index()].is_free(port));
+            assert!(!self
+                .map_by_ext
+                .contains_key(&FlowKey::new(p, e, port, 0, 0)));
+            if in_range(port) {
+                *held.entry((x, p.index())).or_insert(0) += 1;
+            }
+        }
+        let size = *self.cfg.ports.end() as u32 - *self.cfg.ports.start() as u32 + 1;
+        for (x, eip) in self.rules.eips.iter().enumerate() {
+            assert_eq!(self.rules.eip_index.get(&eip.addr), Some(&(x as u32)));
+            for (p, ps) in eip.ports.iter().enumerate() {
+                let held = held.get(&(x as u32, p)).copied().unwrap_or(0);
+                assert_eq!(ps.free(), size - held, "ports taken that nothing holds");
+            }
         }
     }
 }

@@ -809,6 +809,441 @@ fn poll_timeout_says_when_to_come_back() {
     assert!(t < T0 + S / 2 + 60 * S + wheel::TICK_NS);
 }
 
+// --- changing the rules and configuration of a live gateway ---
+
+const E1: &str = "203.0.113.1";
+const E2: &str = "203.0.113.2";
+const E3: &str = "203.0.113.3";
+
+#[test]
+fn set_rules_adding_an_snat_entry_keeps_established_flows() {
+    let r = "198.51.100.1:443";
+    let mut n = gw(NaptConfig::cloud(), &[E1]);
+    let tcp = handshake(&mut n, T0, "10.0.0.5:40000", r);
+    let udp = out(&mut n, T0, Proto::Udp, "10.0.0.5:5000", "198.51.100.1:53").unwrap();
+    let other = "172.16.0.1:5000";
+    assert_eq!(
+        out(&mut n, T0, Proto::Udp, other, "198.51.100.1:53"),
+        Err(NaptDrop::NoSnatRule)
+    );
+    n.set_rules(
+        vec![
+            // The new entry's EIP comes first, so the old EIP's place in the table moves.
+            snat("172.16.0.0/12", &[E2]),
+            snat("10.0.0.0/8", &[E1]),
+            // More specific than the old entry, but not covering 10.0.0.5.
+            snat("10.9.0.0/16", &[E2]),
+        ],
+        vec![],
+    )
+    .unwrap();
+    n.check_invariants();
+    assert_eq!((n.sessions(), n.mappings()), (2, 2));
+    assert_eq!(out(&mut n, T0 + S, ACK, "10.0.0.5:40000", r), Ok(tcp));
+    assert_eq!(inb(&mut n, T0 + S, ACK, r, tcp), Ok(sa("10.0.0.5:40000")));
+    assert_eq!(
+        inb(&mut n, T0 + S, Proto::Udp, "198.51.100.1:53", udp),
+        Ok(sa("10.0.0.5:5000"))
+    );
+    // The new entry works, and the old one's hosts still get new mappings from its EIP.
+    let e = out(&mut n, T0 + S, Proto::Udp, other, "198.51.100.1:53").unwrap();
+    assert_eq!(*e.ip(), v4(E2));
+    let e = out(&mut n, T0 + S, Proto::Udp, "10.0.0.6:1", "198.51.100.1:53").unwrap();
+    assert_eq!(*e.ip(), v4(E1));
+    // The TCP connection is still established (900 s idle, not the transitory 240 s).
+    n.handle_timeout(T0 + 801 * S);
+    n.check_invariants();
+    assert_eq!(n.sessions(), 1);
+    assert_eq!(out(&mut n, T0 + 801 * S, ACK, "10.0.0.5:40000", r), Ok(tcp));
+}
+
+#[test]
+fn set_rules_removing_an_snat_entry_ends_its_flows_and_frees_their_ports() {
+    let r = "198.51.100.1:53";
+    let mut n = Napt::new(
+        with(|c| c.ports = 5000..=5001),
+        vec![snat("10.0.0.0/24", &[E1]), snat("10.0.1.0/24", &[E1])],
+        vec![],
+    )
+    .unwrap();
+    let a1 = out(&mut n, T0, Proto::Udp, "10.0.0.5:1000", r).unwrap();
+    let a2 = out(&mut n, T0, Proto::Udp, "10.0.0.6:1000", r).unwrap();
+    let t = handshake(&mut n, T0, "10.0.0.5:2000", "198.51.100.1:443");
+    assert_eq!(
+        out(&mut n, T0, Proto::Udp, "10.0.1.7:1000", r),
+        Err(NaptDrop::PortsExhausted)
+    );
+    n.set_rules(vec![snat("10.0.1.0/24", &[E1])], vec![])
+        .unwrap();
+    n.check_invariants();
+    assert_eq!((n.sessions(), n.mappings()), (0, 0));
+    // The flows' next packets from inside are refused; from outside they find nothing.
+    assert_eq!(
+        out(&mut n, T0 + S, Proto::Udp, "10.0.0.5:1000", r),
+        Err(NaptDrop::NoSnatRule)
+    );
+    assert_eq!(
+        out(&mut n, T0 + S, ACK, "10.0.0.5:2000", "198.51.100.1:443"),
+        Err(NaptDrop::NoSnatRule)
+    );
+    assert_eq!(
+        inb(&mut n, T0 + S, Proto::Udp, r, a1),
+        Err(NaptDrop::NoSession)
+    );
+    assert_eq!(
+        inb(&mut n, T0 + S, ACK, "198.51.100.1:443", t),
+        Err(NaptDrop::NoSession)
+    );
+    // Their ports are free again: the other entry's hosts get both.
+    let b1 = out(&mut n, T0 + S, Proto::Udp, "10.0.1.7:1000", r).unwrap();
+    let b2 = out(&mut n, T0 + S, Proto::Udp, "10.0.1.8:1000", r).unwrap();
+    assert_eq!(HashSet::from([a1, a2]), HashSet::from([b1, b2]));
+    // With no entry left the EIP is no longer the gateway's.
+    n.set_rules(vec![], vec![]).unwrap();
+    n.check_invariants();
+    assert_eq!((n.sessions(), n.mappings()), (0, 0));
+    assert_eq!(
+        inb(&mut n, T0 + S, Proto::Udp, r, b1),
+        Err(NaptDrop::UnknownDestination)
+    );
+}
+
+#[test]
+fn set_rules_changing_an_entrys_eips_keeps_the_flows_on_the_eips_that_remain() {
+    let r = "198.51.100.1:53";
+    // Paired pooling: each host on one EIP, and hosts on both.
+    let mut n = gw(with(|c| c.pooling = Pooling::Paired), &[E1, E2]);
+    let mut flows = Vec::new();
+    for h in 1..=20 {
+        for port in [1000, 1001] {
+            let src = format!("10.0.0.{h}:{port}");
+            let e = out(&mut n, T0, Proto::Udp, &src, r).unwrap();
+            flows.push((src, e));
+        }
+    }
+    let (on_e2, on_e1): (Vec<_>, Vec<_>) = flows.iter().partition(|(_, e)| *e.ip() == v4(E2));
+    assert!(!on_e1.is_empty() && !on_e2.is_empty());
+    // E1 goes, E3 comes, and E2 moves to the first place of the gateway's EIPs.
+    n.set_rules(vec![snat("10.0.0.0/8", &[E2, E3])], vec![])
+        .unwrap();
+    n.check_invariants();
+    assert_eq!(n.sessions(), on_e2.len());
+    for (src, e) in &on_e2 {
+        assert_eq!(out(&mut n, T0 + S, Proto::Udp, src, r), Ok(*e));
+        assert_eq!(inb(&mut n, T0 + S, Proto::Udp, r, *e), Ok(sa(src)));
+        // The host's new flows stay on its EIP (paired pooling).
+        let (host, _) = src.split_once(':').unwrap();
+        let new = out(&mut n, T0 + S, Proto::Udp, &format!("{host}:3000"), r).unwrap();
+        assert_eq!(new.ip(), e.ip());
+    }
+    for (src, e) in &on_e1 {
+        assert_eq!(
+            inb(&mut n, T0 + S, Proto::Udp, r, *e),
+            Err(NaptDrop::UnknownDestination)
+        );
+        // The next packet is a new flow, from the entry's EIPs now.
+        let new = out(&mut n, T0 + S, Proto::Udp, src, r).unwrap();
+        assert_ne!(*new.ip(), v4(E1));
+    }
+}
+
+#[test]
+fn set_rules_a_new_dnat_entry_takes_its_port_from_a_live_snat_mapping() {
+    // One SNAT port, so the mapping's port is known.
+    let mut n = gw(with(|c| c.ports = 5000..=5000), &[E1]);
+    let r = "198.51.100.1:53";
+    let e = out(&mut n, T0, Proto::Udp, "10.0.0.5:1000", r).unwrap();
+    assert_eq!(e, sa("203.0.113.1:5000"));
+    // TCP's port 5000 is another port.
+    let t = handshake(&mut n, T0, "10.0.0.5:1000", "198.51.100.1:443");
+    assert_eq!(t, e);
+    n.set_rules(
+        vec![snat("10.0.0.0/8", &[E1])],
+        vec![dnat("203.0.113.1:5000", DnatProtocol::Udp, "10.0.0.9:53")],
+    )
+    .unwrap();
+    n.check_invariants();
+    // The entry wins: the UDP mapping and its session ended; the TCP one carries on.
+    assert_eq!((n.sessions(), n.mappings()), (1, 1));
+    assert_eq!(
+        out(&mut n, T0 + S, ACK, "10.0.0.5:1000", "198.51.100.1:443"),
+        Ok(t)
+    );
+    // What comes to the port goes where the entry says, from the host's old remote too.
+    assert_eq!(inb(&mut n, T0 + S, Proto::Udp, r, e), Ok(sa("10.0.0.9:53")));
+    // The host's next packet is a new flow, and the range's one port is the entry's.
+    assert_eq!(
+        out(&mut n, T0 + S, Proto::Udp, "10.0.0.5:1000", r),
+        Err(NaptDrop::PortsExhausted)
+    );
+}
+
+#[test]
+fn set_rules_removing_or_changing_a_dnat_entry_ends_its_sessions() {
+    let snats = || vec![snat("10.0.0.0/8", &[E1])];
+    let whole = dnat("203.0.113.9:0", DnatProtocol::Any, "10.0.0.2:0");
+    let fwd = dnat("203.0.113.1:80", DnatProtocol::Tcp, "10.0.0.80:8080");
+    let mut n = Napt::new(NaptConfig::cloud(), snats(), vec![fwd, whole]).unwrap();
+    let r = "198.51.100.1:4000";
+    assert_eq!(
+        inb(&mut n, T0, SYN, r, sa("203.0.113.1:80")),
+        Ok(sa("10.0.0.80:8080"))
+    );
+    assert_eq!(
+        out(&mut n, T0, SYN_ACK, "10.0.0.80:8080", r),
+        Ok(sa("203.0.113.1:80"))
+    );
+    assert_eq!(
+        inb(&mut n, T0, Proto::Udp, r, sa("203.0.113.9:5060")),
+        Ok(sa("10.0.0.2:5060"))
+    );
+    let w = "192.0.2.1:443";
+    assert_eq!(
+        out(&mut n, T0, SYN, "10.0.0.2:50000", w),
+        Ok(sa("203.0.113.9:50000"))
+    );
+    assert_eq!(n.sessions(), 3);
+    // The port forward goes; the whole-IP entry stays as it was, and so do its sessions.
+    n.set_rules(snats(), vec![whole]).unwrap();
+    n.check_invariants();
+    assert_eq!(n.sessions(), 2);
+    assert_eq!(
+        inb(&mut n, T0 + S, ACK, r, sa("203.0.113.1:80")),
+        Err(NaptDrop::NoSession)
+    );
+    // The server's next packet is a new flow through SNAT: it no longer leaves as E1:80.
+    let e = out(&mut n, T0 + S, ACK, "10.0.0.80:8080", r).unwrap();
+    assert_ne!(e, sa("203.0.113.1:80"));
+    assert_eq!(
+        inb(&mut n, T0 + S, Proto::Udp, r, sa("203.0.113.9:5060")),
+        Ok(sa("10.0.0.2:5060"))
+    );
+    assert_eq!(
+        out(&mut n, T0 + S, ACK, "10.0.0.2:50000", w),
+        Ok(sa("203.0.113.9:50000"))
+    );
+    // An entry changed is an entry gone: the whole IP now maps another host.
+    n.set_rules(
+        snats(),
+        vec![dnat("203.0.113.9:0", DnatProtocol::Any, "10.0.0.3:0")],
+    )
+    .unwrap();
+    n.check_invariants();
+    assert_eq!(n.sessions(), 1, "only the SNAT flow of 10.0.0.80");
+    assert_eq!(
+        inb(&mut n, T0 + S, Proto::Udp, r, sa("203.0.113.9:5060")),
+        Ok(sa("10.0.0.3:5060"))
+    );
+    // 10.0.0.2 is no longer mapped whole: its next packet leaves through SNAT.
+    let e = out(&mut n, T0 + S, ACK, "10.0.0.2:50000", w).unwrap();
+    assert_eq!(*e.ip(), v4(E1));
+}
+
+#[test]
+fn set_rules_refuses_an_invalid_rule_set_and_leaves_the_flows_working() {
+    let cfg = NaptConfig::cloud;
+    let snats = || vec![snat("10.0.0.0/8", &[E1])];
+    let dnats = || vec![dnat("203.0.113.1:80", DnatProtocol::Tcp, "10.0.0.80:80")];
+    let mut n = Napt::new(cfg(), snats(), dnats()).unwrap();
+    let r = "198.51.100.1:53";
+    let e = out(&mut n, T0, Proto::Udp, "10.0.0.5:5000", r).unwrap();
+    let client = "198.51.100.7:1234";
+    assert_eq!(
+        inb(&mut n, T0, SYN, client, sa("203.0.113.1:80")),
+        Ok(sa("10.0.0.80:80"))
+    );
+    let bad: Vec<(Vec<SnatRule>, Vec<DnatRule>)> = vec![
+        (vec![snat("10.0.0.0/8", &[])], dnats()),
+        (vec![snat("10.0.0.0/33", &[E2])], vec![]),
+        (
+            snats(),
+            vec![dnat("203.0.113.1:0", DnatProtocol::Any, "10.0.0.2:0")],
+        ),
+        (
+            vec![],
+            vec![
+                dnat("203.0.113.2:80", DnatProtocol::Tcp, "10.0.0.2:80"),
+                dnat("203.0.113.2:80", DnatProtocol::Tcp, "10.0.0.3:80"),
+            ],
+        ),
+        (
+            vec![],
+            vec![
+                dnat("203.0.113.2:80", DnatProtocol::Tcp, "10.0.0.2:80"),
+                dnat("203.0.113.2:81", DnatProtocol::Tcp, "10.0.0.2:80"),
+            ],
+        ),
+    ];
+    for (s, d) in bad {
+        let want = Napt::new(cfg(), s.clone(), d.clone()).unwrap_err();
+        assert_eq!(n.set_rules(s, d), Err(want));
+        n.check_invariants();
+        assert_eq!((n.sessions(), n.mappings()), (2, 1));
+    }
+    assert_eq!(
+        n.set_config(with(|c| c.ports = RangeInclusive::new(10, 9))),
+        Err(NaptConfigError::EmptyPortRange)
+    );
+    assert_eq!(*n.config(), cfg());
+    // The old rules are still in force, for the live flows and new ones.
+    assert_eq!(out(&mut n, T0 + S, Proto::Udp, "10.0.0.5:5000", r), Ok(e));
+    assert_eq!(
+        inb(&mut n, T0 + S, Proto::Udp, r, e),
+        Ok(sa("10.0.0.5:5000"))
+    );
+    assert_eq!(
+        inb(&mut n, T0 + S, ACK, client, sa("203.0.113.1:80")),
+        Ok(sa("10.0.0.80:80"))
+    );
+    let e = out(&mut n, T0 + S, Proto::Udp, "10.0.0.6:5000", r).unwrap();
+    assert_eq!(*e.ip(), v4(E1));
+}
+
+#[test]
+fn set_config_new_timeouts_count_from_each_flows_last_packet() {
+    let r = "198.51.100.1:53";
+    let mut n = gw(NaptConfig::cloud(), &[E1]);
+    out(&mut n, T0, Proto::Udp, "10.0.0.5:5000", r).unwrap();
+    out(&mut n, T0 + 10 * S, Proto::Udp, "10.0.0.6:5000", r).unwrap();
+    // 60 s -> 20 s: the deadlines are T0 + 20 s and T0 + 30 s now, not T0 + 60 s and 70 s.
+    n.set_config(with(|c| c.udp_ns = 20 * S)).unwrap();
+    n.check_invariants();
+    assert!(n.poll_timeout().unwrap() <= T0 + 20 * S);
+    n.handle_timeout(T0 + 20 * S - 1);
+    assert_eq!(n.sessions(), 2);
+    n.handle_timeout(T0 + 20 * S);
+    assert_eq!(n.sessions(), 1);
+    n.handle_timeout(T0 + 30 * S);
+    assert_eq!(n.sessions(), 0);
+    // 20 s -> 300 s: a flow idle for 10 s has 290 s left.
+    let t1 = T0 + 40 * S;
+    let e = out(&mut n, t1, Proto::Udp, "10.0.0.5:5000", r).unwrap();
+    n.set_config(with(|c| c.udp_ns = 300 * S)).unwrap();
+    n.handle_timeout(t1 + 299 * S);
+    assert_eq!(
+        inb(&mut n, t1 + 299 * S, Proto::Udp, r, e),
+        Ok(sa("10.0.0.5:5000"))
+    );
+    n.handle_timeout(t1 + 599 * S - 1);
+    assert_eq!(n.sessions(), 1);
+    n.handle_timeout(t1 + 599 * S);
+    assert_eq!(n.sessions(), 0);
+    // A TCP connection's timeout follows its state: established gets the new established
+    // timeout, not the transitory one.
+    let t2 = T0 + 2000 * S;
+    handshake(&mut n, t2, "10.0.0.5:40000", "198.51.100.1:443");
+    n.set_config(with(|c| {
+        c.udp_ns = 300 * S;
+        c.tcp_established_ns = 100 * S;
+    }))
+    .unwrap();
+    n.handle_timeout(t2 + 100 * S - 1);
+    assert_eq!(n.sessions(), 1);
+    n.handle_timeout(t2 + 100 * S);
+    assert_eq!(n.sessions(), 0);
+}
+
+#[test]
+fn set_config_a_lower_max_sessions_lets_live_flows_carry_on() {
+    let r = "198.51.100.1:53";
+    let mut n = gw(NaptConfig::cloud(), &[E1]);
+    let flows: Vec<(String, SocketAddrV4)> = (1..=3)
+        .map(|h| {
+            let src = format!("10.0.0.{h}:5000");
+            let e = out(&mut n, T0, Proto::Udp, &src, r).unwrap();
+            (src, e)
+        })
+        .collect();
+    n.set_config(with(|c| c.max_sessions = 2)).unwrap();
+    n.check_invariants();
+    for (src, e) in &flows {
+        assert_eq!(out(&mut n, T0 + S, Proto::Udp, src, r), Ok(*e));
+    }
+    assert_eq!(
+        out(&mut n, T0 + S, Proto::Udp, "10.0.0.9:5000", r),
+        Err(NaptDrop::TableFull)
+    );
+    n.handle_timeout(T0 + 61 * S);
+    assert!(out(&mut n, T0 + 61 * S, Proto::Udp, "10.0.0.9:5000", r).is_ok());
+}
+
+#[test]
+fn set_config_ends_the_flows_the_old_configuration_made() {
+    let r = "198.51.100.1:53";
+    let base = || {
+        with(|c| {
+            c.ports = 5000..=5001;
+            c.filtering = Behaviour::EndpointIndependent;
+        })
+    };
+    let mut n = Napt::new(
+        base(),
+        vec![snat("10.0.0.0/8", &[E1])],
+        vec![dnat("203.0.113.1:80", DnatProtocol::Tcp, "10.0.0.80:80")],
+    )
+    .unwrap();
+    let a = out(&mut n, T0, Proto::Udp, "10.0.0.5:1000", r).unwrap();
+    let b = out(&mut n, T0, Proto::Udp, "10.0.0.6:1000", r).unwrap();
+    let dnat_client = "198.51.100.9:4000";
+    assert!(inb(&mut n, T0, SYN, dnat_client, sa("203.0.113.1:80")).is_ok());
+    // A new port range: the mapping outside it ends, the one inside stays.
+    n.set_config(with(|c| {
+        *c = base();
+        c.ports = 5001..=5002;
+    }))
+    .unwrap();
+    n.check_invariants();
+    let (inside, outside) = if a.port() == 5001 { (a, b) } else { (b, a) };
+    assert_eq!(n.mappings(), 1);
+    assert!(inb(&mut n, T0 + S, Proto::Udp, r, inside).is_ok());
+    assert_eq!(
+        inb(&mut n, T0 + S, Proto::Udp, r, outside),
+        Err(NaptDrop::NoSession)
+    );
+    // Hairpinning turned off: the hairpinned sessions end, the others stay.
+    let t = n
+        .outbound(T0 + S, Proto::Udp, sa("10.0.0.7:1000"), inside)
+        .unwrap();
+    assert!(t.hairpin);
+    let before = n.sessions();
+    n.set_config(with(|c| {
+        *c = base();
+        c.ports = 5001..=5002;
+        c.hairpinning = false;
+    }))
+    .unwrap();
+    n.check_invariants();
+    // The sender's session and the receiver's session of the hairpinned flow.
+    assert_eq!(n.sessions(), before - 2);
+    assert!(inb(&mut n, T0 + S, Proto::Udp, r, inside).is_ok());
+    // Address-dependent filtering from now on: admitted are the remotes the host sent to.
+    n.set_config(with(|c| {
+        *c = base();
+        c.ports = 5001..=5002;
+        c.filtering = Behaviour::AddressDependent;
+    }))
+    .unwrap();
+    n.check_invariants();
+    assert!(inb(&mut n, T0 + S, Proto::Udp, "198.51.100.1:9", inside).is_ok());
+    assert_eq!(
+        inb(&mut n, T0 + S, Proto::Udp, "192.0.2.1:53", inside),
+        Err(NaptDrop::Filtered)
+    );
+    // Another mapping behaviour: every SNAT flow ends; DNAT sessions stay.
+    n.set_config(with(|c| {
+        *c = base();
+        c.ports = 5001..=5002;
+        c.mapping = Behaviour::AddressAndPortDependent;
+    }))
+    .unwrap();
+    n.check_invariants();
+    assert_eq!((n.sessions(), n.mappings()), (1, 0));
+    assert_eq!(
+        inb(&mut n, T0 + S, ACK, dnat_client, sa("203.0.113.1:80")),
+        Ok(sa("10.0.0.80:80"))
+    );
+}
+
 // --- random packet sequences ---
 
 #[derive(Clone, Debug)]
@@ -919,6 +1354,104 @@ fn remote(r: u8, rport: u8) -> SocketAddrV4 {
     SocketAddrV4::new(ip, 1020 + rport as u16)
 }
 
+/// (protocol, external, remote, internal) of what left, as last seen.
+type Seen = Vec<(Proto, SocketAddrV4, SocketAddrV4, SocketAddrV4)>;
+
+/// One step of a random packet sequence, and what can be said of its answer: an inbound
+/// translation always undoes the outbound one that made the session.
+fn step(n: &mut Napt, op: Op, now: &mut u64, seen: &mut Seen) -> Result<(), TestCaseError> {
+    match op {
+        Op::Out {
+            h,
+            port,
+            r,
+            rport,
+            proto,
+            flags,
+        } => {
+            let p = proto_of(proto, flags);
+            let src = SocketAddrV4::new(Ipv4Addr::new(10, 0, 0, h + 1), 1020 + port as u16);
+            let dst = remote(r, rport);
+            if let Ok(t) = n.outbound(*now, p, src, dst) {
+                if t.hairpin {
+                    prop_assert!(n.rules.eip_index.contains_key(&u32::from(*t.src.ip())));
+                    prop_assert!(t.dst.ip().octets()[0] == 10);
+                } else {
+                    prop_assert_eq!(t.dst, dst);
+                    // The inverse, at once: the remote's answer reaches the sender.
+                    let reply_p = match p {
+                        Proto::Tcp(_) => Proto::Tcp(TcpFlags::ACK),
+                        q => q,
+                    };
+                    prop_assert_eq!(n.inbound(*now, reply_p, dst, t.src), Ok(src));
+                }
+                seen.push((p, t.src, dst, src));
+            }
+        }
+        Op::Reply { pick, other, flags } => {
+            if seen.is_empty() {
+                return Ok(());
+            }
+            let (p, ext, rem, int) = seen[pick % seen.len()];
+            let p = match p {
+                Proto::Tcp(_) => Proto::Tcp(TcpFlags(flags)),
+                q => q,
+            };
+            let from = if other {
+                SocketAddrV4::new(*rem.ip(), rem.port() ^ 1)
+            } else {
+                rem
+            };
+            if let Ok(to) = n.inbound(*now, p, from, ext) {
+                // Whoever holds ext now got it by a later outbound (the old one
+                // expired), or it is still the host that sent from it.
+                let last = seen
+                    .iter()
+                    .rev()
+                    .find(|s| s.0.protocol() == p.protocol() && s.1 == ext)
+                    .unwrap();
+                prop_assert_eq!(to, last.3);
+                let _ = int;
+            }
+        }
+        Op::In {
+            r,
+            rport,
+            eip,
+            port,
+            proto,
+            flags,
+        } => {
+            let dst = SocketAddrV4::new(v4(EIPS[eip as usize]), port);
+            let _ = n.inbound(*now, proto_of(proto, flags), remote(r, rport), dst);
+        }
+        Op::IcmpErr { pick, inbound } => {
+            if seen.is_empty() {
+                return Ok(());
+            }
+            let (p, ext, rem, int) = seen[pick % seen.len()];
+            let router = v4("192.0.2.254");
+            if inbound {
+                if let Ok(t) = n.icmp_error_inbound(*now, router, p.protocol(), ext, rem) {
+                    let last = seen
+                        .iter()
+                        .rev()
+                        .find(|s| s.0.protocol() == p.protocol() && s.1 == ext)
+                        .unwrap();
+                    prop_assert_eq!(t.quoted_src, last.3);
+                    prop_assert_eq!(t.outer_dst, *last.3.ip());
+                }
+            } else if let Ok(t) = n.icmp_error_outbound(*now, *rem.ip(), p.protocol(), rem, int) {
+                prop_assert_eq!(t.outer_src, *t.quoted_dst.ip());
+                let _ = ext;
+            }
+        }
+        Op::Wait(s) => *now += s as u64 * S / 2,
+        Op::Timeout => n.handle_timeout(*now),
+    }
+    Ok(())
+}
+
 proptest! {
     #![proptest_config(ProptestConfig {
 
@@ -945,74 +1478,224 @@ proptest! {
             ],
         ).unwrap();
         let mut now = T0;
-        // (protocol, external, remote) as last seen leaving, and who sent it.
-        let mut seen: Vec<(Proto, SocketAddrV4, SocketAddrV4, SocketAddrV4)> = Vec::new();
+        let mut seen = Vec::new();
         for op in ops {
-            match op {
-                Op::Out { h, port, r, rport, proto, flags } => {
-                    let p = proto_of(proto, flags);
-                    let src = SocketAddrV4::new(Ipv4Addr::new(10, 0, 0, h + 1), 1020 + port as u16);
-                    let dst = remote(r, rport);
-                    if let Ok(t) = n.outbound(now, p, src, dst) {
-                        if t.hairpin {
-                            prop_assert!(EIPS.contains(&t.src.ip().to_string().as_str()));
-                            prop_assert!(t.dst.ip().octets()[0] == 10);
-                        } else {
-                            prop_assert_eq!(t.dst, dst);
-                            // The inverse, at once: the remote's answer reaches the sender.
-                            let reply_p = match p { Proto::Tcp(_) => Proto::Tcp(TcpFlags::ACK), q => q };
-                            prop_assert_eq!(n.inbound(now, reply_p, dst, t.src), Ok(src));
-                        }
-                        seen.push((p, t.src, dst, src));
-                    }
-                }
-                Op::Reply { pick, other, flags } => {
-                    if seen.is_empty() { continue; }
-                    let (p, ext, rem, int) = seen[pick % seen.len()];
-                    let p = match p { Proto::Tcp(_) => Proto::Tcp(TcpFlags(flags)), q => q };
-                    let from = if other { SocketAddrV4::new(*rem.ip(), rem.port() ^ 1) } else { rem };
-                    if let Ok(to) = n.inbound(now, p, from, ext) {
-                        // Whoever holds ext now got it by a later outbound (the old one
-                        // expired), or it is still the host that sent from it.
-                        let last = seen.iter().rev().find(|s| s.0.protocol() == p.protocol() && s.1 == ext).unwrap();
-                        prop_assert_eq!(to, last.3);
-                        let _ = int;
-                    }
-                }
-                Op::In { r, rport, eip, port, proto, flags } => {
-                    let dst = SocketAddrV4::new(v4(EIPS[eip as usize]), port);
-                    let _ = n.inbound(now, proto_of(proto, flags), remote(r, rport), dst);
-                }
-                Op::IcmpErr { pick, inbound } => {
-                    if seen.is_empty() { continue; }
-                    let (p, ext, rem, int) = seen[pick % seen.len()];
-                    let router = v4("192.0.2.254");
-                    if inbound {
-                        if let Ok(t) = n.icmp_error_inbound(now, router, p.protocol(), ext, rem) {
-                            let last = seen.iter().rev().find(|s| s.0.protocol() == p.protocol() && s.1 == ext).unwrap();
-                            prop_assert_eq!(t.quoted_src, last.3);
-                            prop_assert_eq!(t.outer_dst, *last.3.ip());
-                        }
-                    } else if let Ok(t) = n.icmp_error_outbound(now, *rem.ip(), p.protocol(), rem, int) {
-                        prop_assert_eq!(t.outer_src, *t.quoted_dst.ip());
-                        let _ = ext;
-                    }
-                }
-                Op::Wait(s) => now += s as u64 * S / 2,
-                Op::Timeout => n.handle_timeout(now),
-            }
+            step(&mut n, op, &mut now, &mut seen)?;
             n.check_invariants();
         }
         n.handle_timeout(now + 3600 * S);
         n.check_invariants();
         prop_assert_eq!((n.sessions(), n.mappings()), (0, 0));
-        for e in &n.eips {
+        for e in &n.rules.eips {
             for (i, ps) in e.ports.iter().enumerate() {
                 // Back to the free count it started with (DNAT ports stay taken).
                 let dnat = if e.addr == u32::from(v4(EIPS[2])) && i < 2 { 1 } else { 0 };
                 prop_assert_eq!(ps.free(), 8 - dnat);
             }
         }
+    }
+}
+
+// --- random rule and configuration changes amid traffic ---
+
+/// SNAT entries to choose from, each with any set of the three EIPs (none: an error).
+const SNAT_POOL: [&str; 3] = ["10.0.0.0/29", "10.0.0.4/30", "10.0.0.2/32"];
+
+/// DNAT entries to choose from: some hold ports SNAT hands out, some map a host whole, one
+/// changes another's target, and some cannot stand with others.
+const DNAT_POOL: [(&str, DnatProtocol, &str); 7] = [
+    ("203.0.113.3:1022", DnatProtocol::Tcp, "10.0.0.1:1022"),
+    ("203.0.113.3:1023", DnatProtocol::Udp, "10.0.0.9:53"),
+    ("203.0.113.1:1021", DnatProtocol::Udp, "10.0.0.2:1021"),
+    ("203.0.113.1:1024", DnatProtocol::Tcp, "10.0.0.3:80"),
+    ("203.0.113.4:0", DnatProtocol::Any, "10.0.0.5:0"),
+    ("203.0.113.2:0", DnatProtocol::Any, "10.0.0.6:0"),
+    ("203.0.113.3:1022", DnatProtocol::Tcp, "10.0.0.1:1025"),
+];
+
+#[derive(Clone, Debug)]
+enum Change {
+    Packet(Op),
+    /// Which SNAT entries, with which EIPs (a bit per EIP), and which DNAT entries (a bit per
+    /// entry of the pool).
+    Rules {
+        snat: [Option<u8>; 3],
+        dnat: u8,
+    },
+    Config(NaptConfig),
+}
+
+fn rule_set(snat_eips: &[Option<u8>; 3], dnats: u8) -> (Vec<SnatRule>, Vec<DnatRule>) {
+    let s = SNAT_POOL
+        .iter()
+        .zip(snat_eips)
+        .filter_map(|(cidr, m)| {
+            let m = (*m)?;
+            let eips: Vec<&str> = (0..3)
+                .filter(|b| m >> b & 1 == 1)
+                .map(|b| EIPS[b])
+                .collect();
+            Some(snat(cidr, &eips))
+        })
+        .collect();
+    let d = DNAT_POOL
+        .iter()
+        .enumerate()
+        .filter(|(i, _)| dnats >> i & 1 == 1)
+        .map(|(_, &(e, p, i))| dnat(e, p, i))
+        .collect();
+    (s, d)
+}
+
+fn change() -> impl Strategy<Value = Change> {
+    let ports = prop_oneof![Just(1020..=1027), Just(1022..=1025), Just(1024..=1031)];
+    prop_oneof![
+        14 => op().prop_map(Change::Packet),
+        2 => (
+            proptest::array::uniform3(proptest::option::of(prop_oneof![9 => 1..8u8, 1 => Just(0u8)])),
+            0..128u8,
+        )
+            .prop_map(|(snat, dnat)| Change::Rules { snat, dnat }),
+        1 => (config(), ports).prop_map(|(mut c, p)| {
+            c.ports = p;
+            Change::Config(c)
+        }),
+    ]
+}
+
+/// This test's own reading of whether new rules still translate live session `s` as it is:
+/// SNAT-made, its EIP is one of the most specific covering entry's and nothing else claims
+/// the host or the port; DNAT-made, its entry is there unchanged; and its remote is one of
+/// the gateway's addresses exactly when it was.
+fn rules_keep(
+    s: &Session,
+    snat: &[SnatRule],
+    dnat: &[DnatRule],
+    ports: &RangeInclusive<u16>,
+) -> bool {
+    let int = sock(s.int_ip, s.int_port);
+    let ext = sock(s.ext_ip, s.ext_port);
+    let same_proto = |p: DnatProtocol| {
+        matches!(
+            (p, s.proto),
+            (DnatProtocol::Tcp, Protocol::Tcp) | (DnatProtocol::Udp, Protocol::Udp)
+        )
+    };
+    let gateway: HashSet<Ipv4Addr> = snat
+        .iter()
+        .flat_map(|r| r.eips.iter().copied())
+        .chain(dnat.iter().map(|d| *d.external.ip()))
+        .collect();
+    let hairpin_as_before = s.hairpin == gateway.contains(&Ipv4Addr::from(s.rem_ip));
+    let translated = if s.mapping != NONE {
+        let covers = |r: &&SnatRule| {
+            let mask = u32::MAX.checked_shl(32 - r.prefix_len as u32).unwrap_or(0);
+            u32::from(r.source) & mask == s.int_ip & mask
+        };
+        // The longest prefix; the first given among equals.
+        let entry =
+            snat.iter()
+                .filter(covers)
+                .fold(None, |best: Option<&SnatRule>, r| match best {
+                    Some(b) if b.prefix_len >= r.prefix_len => Some(b),
+                    _ => Some(r),
+                });
+        let whole = dnat
+            .iter()
+            .any(|d| d.protocol == DnatProtocol::Any && d.internal.ip() == int.ip());
+        let forwarded = dnat
+            .iter()
+            .any(|d| d.external == ext && same_proto(d.protocol));
+        !whole
+            && !forwarded
+            && ports.contains(&ext.port())
+            && entry.is_some_and(|r| r.eips.contains(ext.ip()))
+    } else {
+        dnat.iter().any(|d| match d.protocol {
+            DnatProtocol::Any => {
+                d.external.ip() == ext.ip()
+                    && d.internal.ip() == int.ip()
+                    && ext.port() == int.port()
+            }
+            p => same_proto(p) && d.external == ext && d.internal == int,
+        })
+    };
+    translated && hairpin_as_before
+}
+
+fn live_sessions(n: &Napt) -> Vec<(u32, Session)> {
+    (0..n.sessions.len() as u32)
+        .map(|i| (i, n.sessions[i as usize]))
+        .filter(|(_, s)| s.live)
+        .collect()
+}
+
+proptest! {
+    #![proptest_config(ProptestConfig {
+        failure_persistence: Some(Box::new(
+            proptest::test_runner::FileFailurePersistence::WithSource("proptest-regressions"),
+        )),
+        ..ProptestConfig::default()
+    })]
+
+    /// Rules and configuration changed at random amid random traffic: the tables stay
+    /// consistent with each other and with what is in force (`check_invariants`), a change
+    /// keeps exactly the sessions the new rules translate as before (`rules_keep`), a refused
+    /// change keeps everything, and the table still empties and gives back every port.
+    #[test]
+    fn random_rule_changes_amid_traffic_keep_the_tables_consistent(
+        cfg in config(),
+        changes in proptest::collection::vec(change(), 1..150),
+    ) {
+        let mut n = Napt::new(
+            cfg,
+            vec![snat("10.0.0.0/29", &EIPS[..2]), snat("10.0.0.4/30", &EIPS[1..2])],
+            vec![
+                dnat("203.0.113.3:1022", DnatProtocol::Tcp, "10.0.0.1:1022"),
+                dnat("203.0.113.3:1023", DnatProtocol::Udp, "10.0.0.9:53"),
+            ],
+        ).unwrap();
+        let mut now = T0;
+        let mut seen = Vec::new();
+        for c in changes {
+            match c {
+                Change::Packet(op) => step(&mut n, op, &mut now, &mut seen)?,
+                Change::Rules { snat, dnat } => {
+                    let (s, d) = rule_set(&snat, dnat);
+                    let fresh = Napt::new(n.config().clone(), s.clone(), d.clone()).map(|_| ());
+                    let before = live_sessions(&n);
+                    let r = n.set_rules(s.clone(), d.clone());
+                    prop_assert_eq!(&r, &fresh);
+                    if r.is_ok() {
+                        for (i, old) in &before {
+                            let stays = n.out_index.get(&old.out_key()) == Some(i);
+                            prop_assert_eq!(stays, rules_keep(old, &s, &d, &n.cfg.ports), "{:?}", old);
+                        }
+                        // Whoever held an external address before may not now.
+                        seen.clear();
+                    } else {
+                        prop_assert_eq!(live_sessions(&n).len(), before.len());
+                    }
+                }
+                Change::Config(c) => {
+                    let old = n.config().clone();
+                    let before = n.sessions();
+                    n.set_config(c.clone()).unwrap();
+                    let ends_some = c.mapping != old.mapping
+                        || (c.pooling == Pooling::Paired && old.pooling != Pooling::Paired)
+                        || c.ports != old.ports
+                        || (old.hairpinning && !c.hairpinning);
+                    if !ends_some {
+                        prop_assert_eq!(n.sessions(), before);
+                    }
+                    seen.clear();
+                }
+            }
+            n.check_invariants();
+        }
+        n.handle_timeout(now + 3600 * S);
+        n.check_invariants();
+        prop_assert_eq!((n.sessions(), n.mappings()), (0, 0));
     }
 }
 
