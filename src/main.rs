@@ -7,7 +7,7 @@ use anyhow::{bail, Context, Result};
 use clap::{Parser, Subcommand, ValueEnum};
 use eiplab::api::sign;
 use eiplab::api::Api;
-use eiplab::control::{ControlPlane, Options, TableExtras};
+use eiplab::control::{ControlPlane, Options};
 use std::collections::BTreeMap;
 use std::io::Write;
 use std::net::SocketAddr;
@@ -505,11 +505,7 @@ fn up(args: UpArgs) -> Result<ExitCode> {
         .collect();
     let opts = Options {
         state_dir: state,
-        table: TableExtras {
-            alg: Some(file.alg.policy()),
-            source_check: Some(file.vpc.source_check),
-            internet_gateway: Some(file.internet.gateway),
-        },
+        table: eiplab::lab::cloud::table_extras(&file),
     };
     let cp = ControlPlane::new(cloud, &opts).map_err(|e| anyhow::anyhow!(e))?;
     let api = Api::new(cp.clone(), &access_keys);

@@ -2146,3 +2146,140 @@ fn udp_bursts_cross_merged_and_arrive_as_sent() {
          multiple of one datagram's)"
     );
 }
+
+// ---------------------------------------------------------------------------------------------
+// D9–D11: the NAT gateway of examples/nat-gateway.toml carries SNAT, DNAT and hairpin
+
+#[test]
+fn nat_gateway_snat_dnat_and_hairpin() {
+    if !privileged("nat_gateway_snat_dnat_and_hairpin") {
+        return;
+    }
+    let lab = Lab::up("nat-gateway.toml");
+    let _web = lab.http_server("i-web1", "0.0.0.0", 80);
+
+    // SNAT: instances without EIPs reach the internet from the gateway's SNAT EIP, by vSwitch
+    // (i-web2 in vsw-a) and by CIDR (i-ha1 in 10.0.2.0/24).
+    for inst in ["i-web2", "i-ha1"] {
+        let seen = retry_ok(
+            Duration::from_secs(10),
+            &format!("curl http://203.0.113.1/ from {inst}"),
+            || lab.curl(inst, &["--max-time", "3"], "http://203.0.113.1/"),
+        )
+        .out()
+        .to_string();
+        assert_eq!(
+            seen, "198.51.100.50",
+            "expected the echo service to see {inst} as the SNAT EIP 198.51.100.50; it saw {seen:?}"
+        );
+    }
+
+    // DNAT: 198.51.100.51:8080/tcp -> i-web1:80, which sees the client's own address.
+    let seen = retry_ok(
+        Duration::from_secs(10),
+        "curl http://198.51.100.51:8080/ from internet",
+        || {
+            lab.curl(
+                "internet",
+                &["--max-time", "3"],
+                "http://198.51.100.51:8080/",
+            )
+        },
+    )
+    .out()
+    .to_string();
+    assert_eq!(
+        seen, "203.0.113.1",
+        "expected i-web1's server to see the internet client 203.0.113.1 through DNAT; it saw {seen:?}"
+    );
+
+    // Hairpin: i-web2 reaches the DNAT port of its own gateway, arriving from the SNAT EIP.
+    let r = lab.curl("i-web2", &["--max-time", "3"], "http://198.51.100.51:8080/");
+    assert!(
+        r.ok(),
+        "expected i-web2 to reach 198.51.100.51:8080 by hairpin; got {r}"
+    );
+    assert_eq!(
+        r.out(),
+        "198.51.100.50",
+        "expected i-web1 to see the hairpinned request from the SNAT EIP; got {r}"
+    );
+
+    // Nothing reaches a host through the SNAT EIP unasked, and the drop says why.
+    let r = lab.curl("internet", &["--max-time", "2"], "http://198.51.100.50:80/");
+    assert!(!r.ok(), "expected no way in through the SNAT EIP; got {r}");
+    lab.wait_status(
+        Duration::from_secs(3),
+        "nat_gateway_no_session counted on eip-ngw-snat",
+        |s| eip_drops(s, "eip-ngw-snat", "nat_gateway_no_session") > 0,
+    );
+    // ping out through SNAT (the ICMP identifier is translated and back).
+    let r = lab.exec("i-web2", &["ping", "-c", "2", "-W", "2", "203.0.113.1"]);
+    assert!(
+        r.ok(),
+        "expected i-web2 to ping 203.0.113.1 through SNAT; got {r}"
+    );
+
+    // A DNAT entry made through the API carries traffic at once; deleted, it carries none.
+    let _web2 = lab.http_server("i-web2", "0.0.0.0", 8000);
+    let v = lab.api_ok(
+        "CreateForwardEntry",
+        &[
+            ("RegionId", "cn-shanghai"),
+            ("ForwardTableId", "ftb-ngw-a"),
+            ("ExternalIp", "198.51.100.51"),
+            ("ExternalPort", "9000"),
+            ("InternalIp", "10.0.1.12"),
+            ("InternalPort", "8000"),
+            ("IpProtocol", "TCP"),
+        ],
+    );
+    let id = v["ForwardEntryId"]
+        .as_str()
+        .expect("ForwardEntryId")
+        .to_string();
+    let seen = retry_ok(
+        Duration::from_secs(5),
+        "curl http://198.51.100.51:9000/ after CreateForwardEntry",
+        || {
+            lab.curl(
+                "internet",
+                &["--max-time", "2"],
+                "http://198.51.100.51:9000/",
+            )
+        },
+    )
+    .out()
+    .to_string();
+    assert_eq!(
+        seen, "203.0.113.1",
+        "expected i-web2's server behind the new DNAT entry to see the client; it saw {seen:?}"
+    );
+    lab.api_ok(
+        "DeleteForwardEntry",
+        &[
+            ("RegionId", "cn-shanghai"),
+            ("ForwardTableId", "ftb-ngw-a"),
+            ("ForwardEntryId", id.as_str()),
+        ],
+    );
+    let r = lab.curl(
+        "internet",
+        &["--max-time", "2"],
+        "http://198.51.100.51:9000/",
+    );
+    assert!(
+        !r.ok(),
+        "expected nothing through 198.51.100.51:9000 once its entry is deleted; got {r}"
+    );
+    let s = lab.status();
+    let gws = &s["counters"]["nat_gateways"];
+    assert_eq!(
+        gws[0]["nat_gateway_id"], "ngw-a",
+        "status lists the gateway: {gws}"
+    );
+    assert!(
+        gws[0]["sessions"].as_u64().unwrap_or(0) > 0,
+        "expected live sessions on ngw-a in status: {gws}"
+    );
+}

@@ -5,6 +5,7 @@
 //! puts the model back if it fails.
 
 use super::server::{invalid, missing, ApiError};
+use crate::cloud::nat::{forward_table_id, snat_table_id, ForwardSpec, SnatSpec};
 use crate::cloud::{self, Associate, Cloud, CloudError, EipStatus, Mode};
 use serde_json::{json, Map, Value};
 use std::collections::BTreeMap;
@@ -164,6 +165,36 @@ pub static ACTIONS: &[Action] = &[
         name: "DescribeForwardTableEntries",
         version: VPC,
         run: describe_forward_table_entries,
+    },
+    Action {
+        name: "CreateSnatEntry",
+        version: VPC,
+        run: create_snat_entry,
+    },
+    Action {
+        name: "ModifySnatEntry",
+        version: VPC,
+        run: modify_snat_entry,
+    },
+    Action {
+        name: "DeleteSnatEntry",
+        version: VPC,
+        run: delete_snat_entry,
+    },
+    Action {
+        name: "CreateForwardEntry",
+        version: VPC,
+        run: create_forward_entry,
+    },
+    Action {
+        name: "ModifyForwardEntry",
+        version: VPC,
+        run: modify_forward_entry,
+    },
+    Action {
+        name: "DeleteForwardEntry",
+        version: VPC,
+        run: delete_forward_entry,
     },
 ];
 
@@ -643,16 +674,6 @@ fn pool_gateway(c: &Cloud, a: Ipv4Addr) -> (String, String) {
     (String::new(), "255.255.255.255".into())
 }
 
-/// A NAT gateway's SNAT table id (one per gateway in the lab).
-fn snat_table_of(gateway: &str) -> String {
-    format!("stb-{gateway}")
-}
-
-/// A NAT gateway's DNAT (forward) table id.
-fn forward_table_of(gateway: &str) -> String {
-    format!("ftb-{gateway}")
-}
-
 /// Whether `filter` (a comma-separated list, or absent) admits `value`.
 fn admits(filter: Option<&str>, value: &str) -> bool {
     filter.is_none_or(|f| f.split(',').map(str::trim).any(|x| x == value))
@@ -729,8 +750,8 @@ fn describe_nat_gateway(c: &Cloud, g: &cloud::NatGateway) -> Value {
         "EipBindMode": if g.eip_takes_private_ip { "MULTI_BINDED" } else { "NAT" },
         "DeletionProtection": false,
         "ResourceGroupId": "rg-lab",
-        "SnatTableIds": {"SnatTableId": [snat_table_of(&g.id)]},
-        "ForwardTableIds": {"ForwardTableId": [forward_table_of(&g.id)]},
+        "SnatTableIds": {"SnatTableId": [snat_table_id(&g.id)]},
+        "ForwardTableIds": {"ForwardTableId": [forward_table_id(&g.id)]},
         "IpLists": {"IpList": ips},
         "NatGatewayPrivateInfo": {"VswitchId": g.vswitch, "IzNo": zone},
         "Tags": {"Tag": []},
@@ -757,7 +778,7 @@ fn describe_snat_table_entries(c: &mut Cloud, x: &mut Call<'_>) -> Result<(), Ap
                 .get(&s.nat_gateway)
                 .is_some_and(|g| g.region == x.region)
         })
-        .filter(|s| admits(table, &snat_table_of(&s.nat_gateway)))
+        .filter(|s| admits(table, &snat_table_id(&s.nat_gateway)))
         .filter(|s| admits(gw, &s.nat_gateway))
         .filter(|s| admits(entry, &s.id))
         .filter(|s| cidr.is_none_or(|v| s.source_cidr.as_deref() == Some(v)))
@@ -767,7 +788,7 @@ fn describe_snat_table_entries(c: &mut Cloud, x: &mut Call<'_>) -> Result<(), Ap
         .collect();
     let items = paged(&mut x.out, &all, page, size, |s| {
         json!({
-            "SnatTableId": snat_table_of(&s.nat_gateway),
+            "SnatTableId": snat_table_id(&s.nat_gateway),
             "SnatEntryId": s.id,
             "SnatEntryName": s.name,
             "SourceCIDR": s.source_cidr.clone().unwrap_or_default(),
@@ -806,7 +827,7 @@ fn describe_forward_table_entries(c: &mut Cloud, x: &mut Call<'_>) -> Result<(),
                 .get(&f.nat_gateway)
                 .is_some_and(|g| g.region == x.region)
         })
-        .filter(|f| admits(table, &forward_table_of(&f.nat_gateway)))
+        .filter(|f| admits(table, &forward_table_id(&f.nat_gateway)))
         .filter(|f| admits(gw, &f.nat_gateway))
         .filter(|f| admits(entry, &f.id))
         .filter(|f| ext_ip.is_none_or(|v| f.external_ip.to_string() == v))
@@ -818,7 +839,7 @@ fn describe_forward_table_entries(c: &mut Cloud, x: &mut Call<'_>) -> Result<(),
         .collect();
     let items = paged(&mut x.out, &all, page, size, |f| {
         json!({
-            "ForwardTableId": forward_table_of(&f.nat_gateway),
+            "ForwardTableId": forward_table_id(&f.nat_gateway),
             "ForwardEntryId": f.id,
             "ForwardEntryName": f.name,
             "ExternalIp": f.external_ip.to_string(),
@@ -834,6 +855,113 @@ fn describe_forward_table_entries(c: &mut Cloud, x: &mut Call<'_>) -> Result<(),
         "ForwardTableEntries".into(),
         json!({"ForwardTableEntry": items}),
     );
+    Ok(())
+}
+
+/// A parameter as given, owned (absent or empty: `None`).
+fn given(p: &Params, name: &str) -> Option<String> {
+    get(p, name).map(str::to_string)
+}
+
+// The SNAT/DNAT entry actions: the model ([`cloud::nat`]) checks every rule; the handlers read
+// the parameters under the SDKs' names. Entries are Available at once (see `cloud::nat`), as
+// DescribeSnatTableEntries and DescribeForwardTableEntries answer them.
+
+/// `DryRun=true` on a call whose checks all passed: the cloud answers `DryRunOperation` and
+/// makes nothing. The change already made on the model is undone by `transact`, which puts the
+/// model back when a handler fails.
+fn dry_run_passed(p: &Params) -> Result<(), ApiError> {
+    if truthy(p, "DryRun") {
+        return Err(ApiError {
+            code: "DryRunOperation".into(),
+            status: 400,
+            message: "Request validation has been passed with DryRun flag set.".into(),
+        });
+    }
+    Ok(())
+}
+
+fn create_snat_entry(c: &mut Cloud, x: &mut Call<'_>) -> Result<(), ApiError> {
+    let p = x.p;
+    let table = need(p, "SnatTableId")?;
+    let spec = SnatSpec {
+        snat_ip: Some(need(p, "SnatIp")?.to_string()),
+        source_vswitch: given(p, "SourceVSwitchId"),
+        source_cidr: given(p, "SourceCIDR"),
+        name: given(p, "SnatEntryName"),
+    };
+    let (id, _) = c.create_snat_entry(&x.region, table, &spec)?;
+    dry_run_passed(p)?;
+    x.out.insert("SnatEntryId".into(), json!(id));
+    Ok(())
+}
+
+fn modify_snat_entry(c: &mut Cloud, x: &mut Call<'_>) -> Result<(), ApiError> {
+    let p = x.p;
+    let table = need(p, "SnatTableId")?;
+    let id = need(p, "SnatEntryId")?;
+    let spec = SnatSpec {
+        snat_ip: given(p, "SnatIp"),
+        name: given(p, "SnatEntryName"),
+        ..SnatSpec::default()
+    };
+    c.modify_snat_entry(&x.region, table, id, &spec)?;
+    dry_run_passed(p)?;
+    Ok(())
+}
+
+fn delete_snat_entry(c: &mut Cloud, x: &mut Call<'_>) -> Result<(), ApiError> {
+    let p = x.p;
+    let table = need(p, "SnatTableId")?;
+    let id = need(p, "SnatEntryId")?;
+    c.delete_snat_entry(&x.region, table, id)?;
+    Ok(())
+}
+
+/// The DNAT fields of CreateForwardEntry / ModifyForwardEntry, as given.
+fn forward_spec(p: &Params) -> ForwardSpec {
+    ForwardSpec {
+        external_ip: given(p, "ExternalIp"),
+        external_port: given(p, "ExternalPort"),
+        internal_ip: given(p, "InternalIp"),
+        internal_port: given(p, "InternalPort"),
+        ip_protocol: given(p, "IpProtocol"),
+        name: given(p, "ForwardEntryName"),
+    }
+}
+
+fn create_forward_entry(c: &mut Cloud, x: &mut Call<'_>) -> Result<(), ApiError> {
+    let p = x.p;
+    let table = need(p, "ForwardTableId")?;
+    for name in [
+        "ExternalIp",
+        "ExternalPort",
+        "InternalIp",
+        "InternalPort",
+        "IpProtocol",
+    ] {
+        need(p, name)?;
+    }
+    let (id, _) = c.create_forward_entry(&x.region, table, &forward_spec(p))?;
+    dry_run_passed(p)?;
+    x.out.insert("ForwardEntryId".into(), json!(id));
+    Ok(())
+}
+
+fn modify_forward_entry(c: &mut Cloud, x: &mut Call<'_>) -> Result<(), ApiError> {
+    let p = x.p;
+    let table = need(p, "ForwardTableId")?;
+    let id = need(p, "ForwardEntryId")?;
+    c.modify_forward_entry(&x.region, table, id, &forward_spec(p))?;
+    dry_run_passed(p)?;
+    Ok(())
+}
+
+fn delete_forward_entry(c: &mut Cloud, x: &mut Call<'_>) -> Result<(), ApiError> {
+    let p = x.p;
+    let table = need(p, "ForwardTableId")?;
+    let id = need(p, "ForwardEntryId")?;
+    c.delete_forward_entry(&x.region, table, id)?;
     Ok(())
 }
 
@@ -877,5 +1005,213 @@ mod tests {
             e.message
         );
         assert!(e.message.contains("2016-04-28"), "{}", e.message);
+    }
+
+    /// The fixture's cloud with NAT gateway ngw-t on vsw-a holding eip-web (198.51.100.10).
+    fn with_gateway() -> Cloud {
+        let mut c = crate::cloud::fixture::web(0, 0);
+        c.nat_gateways.insert(
+            "ngw-t".into(),
+            cloud::NatGateway {
+                id: "ngw-t".into(),
+                region: "cn-shanghai".into(),
+                vswitch: "vsw-a".into(),
+                eip_takes_private_ip: false,
+            },
+        );
+        c.associate(
+            0,
+            &Associate {
+                allocation_id: "eip-web".into(),
+                instance_id: "ngw-t".into(),
+                bind_type: cloud::BindType::Nat,
+                mode: Mode::Nat,
+                private_ip: None,
+            },
+        )
+        .unwrap();
+        assert_eq!(c.eips["eip-web"].status, EipStatus::InUse);
+        c
+    }
+
+    fn call(c: &mut Cloud, action: &str, params: &[(&str, &str)]) -> Result<Value, ApiError> {
+        let p: Params = params
+            .iter()
+            .map(|(k, v)| (k.to_string(), v.to_string()))
+            .collect();
+        Action::find(action).unwrap().run(c, 0, &p)
+    }
+
+    #[test]
+    fn entry_actions_answer_the_new_ids_and_describe_shows_them() {
+        let mut c = with_gateway();
+        let r = call(
+            &mut c,
+            "CreateSnatEntry",
+            &[
+                ("SnatTableId", "stb-ngw-t"),
+                ("SnatIp", "198.51.100.10"),
+                ("SourceCIDR", "10.0.1.0/24"),
+                ("SnatEntryName", "out"),
+            ],
+        )
+        .unwrap();
+        let sid = r["SnatEntryId"].as_str().unwrap().to_string();
+        assert!(
+            sid.starts_with("snat-") && r["RequestId"].is_string(),
+            "{r}"
+        );
+        let d = call(
+            &mut c,
+            "DescribeSnatTableEntries",
+            &[("SnatTableId", "stb-ngw-t")],
+        )
+        .unwrap();
+        let e = &d["SnatTableEntries"]["SnatTableEntry"][0];
+        assert_eq!(
+            (
+                &e["SnatEntryId"],
+                &e["SnatEntryName"],
+                &e["SourceCIDR"],
+                &e["SnatIp"],
+                &e["Status"]
+            ),
+            (
+                &json!(sid),
+                &json!("out"),
+                &json!("10.0.1.0/24"),
+                &json!("198.51.100.10"),
+                &json!("Available")
+            )
+        );
+        let r = call(
+            &mut c,
+            "CreateForwardEntry",
+            &[
+                ("ForwardTableId", "ftb-ngw-t"),
+                ("ExternalIp", "198.51.100.10"),
+                ("ExternalPort", "8080"),
+                ("InternalIp", "10.0.1.77"),
+                ("InternalPort", "80"),
+                ("IpProtocol", "tcp"),
+            ],
+        )
+        .unwrap();
+        let fid = r["ForwardEntryId"].as_str().unwrap().to_string();
+        call(
+            &mut c,
+            "ModifyForwardEntry",
+            &[
+                ("ForwardTableId", "ftb-ngw-t"),
+                ("ForwardEntryId", &fid),
+                ("InternalPort", "81"),
+            ],
+        )
+        .unwrap();
+        let d = call(
+            &mut c,
+            "DescribeForwardTableEntries",
+            &[("ForwardEntryId", &fid)],
+        )
+        .unwrap();
+        let e = &d["ForwardTableEntries"]["ForwardTableEntry"][0];
+        assert_eq!(
+            (
+                &e["ExternalPort"],
+                &e["InternalPort"],
+                &e["IpProtocol"],
+                &e["ForwardTableId"]
+            ),
+            (
+                &json!("8080"),
+                &json!("81"),
+                &json!("TCP"),
+                &json!("ftb-ngw-t")
+            )
+        );
+        // Modify and Delete answer the RequestId only.
+        let r = call(
+            &mut c,
+            "DeleteSnatEntry",
+            &[("SnatTableId", "stb-ngw-t"), ("SnatEntryId", &sid)],
+        )
+        .unwrap();
+        assert_eq!(
+            r.as_object().unwrap().keys().collect::<Vec<_>>(),
+            ["RequestId"]
+        );
+        call(
+            &mut c,
+            "DeleteForwardEntry",
+            &[("ForwardTableId", "ftb-ngw-t"), ("ForwardEntryId", &fid)],
+        )
+        .unwrap();
+        assert!(c.snat_entries.is_empty() && c.forward_entries.is_empty());
+    }
+
+    #[test]
+    fn entry_actions_name_a_missing_parameter() {
+        let mut c = with_gateway();
+        for (action, params, code) in [
+            (
+                "CreateSnatEntry",
+                vec![("SnatIp", "198.51.100.10")],
+                "MissingSnatTableId",
+            ),
+            (
+                "CreateSnatEntry",
+                vec![("SnatTableId", "stb-ngw-t")],
+                "MissingSnatIp",
+            ),
+            (
+                "ModifySnatEntry",
+                vec![("SnatTableId", "stb-ngw-t")],
+                "MissingSnatEntryId",
+            ),
+            (
+                "DeleteSnatEntry",
+                vec![("SnatEntryId", "snat-x")],
+                "MissingSnatTableId",
+            ),
+            (
+                "CreateForwardEntry",
+                vec![
+                    ("ForwardTableId", "ftb-ngw-t"),
+                    ("ExternalIp", "198.51.100.10"),
+                    ("ExternalPort", "80"),
+                    ("InternalIp", "10.0.1.77"),
+                    ("InternalPort", "80"),
+                ],
+                "MissingIpProtocol",
+            ),
+            (
+                "ModifyForwardEntry",
+                vec![("ForwardTableId", "ftb-ngw-t")],
+                "MissingForwardEntryId",
+            ),
+            (
+                "DeleteForwardEntry",
+                vec![("ForwardEntryId", "fwd-x")],
+                "MissingForwardTableId",
+            ),
+        ] {
+            let e = call(&mut c, action, &params).unwrap_err();
+            assert_eq!(
+                (e.code.as_str(), e.status),
+                (code, 400),
+                "{action}: {}",
+                e.message
+            );
+        }
+        let e = call(
+            &mut c,
+            "DeleteForwardEntry",
+            &[("ForwardTableId", "ftb-ngw-t"), ("ForwardEntryId", "fwd-x")],
+        )
+        .unwrap_err();
+        assert_eq!(
+            (e.code.as_str(), e.status),
+            ("InvalidForwardEntryId.NotFound", 404)
+        );
     }
 }

@@ -17,6 +17,7 @@ pub(crate) fn web(transition_ns: u64, now: u64) -> Cloud {
         transition_ns,
         eip_pool: vec![(ip("198.51.100.0"), 24)],
         vpc_id: "vpc-lab".into(),
+        vpc_cidrs: Vec::new(),
     });
     c.add_vswitch(VSwitch {
         id: "vsw-a".into(),

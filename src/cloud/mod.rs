@@ -8,7 +8,8 @@
 //! private IPs, start/stop); Associating/Unassociating and Starting/Stopping as timed states;
 //! the engine table derived from the state ([`Cloud::table`]).
 //! NAT gateways, HaVips and CLBs: their association rules (their dataplane comes later).
-//! SNAT/DNAT entries come from the lab file only (no API actions for them yet).
+//! SNAT/DNAT entries: from the lab file, and created, modified and deleted by the API with the
+//! cloud's rules ([`nat`]).
 
 use crate::engine::table::{
     AssociationMode, EipAssociation, EipConfig, EniConfig, InstanceRef, TableBuilder,
@@ -20,6 +21,7 @@ use std::collections::BTreeMap;
 
 #[cfg(test)]
 pub(crate) mod fixture;
+pub mod nat;
 #[cfg(test)]
 mod tests;
 
@@ -421,7 +423,8 @@ pub struct LoadBalancer {
 }
 
 /// What a change does to the dataplane; the shell rebuilds the table and, in the lab,
-/// reconfigures guests.
+/// reconfigures guests. `NatEntries`: a gateway's SNAT or DNAT entries were created, modified or
+/// deleted.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub enum Change {
     EipMapped { allocation_id: String },
@@ -433,6 +436,7 @@ pub enum Change {
     EniDetached { eni_id: String },
     EniAddresses { eni_id: String },
     InstanceStatus { instance_id: String },
+    NatEntries { nat_gateway: String },
 }
 
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
@@ -448,6 +452,10 @@ pub struct Settings {
     /// reads as the lab file's default.
     #[serde(default = "default_vpc_id")]
     pub vpc_id: String,
+    /// The VPC's address blocks as (network, prefix length): `[vpc] cidr`, or the vSwitches'
+    /// CIDRs. Empty (a state saved before it was kept): the vSwitches' CIDRs.
+    #[serde(default)]
+    pub vpc_cidrs: Vec<(Ipv4Addr, u8)>,
 }
 
 fn default_vpc_id() -> String {
@@ -477,6 +485,10 @@ pub struct Cloud {
     next_eni_index: u16,
     next_instance_index: u32,
     next_eip_serial: u64,
+    /// Numbers the SNAT/DNAT entries the API creates (a state saved before it was kept
+    /// starts from 0; a number whose id is taken is skipped).
+    #[serde(default)]
+    next_entry_serial: u64,
 }
 
 /// AssociateEipAddress's parameters.
@@ -535,6 +547,7 @@ impl Cloud {
             next_eni_index: 0,
             next_instance_index: 0,
             next_eip_serial: 0,
+            next_entry_serial: 0,
         }
     }
 

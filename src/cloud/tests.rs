@@ -19,6 +19,7 @@ fn lab() -> Cloud {
         transition_ns: 100 * MS,
         eip_pool: vec![(ip("198.51.100.0"), 24)],
         vpc_id: "vpc-lab".into(),
+        vpc_cidrs: Vec::new(),
     });
     c.add_vswitch(VSwitch {
         id: "vsw-a".into(),
@@ -851,4 +852,950 @@ fn stop_and_start_take_time_and_drop_traffic_meanwhile() {
     c.set_running(NOW, "i-web", true).unwrap();
     c.handle_timeout(NOW + 100 * MS);
     assert_eq!(c.instances["i-web"].status, InstanceStatus::Running);
+}
+
+// ---- SNAT and DNAT entries made through the API (cloud::nat) ----
+
+use super::nat::{ForwardSpec, SnatSpec, MAX_FORWARD_ENTRIES};
+
+const REGION: &str = "cn-shanghai";
+const STB: &str = "stb-ngw-old";
+const FTB: &str = "ftb-ngw-old";
+
+/// lab() with the gateways of with_gateways(); eip-1..eip-4 (198.51.100.1-4) InUse on ngw-old,
+/// eip-5 (198.51.100.5) InUse on ngw-new; eip-6.. Available.
+fn nat_lab() -> Cloud {
+    let mut c = lab();
+    with_gateways(&mut c);
+    for k in 1..=4 {
+        bind(
+            &mut c,
+            &other(&format!("eip-{k}"), "ngw-old", BindType::Nat),
+        );
+    }
+    bind(&mut c, &other("eip-5", "ngw-new", BindType::Nat));
+    c
+}
+
+fn snat(ips: &str, vswitch: Option<&str>, cidr: Option<&str>) -> SnatSpec {
+    SnatSpec {
+        snat_ip: Some(ips.into()),
+        source_vswitch: vswitch.map(Into::into),
+        source_cidr: cidr.map(Into::into),
+        name: None,
+    }
+}
+
+fn fwd(ext: &str, ext_port: &str, int: &str, int_port: &str, proto: &str) -> ForwardSpec {
+    ForwardSpec {
+        external_ip: Some(ext.into()),
+        external_port: Some(ext_port.into()),
+        internal_ip: Some(int.into()),
+        internal_port: Some(int_port.into()),
+        ip_protocol: Some(proto.into()),
+        name: None,
+    }
+}
+
+fn snat_entry<'a>(c: &'a Cloud, id: &str) -> &'a SnatEntry {
+    c.snat_entries
+        .iter()
+        .find(|s| s.id == id)
+        .expect("no such SNAT entry")
+}
+
+fn forward_entry<'a>(c: &'a Cloud, id: &str) -> &'a ForwardEntry {
+    c.forward_entries
+        .iter()
+        .find(|f| f.id == id)
+        .expect("no such DNAT entry")
+}
+
+/// `f` must be refused with exactly `code` [`status`] and leave the state as it was.
+#[track_caller]
+fn refuses<T: std::fmt::Debug>(
+    c: &mut Cloud,
+    code: &str,
+    status: u16,
+    f: impl FnOnce(&mut Cloud) -> Result<T, CloudError>,
+) {
+    let before = c.clone();
+    let e = f(c).expect_err("the call should be refused");
+    assert_eq!((e.code, e.status), (code, status), "{e}");
+    assert!(*c == before, "the refused call ({code}) changed the state");
+}
+
+#[test]
+fn snat_entry_is_created_modified_and_deleted() {
+    let mut c = nat_lab();
+    let spec = SnatSpec {
+        name: Some("out-tiny".into()),
+        ..snat("198.51.100.1, 198.51.100.2", Some("vsw-tiny"), None)
+    };
+    let (id, changes) = c.create_snat_entry(REGION, STB, &spec).unwrap();
+    assert!(id.starts_with("snat-") && id.len() == 5 + 16, "{id}");
+    let gw = vec![Change::NatEntries {
+        nat_gateway: "ngw-old".into(),
+    }];
+    assert_eq!(changes, gw);
+    assert_eq!(
+        *snat_entry(&c, &id),
+        SnatEntry {
+            id: id.clone(),
+            nat_gateway: "ngw-old".into(),
+            snat_ips: vec![ip("198.51.100.1"), ip("198.51.100.2")],
+            source_cidr: None,
+            source_vswitch: Some("vsw-tiny".into()),
+            name: "out-tiny".into(),
+        }
+    );
+    let (id2, _) = c
+        .create_snat_entry(
+            REGION,
+            STB,
+            &snat("198.51.100.3", None, Some("10.0.1.0/24")),
+        )
+        .unwrap();
+    assert_ne!(id, id2);
+    assert_eq!(
+        snat_entry(&c, &id2).source_cidr.as_deref(),
+        Some("10.0.1.0/24")
+    );
+    // Modify changes what is given, nothing else.
+    let ips = SnatSpec {
+        snat_ip: Some("198.51.100.3".into()),
+        ..SnatSpec::default()
+    };
+    assert_eq!(c.modify_snat_entry(REGION, STB, &id, &ips).unwrap(), gw);
+    let s = snat_entry(&c, &id);
+    assert_eq!(s.snat_ips, vec![ip("198.51.100.3")]);
+    assert_eq!(
+        (s.name.as_str(), s.source_vswitch.as_deref()),
+        ("out-tiny", Some("vsw-tiny"))
+    );
+    let name = SnatSpec {
+        name: Some("renamed".into()),
+        ..SnatSpec::default()
+    };
+    c.modify_snat_entry(REGION, STB, &id, &name).unwrap();
+    let s = snat_entry(&c, &id);
+    assert_eq!(
+        (s.name.as_str(), s.snat_ips.clone()),
+        ("renamed", vec![ip("198.51.100.3")])
+    );
+    assert_eq!(c.delete_snat_entry(REGION, STB, &id).unwrap(), gw);
+    assert!(c.snat_entries.iter().all(|s| s.id != id));
+    refuses(&mut c, "InvalidSnatEntryId.NotFound", 404, |c| {
+        c.delete_snat_entry(REGION, STB, &id)
+    });
+}
+
+#[test]
+fn snat_unknown_table_or_entry_is_404_and_snat_ip_is_mandatory() {
+    let mut c = nat_lab();
+    let ok = snat("198.51.100.1", Some("vsw-tiny"), None);
+    for (region, table) in [
+        (REGION, "stb-nope"),
+        (REGION, FTB),
+        (REGION, "ngw-old"),
+        ("cn-beijing", STB),
+    ] {
+        refuses(&mut c, "InvalidSnatTableId.NotFound", 404, |c| {
+            c.create_snat_entry(region, table, &ok)
+        });
+    }
+    let (id, _) = c.create_snat_entry(REGION, STB, &ok).unwrap();
+    let name = SnatSpec {
+        name: Some("x1".into()),
+        ..SnatSpec::default()
+    };
+    refuses(&mut c, "InvalidSnatEntryId.NotFound", 404, |c| {
+        c.modify_snat_entry(REGION, STB, "snat-nope", &name)
+    });
+    // The entry exists, but in another table.
+    refuses(&mut c, "InvalidSnatEntryId.NotFound", 404, |c| {
+        c.modify_snat_entry(REGION, "stb-ngw-new", &id, &name)
+    });
+    refuses(&mut c, "InvalidSnatEntryId.NotFound", 404, |c| {
+        c.delete_snat_entry(REGION, "stb-ngw-new", &id)
+    });
+    refuses(&mut c, "InvalidSnatTableId.NotFound", 404, |c| {
+        c.delete_snat_entry(REGION, "stb-nope", &id)
+    });
+    refuses(&mut c, "MissingSnatIp", 400, |c| {
+        c.create_snat_entry(
+            REGION,
+            STB,
+            &SnatSpec {
+                snat_ip: None,
+                ..snat("", None, Some("10.0.1.0/24"))
+            },
+        )
+    });
+}
+
+#[test]
+fn snat_ips_are_eips_in_use_on_the_gateway() {
+    let mut c = nat_lab();
+    let with = |ips: &str| snat(ips, None, Some("10.0.1.0/24"));
+    for bad in [
+        "not-an-ip",
+        "198.51.100.1,198.51.100",
+        "198.51.100.1,,198.51.100.2",
+        "",
+    ] {
+        refuses(&mut c, "InvalidSnatIp.Malformed", 400, |c| {
+            c.create_snat_entry(REGION, STB, &with(bad))
+        });
+    }
+    refuses(&mut c, "INVALID_PARAMETER", 400, |c| {
+        c.create_snat_entry(REGION, STB, &with("198.51.100.1,198.51.100.1"))
+    });
+    // Not an EIP at all (i-public's fixed public IP, an internet address).
+    for a in ["198.51.100.200", "203.0.113.9"] {
+        refuses(&mut c, "InvalidSnatIp.NotFound", 404, |c| {
+            c.create_snat_entry(REGION, STB, &with(a))
+        });
+    }
+    // An EIP that is Available, or on another gateway, or one of them in a list.
+    for a in ["198.51.100.6", "198.51.100.5", "198.51.100.1,198.51.100.6"] {
+        refuses(&mut c, "InvalidSnatIp.NotFound", 404, |c| {
+            c.create_snat_entry(REGION, STB, &with(a))
+        });
+    }
+    // Still Associating: not yet.
+    c.associate(NOW, &other("eip-7", "ngw-old", BindType::Nat))
+        .unwrap();
+    assert_eq!(c.eips["eip-7"].status, EipStatus::Associating);
+    refuses(&mut c, "InvalidSnatIp.NotFound", 404, |c| {
+        c.create_snat_entry(REGION, STB, &with("198.51.100.7"))
+    });
+    c.handle_timeout(NOW + 100 * MS);
+    let (id, _) = c
+        .create_snat_entry(REGION, STB, &with("198.51.100.7,198.51.100.1"))
+        .unwrap();
+    // Modify checks the new list the same way, and changes nothing when it refuses.
+    refuses(&mut c, "InvalidSnatIp.NotFound", 404, |c| {
+        c.modify_snat_entry(
+            REGION,
+            STB,
+            &id,
+            &SnatSpec {
+                snat_ip: Some("198.51.100.1,198.51.100.5".into()),
+                ..SnatSpec::default()
+            },
+        )
+    });
+    refuses(&mut c, "InvalidSnatIp.Malformed", 400, |c| {
+        c.modify_snat_entry(
+            REGION,
+            STB,
+            &id,
+            &SnatSpec {
+                snat_ip: Some("198.51.100.1;198.51.100.2".into()),
+                ..SnatSpec::default()
+            },
+        )
+    });
+}
+
+#[test]
+fn snat_source_is_one_vswitch_or_one_cidr_block() {
+    let mut c = nat_lab();
+    let ips = "198.51.100.1";
+    refuses(&mut c, "INVALID_PARAMETER", 400, |c| {
+        c.create_snat_entry(
+            REGION,
+            STB,
+            &snat(ips, Some("vsw-tiny"), Some("10.0.9.0/29")),
+        )
+    });
+    refuses(&mut c, "INVALID_PARAMETER", 400, |c| {
+        c.create_snat_entry(REGION, STB, &snat(ips, None, None))
+    });
+    for bad in [
+        "10.0.1.0",
+        "10.0.1.5/24",
+        "10.0.1.0/33",
+        "10.0.1/24",
+        "net/24",
+        "10.0.1.0/x",
+    ] {
+        refuses(&mut c, "INVALID_PARAMETER", 400, |c| {
+            c.create_snat_entry(REGION, STB, &snat(ips, None, Some(bad)))
+        });
+    }
+    refuses(&mut c, "InvalidVSwitchId.NotFound", 404, |c| {
+        c.create_snat_entry(REGION, STB, &snat(ips, Some("vsw-nope"), None))
+    });
+    // vsw-a holds havip-a.
+    refuses(&mut c, "Forbidden.SourceVSwitchId.IncludeHaVip", 400, |c| {
+        c.create_snat_entry(REGION, STB, &snat(ips, Some("vsw-a"), None))
+    });
+    // A host is a /32 block; a block outside the VPC's is taken too (any block, the cloud says).
+    for ok in ["10.0.1.5/32", "192.168.0.0/16"] {
+        c.create_snat_entry(REGION, STB, &snat(ips, None, Some(ok)))
+            .unwrap();
+    }
+}
+
+#[test]
+fn snat_one_entry_per_vswitch_or_cidr_block_in_a_table() {
+    let mut c = nat_lab();
+    let (tiny, _) = c
+        .create_snat_entry(REGION, STB, &snat("198.51.100.1", Some("vsw-tiny"), None))
+        .unwrap();
+    refuses(&mut c, "Forbidden.SourceVSwitchId.Duplicated", 400, |c| {
+        c.create_snat_entry(REGION, STB, &snat("198.51.100.2", Some("vsw-tiny"), None))
+    });
+    // vsw-tiny's own block is the same source.
+    refuses(&mut c, "Forbidden.SourceVSwitchId.Duplicated", 400, |c| {
+        c.create_snat_entry(
+            REGION,
+            STB,
+            &snat("198.51.100.2", None, Some("10.0.9.0/29")),
+        )
+    });
+    c.create_snat_entry(
+        REGION,
+        STB,
+        &snat("198.51.100.2", None, Some("10.0.1.0/24")),
+    )
+    .unwrap();
+    refuses(&mut c, "Forbidden.SourceVSwitchId.Duplicated", 400, |c| {
+        c.create_snat_entry(
+            REGION,
+            STB,
+            &snat("198.51.100.1", None, Some("10.0.1.0/24")),
+        )
+    });
+    // A narrower block inside it (an instance) is another source.
+    c.create_snat_entry(
+        REGION,
+        STB,
+        &snat("198.51.100.1", None, Some("10.0.1.10/32")),
+    )
+    .unwrap();
+    // Another gateway's table has its own sources.
+    c.create_snat_entry(
+        REGION,
+        "stb-ngw-new",
+        &snat("198.51.100.5", Some("vsw-tiny"), None),
+    )
+    .unwrap();
+    // Modify does not count the entry against itself.
+    c.modify_snat_entry(
+        REGION,
+        STB,
+        &tiny,
+        &SnatSpec {
+            snat_ip: Some("198.51.100.1,198.51.100.2".into()),
+            ..SnatSpec::default()
+        },
+    )
+    .unwrap();
+}
+
+#[test]
+fn forward_entry_is_created_modified_and_deleted() {
+    let mut c = nat_lab();
+    let spec = ForwardSpec {
+        name: Some("web".into()),
+        ..fwd(" 198.51.100.1", "8080", "10.0.1.77", "080", "tcp")
+    };
+    let (id, changes) = c.create_forward_entry(REGION, FTB, &spec).unwrap();
+    assert!(id.starts_with("fwd-") && id.len() == 4 + 16, "{id}");
+    let gw = vec![Change::NatEntries {
+        nat_gateway: "ngw-old".into(),
+    }];
+    assert_eq!(changes, gw);
+    assert_eq!(
+        *forward_entry(&c, &id),
+        ForwardEntry {
+            id: id.clone(),
+            nat_gateway: "ngw-old".into(),
+            external_ip: ip("198.51.100.1"),
+            internal_ip: ip("10.0.1.77"),
+            external_port: "8080".into(),
+            internal_port: "80".into(),
+            ip_protocol: "TCP".into(),
+            name: "web".into(),
+        }
+    );
+    let (whole, _) = c
+        .create_forward_entry(
+            REGION,
+            FTB,
+            &fwd("198.51.100.2", "any", "10.0.1.78", "ANY", "any"),
+        )
+        .unwrap();
+    let w = forward_entry(&c, &whole);
+    assert_eq!(
+        (
+            w.external_port.as_str(),
+            w.internal_port.as_str(),
+            w.ip_protocol.as_str()
+        ),
+        ("Any", "Any", "Any")
+    );
+    // Modify changes what is given, nothing else.
+    let port = ForwardSpec {
+        internal_port: Some("8081".into()),
+        ..ForwardSpec::default()
+    };
+    assert_eq!(c.modify_forward_entry(REGION, FTB, &id, &port).unwrap(), gw);
+    let f = forward_entry(&c, &id);
+    assert_eq!(
+        (
+            f.internal_port.as_str(),
+            f.external_port.as_str(),
+            f.name.as_str()
+        ),
+        ("8081", "8080", "web")
+    );
+    let proto = ForwardSpec {
+        ip_protocol: Some("UDP".into()),
+        internal_ip: Some("10.0.1.79".into()),
+        ..ForwardSpec::default()
+    };
+    c.modify_forward_entry(REGION, FTB, &id, &proto).unwrap();
+    let f = forward_entry(&c, &id);
+    assert_eq!(
+        (f.ip_protocol.as_str(), f.internal_ip, f.external_ip),
+        ("UDP", ip("10.0.1.79"), ip("198.51.100.1"))
+    );
+    // The whole resulting entry is checked: Any ports alone leave the other port a number.
+    refuses(&mut c, "InvalidInternalPort.Malformed", 400, |c| {
+        c.modify_forward_entry(
+            REGION,
+            FTB,
+            &id,
+            &ForwardSpec {
+                external_port: Some("Any".into()),
+                ..ForwardSpec::default()
+            },
+        )
+    });
+    assert_eq!(c.delete_forward_entry(REGION, FTB, &id).unwrap(), gw);
+    assert!(c.forward_entries.iter().all(|f| f.id != id));
+    refuses(&mut c, "InvalidForwardEntryId.NotFound", 404, |c| {
+        c.delete_forward_entry(REGION, FTB, &id)
+    });
+}
+
+#[test]
+fn forward_entry_values_get_the_clouds_codes() {
+    let mut c = nat_lab();
+    let cases = [
+        (
+            fwd("198.51.100", "80", "10.0.1.77", "80", "TCP"),
+            "InvalidExternalIp.Malformed",
+        ),
+        (
+            fwd("198.51.100.1", "80", "10.0.1.300", "80", "TCP"),
+            "InvalidInternalIp.Malformed",
+        ),
+        (
+            fwd("198.51.100.1", "0", "10.0.1.77", "80", "TCP"),
+            "InvalidExternalPort.Malformed",
+        ),
+        (
+            fwd("198.51.100.1", "65536", "10.0.1.77", "80", "TCP"),
+            "InvalidExternalPort.Malformed",
+        ),
+        (
+            fwd("198.51.100.1", "+80", "10.0.1.77", "80", "TCP"),
+            "InvalidExternalPort.Malformed",
+        ),
+        (
+            fwd("198.51.100.1", "http", "10.0.1.77", "80", "TCP"),
+            "InvalidExternalPort.Malformed",
+        ),
+        // Port ranges are not emulated.
+        (
+            fwd("198.51.100.1", "80/90", "10.0.1.77", "80/90", "TCP"),
+            "InvalidExternalPort.Malformed",
+        ),
+        (
+            fwd("198.51.100.1", "80", "10.0.1.77", "-1", "TCP"),
+            "InvalidInternalPort.Malformed",
+        ),
+        (
+            fwd("198.51.100.1", "80", "10.0.1.77", "80", "ICMP"),
+            "InvalidProtocal.ValueNotSupported",
+        ),
+        // Any ports go together, and with IpProtocol Any only.
+        (
+            fwd("198.51.100.1", "Any", "10.0.1.77", "80", "Any"),
+            "InvalidInternalPort.Malformed",
+        ),
+        (
+            fwd("198.51.100.1", "80", "10.0.1.77", "Any", "Any"),
+            "InvalidInternalPort.Malformed",
+        ),
+        (
+            fwd("198.51.100.1", "Any", "10.0.1.77", "Any", "TCP"),
+            "InvalidProtocal.ValueNotSupported",
+        ),
+        (
+            fwd("198.51.100.1", "80", "10.0.1.77", "80", "Any"),
+            "InvalidProtocal.ValueNotSupported",
+        ),
+    ];
+    for (spec, code) in cases {
+        refuses(&mut c, code, 400, |c| {
+            c.create_forward_entry(REGION, FTB, &spec)
+        });
+    }
+    let ok = fwd("198.51.100.1", "80", "10.0.1.77", "80", "TCP");
+    refuses(&mut c, "MissingIpProtocol", 400, |c| {
+        c.create_forward_entry(
+            REGION,
+            FTB,
+            &ForwardSpec {
+                ip_protocol: None,
+                ..ok.clone()
+            },
+        )
+    });
+    for (region, table) in [(REGION, "ftb-nope"), (REGION, STB), ("cn-beijing", FTB)] {
+        refuses(&mut c, "InvalidForwardTableId.NotFound", 404, |c| {
+            c.create_forward_entry(region, table, &ok)
+        });
+    }
+    let (id, _) = c.create_forward_entry(REGION, FTB, &ok).unwrap();
+    refuses(&mut c, "InvalidForwardEntryId.NotFound", 404, |c| {
+        c.modify_forward_entry(REGION, FTB, "fwd-nope", &ForwardSpec::default())
+    });
+    refuses(&mut c, "InvalidForwardEntryId.NotFound", 404, |c| {
+        c.delete_forward_entry(REGION, "ftb-ngw-new", &id)
+    });
+    refuses(&mut c, "InvalidForwardTableId.NotFound", 404, |c| {
+        c.delete_forward_entry(REGION, "ftb-nope", &id)
+    });
+    refuses(&mut c, "InvalidExternalPort.Malformed", 400, |c| {
+        c.modify_forward_entry(
+            REGION,
+            FTB,
+            &id,
+            &ForwardSpec {
+                external_port: Some("70000".into()),
+                ..ForwardSpec::default()
+            },
+        )
+    });
+}
+
+#[test]
+fn dnat_external_ip_is_an_eip_in_use_on_the_gateway() {
+    let mut c = nat_lab();
+    let to = |ext: &str| fwd(ext, "80", "10.0.1.77", "80", "TCP");
+    for a in ["198.51.100.200", "203.0.113.5"] {
+        refuses(&mut c, "InvalidExternalIp.NotFound", 404, |c| {
+            c.create_forward_entry(REGION, FTB, &to(a))
+        });
+    }
+    // Available; on ngw-new.
+    for a in ["198.51.100.6", "198.51.100.5"] {
+        refuses(&mut c, "InvalidIp.NotInNatgw", 400, |c| {
+            c.create_forward_entry(REGION, FTB, &to(a))
+        });
+    }
+    let (id, _) = c
+        .create_forward_entry(REGION, FTB, &to("198.51.100.1"))
+        .unwrap();
+    refuses(&mut c, "InvalidIp.NotInNatgw", 400, |c| {
+        c.modify_forward_entry(
+            REGION,
+            FTB,
+            &id,
+            &ForwardSpec {
+                external_ip: Some("198.51.100.6".into()),
+                ..ForwardSpec::default()
+            },
+        )
+    });
+}
+
+#[test]
+fn dnat_internal_ip_is_in_the_vpc() {
+    let mut c = nat_lab();
+    let to = |int: &str| fwd("198.51.100.1", "80", int, "80", "TCP");
+    // The VPC is vsw-a (10.0.1.0/24) and vsw-tiny (10.0.9.0/29) here.
+    for a in ["10.0.2.5", "192.168.1.1", "10.0.9.9"] {
+        refuses(&mut c, "Forbidden.DestnationIpOutOfVpcCIDR", 400, |c| {
+            c.create_forward_entry(REGION, FTB, &to(a))
+        });
+    }
+    c.create_forward_entry(REGION, FTB, &to("10.0.9.3"))
+        .unwrap();
+    // With `[vpc] cidr`, the VPC's block counts, not just its vSwitches'.
+    c.settings.vpc_cidrs = vec![(ip("10.0.0.0"), 16)];
+    c.create_forward_entry(
+        REGION,
+        FTB,
+        &fwd("198.51.100.1", "81", "10.0.2.5", "80", "TCP"),
+    )
+    .unwrap();
+    refuses(&mut c, "Forbidden.DestnationIpOutOfVpcCIDR", 400, |c| {
+        c.create_forward_entry(REGION, FTB, &to("192.168.1.1"))
+    });
+}
+
+#[test]
+fn dnat_entries_are_unique_by_external_and_by_internal_end() {
+    let mut c = nat_lab();
+    let (first, _) = c
+        .create_forward_entry(
+            REGION,
+            FTB,
+            &fwd("198.51.100.1", "80", "10.0.1.77", "80", "TCP"),
+        )
+        .unwrap();
+    // Same ExternalIp, ExternalPort, IpProtocol.
+    refuses(&mut c, "OperationUnsupported.ForwardEntry", 400, |c| {
+        c.create_forward_entry(
+            REGION,
+            FTB,
+            &fwd("198.51.100.1", "80", "10.0.1.78", "80", "tcp"),
+        )
+    });
+    // Another protocol is another entry.
+    c.create_forward_entry(
+        REGION,
+        FTB,
+        &fwd("198.51.100.1", "80", "10.0.1.78", "80", "UDP"),
+    )
+    .unwrap();
+    // Same IpProtocol, InternalIp, InternalPort.
+    refuses(&mut c, "OperationUnsupported.ForwardEntry", 400, |c| {
+        c.create_forward_entry(
+            REGION,
+            FTB,
+            &fwd("198.51.100.2", "8080", "10.0.1.77", "80", "TCP"),
+        )
+    });
+    let (second, _) = c
+        .create_forward_entry(
+            REGION,
+            FTB,
+            &fwd("198.51.100.2", "8080", "10.0.1.77", "81", "TCP"),
+        )
+        .unwrap();
+    // Another table has its own entries.
+    c.create_forward_entry(
+        REGION,
+        "ftb-ngw-new",
+        &fwd("198.51.100.5", "8080", "10.0.1.77", "81", "TCP"),
+    )
+    .unwrap();
+    // Modify: the entry is not counted against itself, but is against the others.
+    c.modify_forward_entry(
+        REGION,
+        FTB,
+        &first,
+        &ForwardSpec {
+            external_port: Some("80".into()),
+            internal_port: Some("80".into()),
+            ..ForwardSpec::default()
+        },
+    )
+    .unwrap();
+    refuses(&mut c, "OperationUnsupported.ForwardEntry", 400, |c| {
+        c.modify_forward_entry(
+            REGION,
+            FTB,
+            &second,
+            &ForwardSpec {
+                external_ip: Some("198.51.100.1".into()),
+                external_port: Some("80".into()),
+                ..ForwardSpec::default()
+            },
+        )
+    });
+}
+
+#[test]
+fn a_whole_ip_mapping_takes_its_eip_alone() {
+    let mut c = nat_lab();
+    let (whole, _) = c
+        .create_forward_entry(
+            REGION,
+            FTB,
+            &fwd("198.51.100.3", "Any", "10.0.1.77", "Any", "Any"),
+        )
+        .unwrap();
+    // Not an SNAT IP, alone or in a list.
+    for ips in ["198.51.100.3", "198.51.100.1,198.51.100.3"] {
+        refuses(&mut c, "Forbidden.IpUsedInForwardTable", 400, |c| {
+            c.create_snat_entry(REGION, STB, &snat(ips, None, Some("10.0.1.0/24")))
+        });
+    }
+    let (s, _) = c
+        .create_snat_entry(
+            REGION,
+            STB,
+            &snat("198.51.100.1", None, Some("10.0.1.0/24")),
+        )
+        .unwrap();
+    refuses(&mut c, "Forbidden.IpUsedInForwardTable", 400, |c| {
+        c.modify_snat_entry(
+            REGION,
+            STB,
+            &s,
+            &SnatSpec {
+                snat_ip: Some("198.51.100.1,198.51.100.3".into()),
+                ..SnatSpec::default()
+            },
+        )
+    });
+    // An SNAT IP takes no whole-IP mapping ...
+    refuses(&mut c, "Forbidden.ExternalIp.UsedInSnatTable", 400, |c| {
+        c.create_forward_entry(
+            REGION,
+            FTB,
+            &fwd("198.51.100.1", "Any", "10.0.1.78", "Any", "Any"),
+        )
+    });
+    // ... but port mappings may share it.
+    c.create_forward_entry(
+        REGION,
+        FTB,
+        &fwd("198.51.100.1", "8080", "10.0.1.78", "80", "TCP"),
+    )
+    .unwrap();
+    // A port mapping on a whole-IP EIP, and the reverse.
+    refuses(&mut c, "OperationUnsupported.ForwardEntry", 400, |c| {
+        c.create_forward_entry(
+            REGION,
+            FTB,
+            &fwd("198.51.100.3", "22", "10.0.1.79", "22", "TCP"),
+        )
+    });
+    c.create_forward_entry(
+        REGION,
+        FTB,
+        &fwd("198.51.100.2", "53", "10.0.1.79", "53", "UDP"),
+    )
+    .unwrap();
+    refuses(&mut c, "OperationUnsupported.ForwardEntry", 400, |c| {
+        c.create_forward_entry(
+            REGION,
+            FTB,
+            &fwd("198.51.100.2", "Any", "10.0.1.80", "Any", "Any"),
+        )
+    });
+    // Modifying the whole-IP entry itself is not a conflict with itself.
+    c.modify_forward_entry(
+        REGION,
+        FTB,
+        &whole,
+        &ForwardSpec {
+            internal_ip: Some("10.0.1.81".into()),
+            ..ForwardSpec::default()
+        },
+    )
+    .unwrap();
+}
+
+#[test]
+fn a_dnat_table_takes_one_hundred_entries() {
+    let mut c = nat_lab();
+    let mut ids = Vec::new();
+    for k in 0..MAX_FORWARD_ENTRIES {
+        let port = (1000 + k).to_string();
+        let (id, _) = c
+            .create_forward_entry(
+                REGION,
+                FTB,
+                &fwd("198.51.100.1", &port, "10.0.1.77", &port, "TCP"),
+            )
+            .unwrap();
+        ids.push(id);
+    }
+    refuses(&mut c, "QuotaExceeded", 400, |c| {
+        c.create_forward_entry(
+            REGION,
+            FTB,
+            &fwd("198.51.100.2", "80", "10.0.1.78", "80", "TCP"),
+        )
+    });
+    // The quota is per table.
+    c.create_forward_entry(
+        REGION,
+        "ftb-ngw-new",
+        &fwd("198.51.100.5", "80", "10.0.1.78", "80", "TCP"),
+    )
+    .unwrap();
+    c.delete_forward_entry(REGION, FTB, &ids[0]).unwrap();
+    c.create_forward_entry(
+        REGION,
+        FTB,
+        &fwd("198.51.100.2", "80", "10.0.1.78", "80", "TCP"),
+    )
+    .unwrap();
+}
+
+#[test]
+fn an_instance_with_an_eip_is_no_dnat_target_and_a_dnat_target_takes_no_eip() {
+    let mut c = nat_lab();
+    bind(&mut c, &ecs("eip-7", "i-web"));
+    // i-web's primary IP, and an IP of its secondary ENI.
+    for target in ["10.0.1.10", "10.0.1.21"] {
+        refuses(&mut c, "BIND_INSTANCE_HAVE_PORTMAP_OR_BIND_EIP", 400, |c| {
+            c.create_forward_entry(REGION, FTB, &fwd("198.51.100.1", "80", target, "80", "TCP"))
+        });
+    }
+    // An instance without an EIP (i-pending) is a target.
+    let (id, _) = c
+        .create_forward_entry(
+            REGION,
+            FTB,
+            &fwd("198.51.100.1", "80", "10.0.1.52", "80", "TCP"),
+        )
+        .unwrap();
+    refuses(&mut c, "BIND_INSTANCE_HAVE_PORTMAP_OR_BIND_EIP", 400, |c| {
+        c.modify_forward_entry(
+            REGION,
+            FTB,
+            &id,
+            &ForwardSpec {
+                internal_ip: Some("10.0.1.10".into()),
+                ..ForwardSpec::default()
+            },
+        )
+    });
+    c.unassociate(NOW, "eip-7", false).unwrap();
+    c.handle_timeout(NOW + 100 * MS);
+    c.create_forward_entry(
+        REGION,
+        FTB,
+        &fwd("198.51.100.1", "81", "10.0.1.21", "80", "TCP"),
+    )
+    .unwrap();
+    // The reverse: the API-made entry keeps an EIP off i-web.
+    err(
+        c.associate(NOW, &ecs("eip-7", "i-web")),
+        "BIND_INSTANCE_HAVE_PORTMAP_OR_BIND_EIP",
+        400,
+    );
+}
+
+#[test]
+fn entries_made_through_the_api_guard_unassociation() {
+    let mut c = nat_lab();
+    let (s, _) = c
+        .create_snat_entry(
+            REGION,
+            STB,
+            &snat("198.51.100.1", None, Some("10.0.1.0/24")),
+        )
+        .unwrap();
+    let (f, _) = c
+        .create_forward_entry(
+            REGION,
+            FTB,
+            &fwd("198.51.100.2", "80", "10.0.1.77", "80", "TCP"),
+        )
+        .unwrap();
+    refuses(&mut c, "InvalidIpStatus.HasBeenUsedBySnatTable", 400, |c| {
+        c.unassociate(NOW, "eip-1", false)
+    });
+    refuses(
+        &mut c,
+        "InvalidIpStatus.HasBeenUsedByForwardEntry",
+        400,
+        |c| c.unassociate(NOW, "eip-2", false),
+    );
+    c.delete_snat_entry(REGION, STB, &s).unwrap();
+    c.delete_forward_entry(REGION, FTB, &f).unwrap();
+    c.unassociate(NOW, "eip-1", false).unwrap();
+    c.unassociate(NOW, "eip-2", false).unwrap();
+}
+
+#[test]
+fn entry_names_follow_the_clouds_rule() {
+    let mut c = nat_lab();
+    for bad in ["x", "1abc", "http://abc", "https://abc", &"a".repeat(129)] {
+        refuses(&mut c, "InvalidParameter.Name.Malformed", 400, |c| {
+            c.create_snat_entry(
+                REGION,
+                STB,
+                &SnatSpec {
+                    name: Some(bad.to_string()),
+                    ..snat("198.51.100.1", None, Some("10.0.1.0/24"))
+                },
+            )
+        });
+        refuses(&mut c, "InvalidParameter.Name.Malformed", 400, |c| {
+            c.create_forward_entry(
+                REGION,
+                FTB,
+                &ForwardSpec {
+                    name: Some(bad.to_string()),
+                    ..fwd("198.51.100.1", "80", "10.0.1.77", "80", "TCP")
+                },
+            )
+        });
+    }
+    let (s, _) = c
+        .create_snat_entry(
+            REGION,
+            STB,
+            &SnatSpec {
+                name: Some("出口-1".into()),
+                ..snat("198.51.100.1", None, Some("10.0.1.0/24"))
+            },
+        )
+        .unwrap();
+    refuses(&mut c, "InvalidParameter.Name.Malformed", 400, |c| {
+        c.modify_snat_entry(
+            REGION,
+            STB,
+            &s,
+            &SnatSpec {
+                name: Some("-x".into()),
+                ..SnatSpec::default()
+            },
+        )
+    });
+}
+
+#[test]
+fn entry_ids_are_counted_in_the_state_and_skip_taken_ones() {
+    let mut a = nat_lab();
+    let mut b = nat_lab();
+    let spec = fwd("198.51.100.1", "80", "10.0.1.77", "80", "TCP");
+    let (ida, _) = a.create_forward_entry(REGION, FTB, &spec).unwrap();
+    let (idb, _) = b.create_forward_entry(REGION, FTB, &spec).unwrap();
+    assert_eq!(ida, idb, "the same calls make the same ids");
+    // The counter is in the saved state: a restored cloud goes on from it.
+    let mut restored: Cloud = serde_json::from_str(&serde_json::to_string(&a).unwrap()).unwrap();
+    let cidr = snat("198.51.100.2", None, Some("10.0.1.0/24"));
+    let (next, _) = a.create_snat_entry(REGION, STB, &cidr).unwrap();
+    let (again, _) = restored.create_snat_entry(REGION, STB, &cidr).unwrap();
+    assert_eq!(next, again);
+    assert_ne!(
+        next.trim_start_matches("snat-"),
+        ida.trim_start_matches("fwd-")
+    );
+    // An id the lab file already gave is skipped.
+    let mut c = nat_lab();
+    let (would, _) = c.clone().create_snat_entry(REGION, STB, &cidr).unwrap();
+    c.snat_entries.push(SnatEntry {
+        id: would.clone(),
+        nat_gateway: "ngw-old".into(),
+        snat_ips: vec![ip("198.51.100.3")],
+        source_cidr: Some("10.0.9.0/29".into()),
+        source_vswitch: None,
+        name: String::new(),
+    });
+    let (got, _) = c.create_snat_entry(REGION, STB, &cidr).unwrap();
+    assert_ne!(got, would);
+    // A state saved before the counter and the VPC's blocks were kept still reads.
+    let mut old = serde_json::to_value(nat_lab()).unwrap();
+    old.as_object_mut().unwrap().remove("next_entry_serial");
+    old["settings"].as_object_mut().unwrap().remove("vpc_cidrs");
+    let old: Cloud = serde_json::from_value(old).unwrap();
+    assert!(old.settings.vpc_cidrs.is_empty());
 }

@@ -12,7 +12,7 @@ use super::scenario::{Fill, Scenario, Transport};
 use super::{Mode, Outcome, Placement, Probe, Row};
 use crate::alg::{AlgPolicy, AlgProtocol};
 use crate::cloud::{BindType, Cloud, EipStatus, InstanceStatus};
-use crate::control::{ControlPlane, TableExtras};
+use crate::control::ControlPlane;
 use crate::engine::{AssociationMode, DropReason};
 use crate::lab::config::LabFile;
 use crate::telemetry::Snapshot;
@@ -119,11 +119,7 @@ pub fn run(opts: &Options) -> Result<Vec<Row>, String> {
         cloud,
         &crate::control::Options {
             state_dir: None,
-            table: TableExtras {
-                alg: Some(file.alg.policy()),
-                source_check: Some(file.vpc.source_check),
-                internet_gateway: Some(file.internet.gateway),
-            },
+            table: crate::lab::cloud::table_extras(&file),
         },
     )?;
     let rt = tokio::runtime::Builder::new_multi_thread()

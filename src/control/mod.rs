@@ -14,9 +14,11 @@
 pub mod store;
 
 use crate::cloud::Cloud;
-use crate::engine::table::Table;
+use crate::engine::table::{NatGatewayConfig, SharedNapt, Table};
 use crate::engine::TableCell;
+use crate::napt::{DnatRule, Napt, NaptConfig, SnatRule};
 use crate::telemetry::{CounterSource, Snapshot};
+use std::collections::BTreeMap;
 use std::path::PathBuf;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard, OnceLock};
@@ -44,6 +46,15 @@ pub struct TableExtras {
     pub alg: Option<crate::alg::AlgPolicy>,
     pub source_check: Option<bool>,
     pub internet_gateway: Option<std::net::Ipv4Addr>,
+    /// Each NAT gateway's NAPT behaviour, by gateway id (the cloud's defaults for the rest).
+    pub napt: BTreeMap<String, NaptConfig>,
+}
+
+/// One NAT gateway's NAPT, kept for the life of the control plane so that its sessions
+/// outlive every change of rules, and the rules it was last given.
+struct GatewayNapt {
+    napt: SharedNapt,
+    rules: (Vec<SnatRule>, Vec<DnatRule>),
 }
 
 /// Reads a running dataplane's counters (summed over its workers).
@@ -57,6 +68,8 @@ struct Inner {
     /// Settings of the engine table that come from the lab file, not the cloud's state
     /// (changed only by [`ControlPlane::set_alg_policy`]).
     extras: TableExtras,
+    /// Every NAT gateway's NAPT, by gateway id.
+    napts: BTreeMap<String, GatewayNapt>,
 }
 
 /// The running control plane, shared by the API, the lab and the timer task.
@@ -120,14 +133,16 @@ impl ControlPlane {
                 offset_ns = o.parse().unwrap_or(0);
             }
         }
-        let table =
-            build_table(&cloud, &opts.table).map_err(|e| format!("the lab's table: {e}"))?;
+        let mut napts = BTreeMap::new();
+        let table = build_table(&cloud, &opts.table, &mut napts)
+            .map_err(|e| format!("the lab's table: {e}"))?;
         let cp = Arc::new(ControlPlane {
             inner: Mutex::new(Inner {
                 cloud,
                 offset_ns,
                 store,
                 extras: opts.table.clone(),
+                napts,
             }),
             cell: Arc::new(TableCell::new(table)),
             live: OnceLock::new(),
@@ -139,7 +154,7 @@ impl ControlPlane {
             let now = g.lab_now();
             g.cloud.handle_timeout(now);
             g.save().map_err(|e| e.to_string())?;
-            cp.publish(&g);
+            cp.publish(&mut g);
         }
         Ok(cp)
     }
@@ -151,8 +166,8 @@ impl ControlPlane {
             .expect("the control plane's lock (a change panicked)")
     }
 
-    fn publish(&self, g: &Inner) {
-        match build_table(&g.cloud, &g.extras) {
+    fn publish(&self, g: &mut Inner) {
+        match build_table(&g.cloud, &g.extras, &mut g.napts) {
             Ok(t) => {
                 let generation = self.cell.publish(t);
                 tracing::debug!(generation, "engine table published");
@@ -186,7 +201,7 @@ impl ControlPlane {
                 g.cloud = before;
                 return Err(e.into());
             }
-            self.publish(&g);
+            self.publish(&mut g);
             self.changed.notify_one();
         }
         result
@@ -228,7 +243,7 @@ impl ControlPlane {
     pub fn set_alg_policy(&self, policy: crate::alg::AlgPolicy) {
         let mut g = self.lock();
         g.extras.alg = Some(policy);
-        self.publish(&g);
+        self.publish(&mut g);
     }
 
     /// Reads the cloud's state as it is (held under the control plane's lock: keep `f` short).
@@ -253,7 +268,7 @@ impl ControlPlane {
         let now = g.lab_now();
         g.cloud.handle_timeout(now);
         g.save()?;
-        self.publish(&g);
+        self.publish(&mut g);
         self.changed.notify_one();
         Ok(now)
     }
@@ -271,7 +286,22 @@ impl ControlPlane {
 
     /// The running dataplane's counters now, or `None` when no dataplane runs.
     pub fn counters(&self) -> Option<Snapshot> {
-        self.live.get().map(|f| f())
+        let mut snap = self.live.get().map(|f| f())?;
+        let g = self.lock();
+        snap.nat_gateways = g
+            .napts
+            .iter()
+            .map(|(id, n)| {
+                let n = n.napt.lock().unwrap_or_else(|p| p.into_inner());
+                let stats = crate::telemetry::NatGatewayStats {
+                    sessions: n.sessions() as u64,
+                    mappings: n.mappings() as u64,
+                    max_sessions: n.config().max_sessions as u64,
+                };
+                (id.clone(), stats)
+            })
+            .collect();
+        Some(snap)
     }
 
     /// Ends every transition on time, forever: sleeps until the model's next deadline, or
@@ -313,7 +343,7 @@ impl ControlPlane {
             if let Err(e) = g.save() {
                 tracing::error!("saving state: {e}");
             }
-            self.publish(&g);
+            self.publish(&mut g);
         }
         g.cloud.poll_timeout().map(|t| t.saturating_sub(now))
     }
@@ -328,8 +358,55 @@ impl CounterSource for ControlPlane {
     }
 }
 
-fn build_table(cloud: &Cloud, x: &TableExtras) -> Result<Table, String> {
+/// The table of `cloud`; each NAT gateway gets its NAPT from `napts` (made on first sight,
+/// given its new rules when they changed, dropped with its gateway).
+fn build_table(
+    cloud: &Cloud,
+    x: &TableExtras,
+    napts: &mut BTreeMap<String, GatewayNapt>,
+) -> Result<Table, String> {
     let mut b = cloud.table();
+    let gateways = cloud.nat_gateway_rules();
+    napts.retain(|id, _| gateways.iter().any(|g| &g.id == id));
+    for g in gateways {
+        let rules = (g.snat, g.dnat);
+        let napt = match napts.get_mut(&g.id) {
+            Some(n) => {
+                if n.rules != rules {
+                    let mut live = n.napt.lock().unwrap_or_else(|p| p.into_inner());
+                    match live.set_rules(rules.0.clone(), rules.1.clone()) {
+                        Ok(()) => n.rules = rules,
+                        // The API and the lab file refuse such entries; should one get
+                        // through, the gateway keeps the rules it had.
+                        Err(e) => {
+                            tracing::error!(gateway = %g.id, "NAT gateway rules refused: {e}")
+                        }
+                    }
+                }
+                n.napt.clone()
+            }
+            None => {
+                let cfg = x.napt.get(&g.id).cloned().unwrap_or_else(NaptConfig::cloud);
+                let napt = Napt::new(cfg, rules.0.clone(), rules.1.clone())
+                    .map_err(|e| format!("NAT gateway {}: {e}", g.id))?;
+                let napt = Arc::new(Mutex::new(napt));
+                napts.insert(
+                    g.id.clone(),
+                    GatewayNapt {
+                        napt: napt.clone(),
+                        rules,
+                    },
+                );
+                napt
+            }
+        };
+        b = b.nat_gateway(NatGatewayConfig {
+            id: g.id,
+            napt,
+            eips: g.eips,
+            sources: g.sources,
+        });
+    }
     if let Some(a) = x.alg {
         b = b.alg_policy(a);
     }

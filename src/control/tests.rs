@@ -273,6 +273,7 @@ fn set_alg_policy_publishes_a_table_with_the_new_policy_and_keeps_the_rest() {
             alg: Some(AlgPolicy::all(AlgAction::Drop)),
             source_check: Some(false),
             internet_gateway: None,
+            napt: Default::default(),
         },
     };
     let cp = ControlPlane::new(cloud(), &opts).unwrap();
@@ -330,5 +331,88 @@ fn nonces_are_kept_with_the_state_until_their_time_is_up() {
     let mem = ControlPlane::new(cloud(), &Options::default()).unwrap();
     mem.remember_nonce("LTAIkey", "n-1", 2_000, 1_000).unwrap();
     assert!(mem.saved_nonces(0).is_empty());
+    let _ = std::fs::remove_dir_all(&dir);
+}
+
+#[test]
+fn an_entry_made_through_the_api_is_saved_republished_and_restored() {
+    use crate::cloud::nat::{ForwardSpec, SnatSpec};
+    let dir = temp_dir("entries");
+    let opts = Options {
+        state_dir: Some(dir.clone()),
+        table: TableExtras::default(),
+    };
+    // eip-web InUse on ngw-t (no transition: it is settled at once).
+    let mut initial = crate::cloud::fixture::web(0, real_ns());
+    initial.nat_gateways.insert(
+        "ngw-t".into(),
+        crate::cloud::NatGateway {
+            id: "ngw-t".into(),
+            region: "cn-shanghai".into(),
+            vswitch: "vsw-a".into(),
+            eip_takes_private_ip: false,
+        },
+    );
+    initial
+        .associate(
+            real_ns(),
+            &Associate {
+                allocation_id: "eip-web".into(),
+                instance_id: "ngw-t".into(),
+                bind_type: BindType::Nat,
+                mode: AssociationMode::Nat,
+                private_ip: None,
+            },
+        )
+        .unwrap();
+    let cp = ControlPlane::new(initial.clone(), &opts).unwrap();
+    let generation = cp.cell().generation();
+    let snat = SnatSpec {
+        snat_ip: Some("198.51.100.10".into()),
+        source_cidr: Some("10.0.1.0/24".into()),
+        ..SnatSpec::default()
+    };
+    let r: Result<String, Refused> =
+        cp.transact(|c, _| Ok(c.create_snat_entry("cn-shanghai", "stb-ngw-t", &snat)?.0));
+    let sid = r.unwrap();
+    assert!(cp.cell().generation() > generation, "republished");
+    let dnat = ForwardSpec {
+        external_ip: Some("198.51.100.10".into()),
+        external_port: Some("8080".into()),
+        internal_ip: Some("10.0.1.77".into()),
+        internal_port: Some("80".into()),
+        ip_protocol: Some("TCP".into()),
+        name: None,
+    };
+    let r: Result<String, Refused> =
+        cp.transact(|c, _| Ok(c.create_forward_entry("cn-shanghai", "ftb-ngw-t", &dnat)?.0));
+    let fid = r.unwrap();
+    // A refused change leaves the saved state and the table alone.
+    let generation = cp.cell().generation();
+    let r: Result<String, Refused> =
+        cp.transact(|c, _| Ok(c.create_forward_entry("cn-shanghai", "ftb-ngw-t", &dnat)?.0));
+    assert!(matches!(r, Err(Refused::Cloud(_))), "{r:?}");
+    assert_eq!(cp.cell().generation(), generation);
+    let saved = Store::open(&dir).unwrap().get("cloud").unwrap().unwrap();
+    let saved: Cloud = serde_json::from_str(&saved).unwrap();
+    assert_eq!(saved, cp.with_cloud(Cloud::clone));
+    drop(cp);
+    // A restart on the same directory starts from the saved entries, not from `initial`.
+    let cp = ControlPlane::new(initial, &opts).unwrap();
+    cp.with_cloud(|c| {
+        assert_eq!(c.snat_entries.len(), 1);
+        assert_eq!(c.snat_entries[0].id, sid);
+        assert_eq!(c.forward_entries.len(), 1);
+        assert_eq!(c.forward_entries[0].id, fid);
+    });
+    // And it goes on numbering from where it was.
+    let r: Result<(), Refused> = cp.transact(|c, _| {
+        c.delete_forward_entry("cn-shanghai", "ftb-ngw-t", &fid)?;
+        let (again, _) = c.create_forward_entry("cn-shanghai", "ftb-ngw-t", &dnat)?;
+        assert_ne!(again, fid);
+        Ok(())
+    });
+    r.unwrap();
+    drop(cp);
     let _ = std::fs::remove_dir_all(&dir);
 }

@@ -13,6 +13,7 @@
 
 mod cell;
 mod frag;
+mod natgw;
 mod records;
 pub mod stats;
 pub mod table;
@@ -827,6 +828,11 @@ impl Engine {
             Err(r) => return st.drop(r, ingress, NOBODY),
         };
 
+        if ingress == Side::Internet {
+            if let Some((gw, slot)) = table.gateway_eip(h.dst) {
+                return st.gateway_from_internet(table, now, gw, slot, buf, len, flags, &h);
+            }
+        }
         let decision = match ingress {
             Side::Internet => from_internet(st, table, h.src, h.dst),
             Side::Eni(eni) => from_eni(st, table, eni, h.src, h.dst),
@@ -834,7 +840,17 @@ impl Engine {
         };
         let plan = match decision {
             Ok(p) => p,
-            Err((r, b)) => return st.drop(r, ingress, b),
+            Err((r, b)) => {
+                if let Side::Eni(eni) = ingress {
+                    if !table.gateways.is_empty() {
+                        let v = st.gateway_from_eni(table, now, eni, r, buf, len, flags, &h);
+                        if let Some(v) = v {
+                            return v;
+                        }
+                    }
+                }
+                return st.drop(r, ingress, b);
+            }
         };
         if plan.to_gateway {
             // The gateway itself was addressed: only echo requests get an answer.
@@ -1734,15 +1750,24 @@ impl State {
             return verdict;
         }
         let to = Ipv4Addr::from(u32::from_be_bytes([buf[12], buf[13], buf[14], buf[15]]));
-        match icmp::error_in_place(
-            buf,
-            len,
-            Ipv4Addr::from(from),
-            to,
-            icmp::kind::TIME_EXCEEDED,
-            0,
-            0,
-        ) {
+        let kind = (icmp::kind::TIME_EXCEEDED, 0);
+        self.icmp_error_reply(buf, len, from, to, kind, ingress, verdict)
+    }
+
+    /// Turns the packet in `buf` into an ICMP error `kind` (type, code) from `from` to `to`,
+    /// sent back out of `ingress`; `otherwise` when it cannot be made.
+    #[allow(clippy::too_many_arguments)]
+    fn icmp_error_reply(
+        &mut self,
+        buf: &mut [u8],
+        len: usize,
+        from: u32,
+        to: Ipv4Addr,
+        kind: (u8, u8),
+        ingress: Side,
+        otherwise: Verdict,
+    ) -> Verdict {
+        match icmp::error_in_place(buf, len, Ipv4Addr::from(from), to, kind.0, kind.1, 0) {
             Some(n) => {
                 self.global.icmp_errors_sent += 1;
                 Verdict::Reply {
@@ -1750,7 +1775,7 @@ impl State {
                     len: n,
                 }
             }
-            None => verdict,
+            None => otherwise,
         }
     }
 }

@@ -85,6 +85,27 @@ reasons! {
     FragmentTableFull = "fragment_table_full",
     /// A fragment held for its first fragment, which never came.
     FragmentTimeout = "fragment_timeout",
+    // D9–D11: an internet NAT gateway.
+    /// From a private source that no SNAT entry (nor whole-IP DNAT entry) of the gateway covers.
+    NatGatewayNoSnatEntry = "nat_gateway_no_snat_entry",
+    /// The gateway's session table is full (`max_sessions`): a new flow is refused while the
+    /// live ones carry on.
+    NatGatewaySessionTableFull = "nat_gateway_session_table_full",
+    /// No free external port for a new flow (answered with ICMP destination unreachable,
+    /// code 13).
+    NatGatewayPortsExhausted = "nat_gateway_ports_exhausted",
+    /// To a gateway EIP and port with no session, DNAT entry or mapping; or an ICMP error
+    /// about a flow the gateway does not know.
+    NatGatewayNoSession = "nat_gateway_no_session",
+    /// A mapping exists, but its filtering does not admit this remote (RFC 4787 REQ-8).
+    NatGatewayFiltered = "nat_gateway_filtered",
+    /// From inside to a gateway EIP, with hairpinning off.
+    NatGatewayHairpinOff = "nat_gateway_hairpin_off",
+    /// A new flow's addresses and ports are held by another session.
+    NatGatewayConflict = "nat_gateway_conflict",
+    /// A fragmented datagram: the gateway does not reassemble, so it carries whole
+    /// datagrams only.
+    NatGatewayFragment = "nat_gateway_fragment",
 }
 
 impl DropReason {

@@ -5,8 +5,11 @@
 //! never takes a lock and never sees a half-applied association.
 
 use crate::alg::AlgPolicy;
+use crate::napt::Napt;
 use core::fmt;
 use core::net::Ipv4Addr;
+use std::collections::HashMap;
+use std::sync::{Arc, Mutex};
 
 /// Identifies an ENI in the dataplane: a small, stable number the control plane assigns
 /// (the same ENI keeps its id across tables, so counters follow it).
@@ -120,6 +123,9 @@ pub enum TableError {
         network: Ipv4Addr,
         len: u8,
     },
+    /// A NAT gateway's EIP that is not programmed as an unassociated EIP with its slot, or
+    /// that two gateways claim.
+    GatewayEip(Ipv4Addr),
 }
 
 impl fmt::Display for TableError {
@@ -129,6 +135,10 @@ impl fmt::Display for TableError {
             DuplicateEni(e) => write!(f, "ENI {e} is programmed twice"),
             DuplicateSlot(s) => write!(f, "EIP slot {s} is programmed twice"),
             DuplicateAddress(a) => write!(f, "address {a} is claimed twice"),
+            GatewayEip(a) => write!(
+                f,
+                "NAT gateway EIP {a} must be one EIP of the table with no other association"
+            ),
             UnspecifiedAddress => write!(f, "0.0.0.0 cannot be programmed"),
             UnknownEni { eip, eni } => write!(f, "EIP {eip} is associated with unknown ENI {eni}"),
             PrivateIpNotOnEni {
@@ -299,6 +309,29 @@ pub(crate) struct EipInfo {
     pub association: Option<(AssociationMode, EniId, u32)>,
 }
 
+/// A NAT gateway's NAPT: one per gateway for the life of the lab, shared by every worker's
+/// engine and handed from table to table, so its sessions outlive any change of rules.
+pub type SharedNapt = Arc<Mutex<Napt>>;
+
+/// An internet NAT gateway as the table knows it (SPEC D9–D11).
+#[derive(Clone, Debug)]
+pub struct NatGatewayConfig {
+    pub id: String,
+    pub napt: SharedNapt,
+    /// Its EIPs (those associated with it) and their slots.
+    pub eips: Vec<(Ipv4Addr, EipSlot)>,
+    /// The private sources it carries to the internet: its SNAT entries' sources, and its
+    /// DNAT targets as `/32` (their replies, and a whole-IP target's own flows).
+    pub sources: Vec<(Ipv4Addr, u8)>,
+}
+
+/// A NAT gateway in a built table.
+#[derive(Clone, Debug)]
+pub(crate) struct GatewayEntry {
+    pub id: String,
+    pub napt: SharedNapt,
+}
+
 /// The programmed gateway. Build with [`TableBuilder`].
 #[derive(Clone, Debug)]
 pub struct Table {
@@ -317,6 +350,13 @@ pub struct Table {
     pub(crate) other_protocols: OtherProtocols,
     pub(crate) internet_gateway: u32,
     pub(crate) max_slot: Option<EipSlot>,
+    /// NAT gateways, by index.
+    pub(crate) gateways: Vec<GatewayEntry>,
+    /// A gateway EIP -> (gateway index, its slot).
+    pub(crate) gateway_eips: HashMap<u32, (u32, EipSlot)>,
+    /// (network, mask, gateway index), the most specific first: which gateway carries a
+    /// private source's internet traffic.
+    pub(crate) gateway_sources: Vec<(u32, u32, u32)>,
 }
 
 impl Table {
@@ -363,6 +403,29 @@ impl Table {
         (e.kind == Kind::Private && e.other != 0).then(|| Ipv4Addr::from(e.other))
     }
 
+    /// The NAT gateway and slot of a gateway EIP.
+    #[inline]
+    pub(crate) fn gateway_eip(&self, addr: u32) -> Option<(u32, EipSlot)> {
+        if self.gateways.is_empty() {
+            return None;
+        }
+        self.gateway_eips.get(&addr).copied()
+    }
+
+    /// The NAT gateway that carries `src`'s internet traffic, if any.
+    #[inline]
+    pub(crate) fn gateway_for_source(&self, src: u32) -> Option<u32> {
+        self.gateway_sources
+            .iter()
+            .find(|&&(n, m, _)| src & m == n)
+            .map(|&(_, _, g)| g)
+    }
+
+    /// The NAT gateways: their ids and NAPTs.
+    pub fn nat_gateways(&self) -> impl Iterator<Item = (&str, &SharedNapt)> + '_ {
+        self.gateways.iter().map(|g| (g.id.as_str(), &g.napt))
+    }
+
     /// EIP slots with their addresses and bandwidths.
     pub fn eips(&self) -> impl Iterator<Item = (EipSlot, Ipv4Addr, u32)> + '_ {
         self.eips
@@ -381,6 +444,7 @@ pub struct TableBuilder {
     source_check: Option<bool>,
     other_protocols: OtherProtocols,
     internet_gateway: Option<Ipv4Addr>,
+    nat_gateways: Vec<NatGatewayConfig>,
 }
 
 impl TableBuilder {
@@ -425,6 +489,13 @@ impl TableBuilder {
     /// the internet are dropped silently (still counted).
     pub fn internet_gateway(mut self, a: Ipv4Addr) -> Self {
         self.internet_gateway = Some(a);
+        self
+    }
+
+    /// An internet NAT gateway: its EIPs must be programmed with [`TableBuilder::eip`] too
+    /// (for their slots), with no association.
+    pub fn nat_gateway(mut self, g: NatGatewayConfig) -> Self {
+        self.nat_gateways.push(g);
         self
     }
 
@@ -624,6 +695,35 @@ impl TableBuilder {
             None => 0,
         };
 
+        let mut gateways = Vec::with_capacity(self.nat_gateways.len());
+        let mut gateway_eips = HashMap::new();
+        let mut gateway_sources = Vec::new();
+        for (i, g) in self.nat_gateways.into_iter().enumerate() {
+            let i = i as u32;
+            for &(a, slot) in &g.eips {
+                match map.get(u32::from(a)) {
+                    Some(e) if e.kind == Kind::Eip && e.mode.is_none() && e.slot == slot => {}
+                    _ => return Err(TableError::GatewayEip(a)),
+                }
+                if gateway_eips.insert(u32::from(a), (i, slot)).is_some() {
+                    return Err(TableError::GatewayEip(a));
+                }
+            }
+            for &(net, len) in &g.sources {
+                if len > 32 {
+                    return Err(TableError::BadPrefix { network: net, len });
+                }
+                let mask = if len == 0 { 0 } else { u32::MAX << (32 - len) };
+                gateway_sources.push((u32::from(net) & mask, mask, i));
+            }
+            gateways.push(GatewayEntry {
+                id: g.id,
+                napt: g.napt,
+            });
+        }
+        // Most specific first; among equals, the order given (a stable sort).
+        gateway_sources.sort_by_key(|&(_, m, _)| core::cmp::Reverse(m.count_ones()));
+
         Ok(Table {
             map,
             enis,
@@ -636,6 +736,9 @@ impl TableBuilder {
             other_protocols: self.other_protocols,
             internet_gateway,
             max_slot,
+            gateways,
+            gateway_eips,
+            gateway_sources,
         })
     }
 }

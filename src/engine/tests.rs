@@ -1765,3 +1765,6 @@ fn the_fast_path_agrees_with_the_general_path_on_every_packet() {
     }
     assert_eq!(fast.all_eni_counters(), general.all_eni_counters());
 }
+
+/// D9–D11: the NAT gateway path.
+mod natgw;

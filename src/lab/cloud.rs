@@ -19,6 +19,21 @@ use crate::cloud::{
     NatGateway, Settings, SnatEntry, VSwitch,
 };
 
+/// The engine-table settings a lab file gives besides the cloud's state: the ALG policy, the
+/// source check, the gateway's internet-side address, and each NAT gateway's NAPT behaviour.
+pub fn table_extras(lab: &LabFile) -> crate::control::TableExtras {
+    crate::control::TableExtras {
+        alg: Some(lab.alg.policy()),
+        source_check: Some(lab.vpc.source_check),
+        internet_gateway: Some(lab.internet.gateway),
+        napt: lab
+            .nat_gateway
+            .iter()
+            .map(|g| (g.id.clone(), g.napt_config()))
+            .collect(),
+    }
+}
+
 /// Builds the cloud a lab file declares, at lab-clock time `now` (nanoseconds), in the order of
 /// the module comment. Associations and attachments are settled at once. An error names the
 /// field the cloud refuses (`association[2]`, `instance[0].enis[1] (eni-x)`), the cloud's code
@@ -35,6 +50,7 @@ pub fn build(lab: &LabFile, now: u64) -> Result<Cloud, String> {
             .map(|p| (p.network, p.len))
             .collect(),
         vpc_id: lab.vpc.id.clone(),
+        vpc_cidrs: lab.vpc_cidrs().iter().map(|b| (b.network, b.len)).collect(),
     });
     for v in &lab.vswitch {
         c.add_vswitch(VSwitch {

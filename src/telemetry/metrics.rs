@@ -166,7 +166,7 @@ fn encode(e: &mut DescriptorEncoder, cloud: &Cloud, snap: &Snapshot) -> fmt::Res
     for (name, help, v) in [
         (
             "eiplab_icmp_errors_sent",
-            "ICMP time exceeded messages sent.",
+            "ICMP errors the gateway sent (time exceeded; destination unreachable, code 13, when a NAT gateway has no port for a new flow).",
             g.icmp_errors_sent,
         ),
         (
@@ -219,6 +219,34 @@ fn encode(e: &mut DescriptorEncoder, cloud: &Cloud, snap: &Snapshot) -> fmt::Res
             AlgProtocol::ALL
                 .iter()
                 .map(|p| ([("protocol", p.name())], counts[p.index()])),
+        )?;
+    }
+
+    for (name, help, pick) in [
+        (
+            "eiplab_nat_gateway_sessions",
+            "Live sessions (flows) of a NAT gateway's NAPT.",
+            (|s: &super::NatGatewayStats| s.sessions) as fn(&super::NatGatewayStats) -> u64,
+        ),
+        (
+            "eiplab_nat_gateway_mappings",
+            "Mappings (internal address and port to external) of a NAT gateway's NAPT.",
+            |s| s.mappings,
+        ),
+        (
+            "eiplab_nat_gateway_max_sessions",
+            "The bound of a NAT gateway's session table (the lab file's max_sessions).",
+            |s| s.max_sessions,
+        ),
+    ] {
+        family(
+            e,
+            name,
+            help,
+            MetricType::Gauge,
+            snap.nat_gateways
+                .iter()
+                .map(|(id, st)| ([("nat_gateway", id.as_str())], pick(st))),
         )?;
     }
 

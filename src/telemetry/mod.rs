@@ -28,6 +28,19 @@ pub struct Snapshot {
     pub enis: BTreeMap<EniId, EniCounters>,
     /// Losses of the shell around the engines (see [`GatewayErrors`]).
     pub gateway: GatewayErrors,
+    /// Each NAT gateway's NAPT, by gateway id (one state shared by the workers: read from
+    /// it, not summed).
+    pub nat_gateways: BTreeMap<String, NatGatewayStats>,
+}
+
+/// The size of a NAT gateway's NAPT at a moment.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct NatGatewayStats {
+    /// Live sessions (flows), at most `max_sessions`.
+    pub sessions: u64,
+    /// Mappings (internal address:port -> external), shared by their sessions.
+    pub mappings: u64,
+    pub max_sessions: u64,
 }
 
 /// Packets the shell lost after (or before) the engine decided: not drop reasons of SPEC §2,

@@ -97,7 +97,19 @@ pub fn counters_json(cloud: &Cloud, snap: &Snapshot) -> Value {
             Value::Object(m)
         })
         .collect();
-    json!({ "global": global, "eips": eips, "enis": enis })
+    let nat_gateways: Vec<Value> = snap
+        .nat_gateways
+        .iter()
+        .map(|(id, s)| {
+            json!({
+                "nat_gateway_id": id,
+                "sessions": s.sessions,
+                "mappings": s.mappings,
+                "max_sessions": s.max_sessions,
+            })
+        })
+        .collect();
+    json!({ "global": global, "eips": eips, "enis": enis, "nat_gateways": nat_gateways })
 }
 
 /// A JSON value as table text: strings bare, null empty, anything else as JSON.

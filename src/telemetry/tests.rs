@@ -70,6 +70,14 @@ fn snapshot(c: &Cloud) -> Snapshot {
     s.global.drops[DropReason::AlgFtp as usize] = 3;
     s.global.drops[DropReason::SourceCheck as usize] = 1;
     s.global.alg_passed[AlgProtocol::Sip.index()] = 2;
+    s.nat_gateways.insert(
+        "ngw-a".into(),
+        crate::telemetry::NatGatewayStats {
+            sessions: 5,
+            mappings: 3,
+            max_sessions: 1000,
+        },
+    );
     // A slot and an ENI index the cloud does not have.
     s.eips.entry(999).or_default().to_guest.packets = 1;
     s.enis.entry(999).or_default().to_guest.packets = 1;
@@ -333,7 +341,13 @@ fn metrics_every_family_and_sample() {
     ] {
         want_families.insert(format!("eiplab_{name}"), "counter".to_string());
     }
-    for name in ["held_packets", "eips"] {
+    for name in [
+        "held_packets",
+        "eips",
+        "nat_gateway_sessions",
+        "nat_gateway_mappings",
+        "nat_gateway_max_sessions",
+    ] {
         want_families.insert(format!("eiplab_{name}"), "gauge".to_string());
     }
     assert_eq!(families, want_families, "{text}");
@@ -372,6 +386,21 @@ fn metrics_every_family_and_sample() {
         put("eiplab_alg_passed_total", &[("protocol", p.name())], passed);
         put("eiplab_alg_flagged_total", &[("protocol", p.name())], 0);
     }
+    put(
+        "eiplab_nat_gateway_sessions",
+        &[("nat_gateway", "ngw-a")],
+        5,
+    );
+    put(
+        "eiplab_nat_gateway_mappings",
+        &[("nat_gateway", "ngw-a")],
+        3,
+    );
+    put(
+        "eiplab_nat_gateway_max_sessions",
+        &[("nat_gateway", "ngw-a")],
+        1000,
+    );
     for (status, n) in [
         ("Available", 1),
         ("Associating", 0),

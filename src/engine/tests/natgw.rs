@@ -1,0 +1,411 @@
+//! D9–D11 through the engine: SNAT, DNAT, hairpin, ICMP and the gateway's refusals, with
+//! every forwarded packet's checksums checked by etherparse.
+
+use super::*;
+use crate::engine::table::{NatGatewayConfig, SharedNapt};
+use crate::napt::{DnatProtocol, DnatRule, Napt, NaptConfig, SnatRule};
+use core::net::SocketAddrV4;
+use std::sync::Mutex;
+
+// Besides the lab of the other tests:
+//   ENI 8  i-snat  10.0.2.5   no EIP; SNAT 10.0.2.5/32 -> 198.51.100.200 (slot 200)
+//   ENI 9  i-dnat  10.0.2.6   no EIP; DNAT 198.51.100.201:8080/tcp -> 10.0.2.6:80 (slot 201),
+//                             198.51.100.201:5353/udp -> 10.0.2.6:53
+//   ENI 10 i-other 10.0.2.7   no EIP, no entry
+const GW_SNAT: &str = "198.51.100.200";
+const GW_DNAT: &str = "198.51.100.201";
+
+fn sa(s: &str, p: u16) -> SocketAddrV4 {
+    SocketAddrV4::new(a(s), p)
+}
+
+fn napt_with(cfg: NaptConfig) -> SharedNapt {
+    let snat = vec![SnatRule {
+        source: a("10.0.2.5"),
+        prefix_len: 32,
+        eips: vec![a(GW_SNAT)],
+    }];
+    let dnat = vec![
+        DnatRule {
+            external: sa(GW_DNAT, 8080),
+            protocol: DnatProtocol::Tcp,
+            internal: sa("10.0.2.6", 80),
+        },
+        DnatRule {
+            external: sa(GW_DNAT, 5353),
+            protocol: DnatProtocol::Udp,
+            internal: sa("10.0.2.6", 53),
+        },
+    ];
+    Arc::new(Mutex::new(Napt::new(cfg, snat, dnat).unwrap()))
+}
+
+fn gw_table(napt: &SharedNapt) -> Arc<Table> {
+    Arc::new(
+        builder()
+            .eni(eni(8, Some((5, true)), &["10.0.2.5"]))
+            .eni(eni(9, Some((6, true)), &["10.0.2.6"]))
+            .eni(eni(10, Some((7, true)), &["10.0.2.7"]))
+            .eip(eip(200, GW_SNAT, None))
+            .eip(eip(201, GW_DNAT, None))
+            .nat_gateway(NatGatewayConfig {
+                id: "ngw-a".into(),
+                napt: napt.clone(),
+                eips: vec![(a(GW_SNAT), 200), (a(GW_DNAT), 201)],
+                sources: vec![(a("10.0.2.5"), 32), (a("10.0.2.6"), 32)],
+            })
+            .build()
+            .unwrap(),
+    )
+}
+
+fn gw_engine() -> (Engine, SharedNapt) {
+    let napt = napt_with(NaptConfig::cloud());
+    (Engine::new(gw_table(&napt)), napt)
+}
+
+fn sport_of(p: &[u8]) -> u16 {
+    u16::from_be_bytes([p[20], p[21]])
+}
+
+fn dport_of(p: &[u8]) -> u16 {
+    u16::from_be_bytes([p[22], p[23]])
+}
+
+fn drops(e: &Engine, r: DropReason) -> u64 {
+    e.global_counters().drops[r as usize]
+}
+
+#[test]
+fn d9_snat_translates_a_new_flow_and_its_replies_come_back() {
+    let (mut e, napt) = gw_engine();
+    for (proto, pkt) in [
+        (
+            "tcp",
+            build::tcp(a("10.0.2.5"), 40000, client(), 80, 0x02, b""),
+        ),
+        ("udp", build::udp(a("10.0.2.5"), 40001, client(), 53, b"q")),
+    ] {
+        let (v, out) = run(&mut e, Side::Eni(8), &pkt);
+        assert_eq!(v, Verdict::Forward(Side::Internet), "{proto}");
+        assert_eq!(src_of(&out), a(GW_SNAT), "{proto}: the gateway's EIP");
+        assert_eq!(dst_of(&out), client());
+        assert_valid(&out);
+        let ext = sport_of(&out);
+        let reply = if proto == "tcp" {
+            build::tcp(client(), 80, a(GW_SNAT), ext, 0x12, b"")
+        } else {
+            build::udp(client(), 53, a(GW_SNAT), ext, b"a")
+        };
+        let (v, back) = run(&mut e, Side::Internet, &reply);
+        assert_eq!(v, Verdict::Forward(Side::Eni(8)), "{proto} reply");
+        assert_eq!(dst_of(&back), a("10.0.2.5"));
+        assert_eq!(
+            dport_of(&back),
+            sport_of(&pkt),
+            "{proto}: the host's own port"
+        );
+        assert_eq!(src_of(&back), client());
+        assert_valid(&back);
+    }
+    assert_eq!(napt.lock().unwrap().sessions(), 2);
+    assert_eq!(e.eip_counters(200).from_guest.packets, 2);
+    assert_eq!(e.eip_counters(200).to_guest.packets, 2);
+    assert_eq!(e.eni_counters(8).from_guest.packets, 2);
+    assert_eq!(e.eni_counters(8).to_guest.packets, 2);
+}
+
+#[test]
+fn d9_an_unsolicited_packet_to_the_snat_eip_is_dropped_and_counted_against_it() {
+    let (mut e, _) = gw_engine();
+    let (v, _) = run(
+        &mut e,
+        Side::Internet,
+        &build::udp(client(), 53, a(GW_SNAT), 2000, b""),
+    );
+    assert_eq!(v, Verdict::Drop(DropReason::NatGatewayNoSession));
+    assert_eq!(
+        e.eip_counters(200).drops[DropReason::NatGatewayNoSession as usize],
+        1
+    );
+}
+
+#[test]
+fn d9_a_source_no_entry_covers_has_no_public_ip() {
+    let (mut e, _) = gw_engine();
+    let pkt = build::udp(a("10.0.2.7"), 1, client(), 2, b"");
+    let (v, _) = run(&mut e, Side::Eni(10), &pkt);
+    assert_eq!(v, Verdict::Drop(DropReason::NoPublicIp));
+}
+
+#[test]
+fn d10_dnat_forwards_the_port_and_the_reply_leaves_from_it() {
+    let (mut e, _) = gw_engine();
+    let syn = build::tcp(client(), 50000, a(GW_DNAT), 8080, 0x02, b"");
+    let (v, out) = run(&mut e, Side::Internet, &syn);
+    assert_eq!(v, Verdict::Forward(Side::Eni(9)));
+    assert_eq!((dst_of(&out), dport_of(&out)), (a("10.0.2.6"), 80));
+    assert_valid(&out);
+    // 10.0.2.6 has no SNAT entry: its reply leaves through the DNAT session.
+    let synack = build::tcp(a("10.0.2.6"), 80, client(), 50000, 0x12, b"");
+    let (v, back) = run(&mut e, Side::Eni(9), &synack);
+    assert_eq!(v, Verdict::Forward(Side::Internet));
+    assert_eq!((src_of(&back), sport_of(&back)), (a(GW_DNAT), 8080));
+    assert_valid(&back);
+    // A port with no entry.
+    let (v, _) = run(
+        &mut e,
+        Side::Internet,
+        &build::tcp(client(), 50000, a(GW_DNAT), 22, 0x02, b""),
+    );
+    assert_eq!(v, Verdict::Drop(DropReason::NatGatewayNoSession));
+    // A new flow of its own is not SNAT's to carry.
+    let (v, _) = run(
+        &mut e,
+        Side::Eni(9),
+        &build::udp(a("10.0.2.6"), 999, client(), 53, b""),
+    );
+    assert_eq!(v, Verdict::Drop(DropReason::NatGatewayNoSnatEntry));
+}
+
+#[test]
+fn d9_icmp_echo_identifier_is_translated_both_ways() {
+    let (mut e, _) = gw_engine();
+    let ping = build::ping(a("10.0.2.5"), client(), 77, 1, b"abc");
+    let (v, out) = run(&mut e, Side::Eni(8), &ping);
+    assert_eq!(v, Verdict::Forward(Side::Internet));
+    assert_eq!(src_of(&out), a(GW_SNAT));
+    assert_valid(&out);
+    let id = u16::from_be_bytes([out[24], out[25]]);
+    let mut reply = build::ping(client(), a(GW_SNAT), id, 1, b"abc");
+    reply[20] = 0; // echo reply
+    let c = checksum::checksum(&{
+        let mut m = reply[20..].to_vec();
+        m[2] = 0;
+        m[3] = 0;
+        m
+    });
+    reply[22..24].copy_from_slice(&c.to_be_bytes());
+    let (v, back) = run(&mut e, Side::Internet, &reply);
+    assert_eq!(v, Verdict::Forward(Side::Eni(8)));
+    assert_eq!(dst_of(&back), a("10.0.2.5"));
+    assert_eq!(u16::from_be_bytes([back[24], back[25]]), 77);
+    assert_valid(&back);
+}
+
+/// The quoted packet's header checksum, checked on its own.
+fn assert_quote_header_valid(p: &[u8]) {
+    let q = &p[28..48];
+    assert!(checksum::verify(q), "the quoted IPv4 header's checksum");
+}
+
+#[test]
+fn d9_an_icmp_error_from_the_internet_reaches_the_host_with_its_quote_translated() {
+    let (mut e, _) = gw_engine();
+    let out_pkt = build::udp(a("10.0.2.5"), 40000, client(), 53, b"query");
+    let (_, out) = run(&mut e, Side::Eni(8), &out_pkt);
+    // The far end says port unreachable, quoting what it received.
+    let quote = out.clone();
+    let err = build::icmp(client(), a(GW_SNAT), 3, 3, 0, &quote);
+    let (v, back) = run(&mut e, Side::Internet, &err);
+    assert_eq!(v, Verdict::Forward(Side::Eni(8)));
+    assert_eq!(dst_of(&back), a("10.0.2.5"));
+    assert_eq!(
+        (
+            Ipv4Addr::new(back[40], back[41], back[42], back[43]),
+            u16::from_be_bytes([back[48], back[49]])
+        ),
+        (a("10.0.2.5"), 40000),
+        "the quote's source is the host's own"
+    );
+    assert_valid(&back);
+    assert_quote_header_valid(&back);
+    // The quoted UDP checksum matches the quoted packet as the host sent it.
+    let mut as_sent = out_pkt.clone();
+    as_sent[8] = out[8];
+    as_sent[10] = 0;
+    as_sent[11] = 0;
+    let ck = checksum::checksum(&as_sent[..20]);
+    as_sent[10..12].copy_from_slice(&ck.to_be_bytes());
+    assert_eq!(
+        &back[28..],
+        &as_sent[..],
+        "the quoted packet is what the host sent, TTL aside"
+    );
+    // An error about a flow the gateway never carried is dropped.
+    let mut stray = quote.clone();
+    stray[20..22].copy_from_slice(&1u16.to_be_bytes());
+    let err = build::icmp(client(), a(GW_SNAT), 3, 3, 0, &stray);
+    let (v, _) = run(&mut e, Side::Internet, &err);
+    assert_eq!(v, Verdict::Drop(DropReason::NatGatewayNoSession));
+}
+
+#[test]
+fn d10_an_icmp_error_from_a_dnat_target_leaves_from_the_gateway_eip() {
+    let (mut e, _) = gw_engine();
+    let q = build::udp(client(), 40000, a(GW_DNAT), 5353, b"dns?");
+    let (v, inside) = run(&mut e, Side::Internet, &q);
+    assert_eq!(v, Verdict::Forward(Side::Eni(9)));
+    let err = build::icmp(a("10.0.2.6"), client(), 3, 3, 0, &inside);
+    let (v, out) = run(&mut e, Side::Eni(9), &err);
+    assert_eq!(v, Verdict::Forward(Side::Internet));
+    assert_eq!(src_of(&out), a(GW_DNAT));
+    assert_eq!(
+        (
+            Ipv4Addr::new(out[44], out[45], out[46], out[47]),
+            u16::from_be_bytes([out[50], out[51]])
+        ),
+        (a(GW_DNAT), 5353),
+        "the quote's destination is what the client sent to"
+    );
+    assert_valid(&out);
+    assert_quote_header_valid(&out);
+}
+
+#[test]
+fn d9_hairpin_a_host_reaches_a_dnat_port_of_its_gateway() {
+    let (mut e, _) = gw_engine();
+    let syn = build::tcp(a("10.0.2.5"), 41000, a(GW_DNAT), 8080, 0x02, b"");
+    let (v, out) = run(&mut e, Side::Eni(8), &syn);
+    assert_eq!(v, Verdict::Forward(Side::Eni(9)));
+    assert_eq!((dst_of(&out), dport_of(&out)), (a("10.0.2.6"), 80));
+    assert_eq!(src_of(&out), a(GW_SNAT), "it arrives from the SNAT EIP");
+    assert_valid(&out);
+    let ext = sport_of(&out);
+    let synack = build::tcp(a("10.0.2.6"), 80, a(GW_SNAT), ext, 0x12, b"");
+    let (v, back) = run(&mut e, Side::Eni(9), &synack);
+    assert_eq!(v, Verdict::Forward(Side::Eni(8)));
+    assert_eq!((src_of(&back), sport_of(&back)), (a(GW_DNAT), 8080));
+    assert_eq!((dst_of(&back), dport_of(&back)), (a("10.0.2.5"), 41000));
+    assert_valid(&back);
+    assert_eq!(e.global_counters().hairpin, 2);
+}
+
+#[test]
+fn d11_a_host_with_its_own_eip_reaches_a_dnat_port_from_that_eip() {
+    let (mut e, _) = gw_engine();
+    // ENI 1 is 10.0.1.10, NAT 198.51.100.1.
+    let syn = build::tcp(a("10.0.1.10"), 42000, a(GW_DNAT), 8080, 0x02, b"");
+    let (v, out) = run(&mut e, Side::Eni(1), &syn);
+    assert_eq!(v, Verdict::Forward(Side::Eni(9)));
+    assert_eq!((src_of(&out), sport_of(&out)), (a("198.51.100.1"), 42000));
+    assert_eq!((dst_of(&out), dport_of(&out)), (a("10.0.2.6"), 80));
+    assert_valid(&out);
+    let synack = build::tcp(a("10.0.2.6"), 80, a("198.51.100.1"), 42000, 0x12, b"");
+    let (v, back) = run(&mut e, Side::Eni(9), &synack);
+    assert_eq!(
+        v,
+        Verdict::Forward(Side::Eni(1)),
+        "back in through the host's EIP"
+    );
+    assert_eq!((src_of(&back), sport_of(&back)), (a(GW_DNAT), 8080));
+    assert_eq!((dst_of(&back), dport_of(&back)), (a("10.0.1.10"), 42000));
+    assert_valid(&back);
+}
+
+#[test]
+fn d9_port_exhaustion_is_answered_with_icmp_code_13_and_counted() {
+    let cfg = NaptConfig {
+        ports: 2000..=2000,
+        ..NaptConfig::cloud()
+    };
+    let napt = napt_with(cfg);
+    let mut e = Engine::new(gw_table(&napt));
+    let (v, _) = run(
+        &mut e,
+        Side::Eni(8),
+        &build::udp(a("10.0.2.5"), 1000, client(), 53, b""),
+    );
+    assert_eq!(v, Verdict::Forward(Side::Internet));
+    let second = build::udp(a("10.0.2.5"), 1001, client(), 53, b"");
+    let (v, reply) = run(&mut e, Side::Eni(8), &second);
+    assert!(
+        matches!(
+            v,
+            Verdict::Reply {
+                to: Side::Eni(8),
+                ..
+            }
+        ),
+        "{v:?}"
+    );
+    assert_eq!(
+        (reply[20], reply[21]),
+        (3, 13),
+        "destination unreachable, code 13"
+    );
+    assert_eq!(dst_of(&reply), a("10.0.2.5"));
+    assert_valid(&reply);
+    assert_eq!(drops(&e, DropReason::NatGatewayPortsExhausted), 1);
+}
+
+#[test]
+fn d9_a_full_session_table_refuses_new_flows_and_keeps_the_live_one() {
+    let cfg = NaptConfig {
+        max_sessions: 1,
+        ..NaptConfig::cloud()
+    };
+    let napt = napt_with(cfg);
+    let mut e = Engine::new(gw_table(&napt));
+    let first = build::udp(a("10.0.2.5"), 1000, client(), 53, b"");
+    let (v, out) = run(&mut e, Side::Eni(8), &first);
+    assert_eq!(v, Verdict::Forward(Side::Internet));
+    let (v, _) = run(
+        &mut e,
+        Side::Eni(8),
+        &build::udp(a("10.0.2.5"), 1001, client(), 53, b""),
+    );
+    assert_eq!(v, Verdict::Drop(DropReason::NatGatewaySessionTableFull));
+    let reply = build::udp(client(), 53, a(GW_SNAT), sport_of(&out), b"");
+    let (v, _) = run(&mut e, Side::Internet, &reply);
+    assert_eq!(
+        v,
+        Verdict::Forward(Side::Eni(8)),
+        "the live flow carries on"
+    );
+    let (v, _) = run(&mut e, Side::Eni(8), &first);
+    assert_eq!(v, Verdict::Forward(Side::Internet));
+}
+
+#[test]
+fn d9_fragments_are_not_carried_and_say_why() {
+    let (mut e, _) = gw_engine();
+    let big = build::udp(a("10.0.2.5"), 1000, client(), 53, &[7u8; 600]);
+    for f in build::fragment(&big, 256) {
+        let (v, _) = run(&mut e, Side::Eni(8), &f);
+        assert_eq!(v, Verdict::Drop(DropReason::NatGatewayFragment));
+    }
+}
+
+#[test]
+fn d9_sessions_outlive_a_new_table_and_are_shared_by_every_worker() {
+    let napt = napt_with(NaptConfig::cloud());
+    let mut out_worker = Engine::new(gw_table(&napt));
+    let mut in_worker = Engine::new(gw_table(&napt));
+    let (_, out) = run(
+        &mut out_worker,
+        Side::Eni(8),
+        &build::tcp(a("10.0.2.5"), 40000, client(), 80, 0x02, b""),
+    );
+    // A new table (an API change elsewhere) with the same gateway.
+    in_worker.set_table(gw_table(&napt));
+    let reply = build::tcp(client(), 80, a(GW_SNAT), sport_of(&out), 0x12, b"");
+    let (v, back) = run(&mut in_worker, Side::Internet, &reply);
+    assert_eq!(v, Verdict::Forward(Side::Eni(8)));
+    assert_eq!(dport_of(&back), 40000);
+}
+
+#[test]
+fn d9_ttl_one_is_answered_with_time_exceeded_and_makes_no_session() {
+    let (mut e, napt) = gw_engine();
+    let mut pkt = build::udp(a("10.0.2.5"), 1000, client(), 53, b"");
+    pkt[8] = 1;
+    pkt[10] = 0;
+    pkt[11] = 0;
+    let c = checksum::checksum(&pkt[..20]);
+    pkt[10..12].copy_from_slice(&c.to_be_bytes());
+    let (v, reply) = run(&mut e, Side::Eni(8), &pkt);
+    assert!(matches!(v, Verdict::Reply { .. }), "{v:?}");
+    assert_eq!(reply[20], 11);
+    assert_eq!(napt.lock().unwrap().sessions(), 0);
+}
