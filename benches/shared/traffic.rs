@@ -17,15 +17,18 @@
 // Each includer uses part of this file.
 #![allow(dead_code)]
 
-use core::net::Ipv4Addr;
+use core::net::{Ipv4Addr, SocketAddrV4};
+use eiplab::engine::table::NatGatewayConfig;
 use eiplab::engine::{
     AssociationMode, DropReason, EipAssociation, EipConfig, Engine, EngineConfig, EniConfig, EniId,
     InstanceRef, PacketBuf, Side, Table, TableBuilder, Verdict,
 };
+use eiplab::napt::{Napt, NaptConfig, Proto, SnatRule};
 use eiplab::wire::build;
 use std::hint::black_box;
 use std::ops::Range;
 use std::sync::Arc;
+use std::sync::Mutex;
 use std::time::{Duration, Instant};
 
 /// Packets per `process_batch` call, as a NIC ring would hand them over.
@@ -576,6 +579,115 @@ pub fn drop_malformed(n: usize) -> Case {
     )
 }
 
+// ---- the NAT gateway (D9) ------------------------------------------------------------------
+
+/// Established flows through a NAT gateway: 1,000 and 1,000,000 sessions.
+pub const NATGW_SIZES: &[usize] = &[1_000, 1_000_000];
+/// Private hosts behind the gateway, one per ENI.
+const NATGW_HOSTS: usize = 64;
+/// The gateway's EIPs: enough ports for 1,000,000 mappings (64,512 each).
+const NATGW_EIPS: usize = 32;
+
+/// One established UDP flow: the host's ENI and endpoint, the remote, and the external
+/// endpoint the gateway gave it.
+struct GatewayFlow {
+    eni: EniId,
+    host: SocketAddrV4,
+    remote: SocketAddrV4,
+    external: SocketAddrV4,
+}
+
+/// `n` UDP flows from 64 hosts (one per ENI, SNAT for all of 10.0.0.0/8 through 32 EIPs, the
+/// cloud's NAPT defaults), established in the gateway's NAPT before the engine sees a packet,
+/// in a shuffled order.
+fn natgw_world(n: usize, rng: &mut Rng) -> (Table, Vec<GatewayFlow>) {
+    let eips: Vec<Ipv4Addr> = (0..NATGW_EIPS).map(eip_addr).collect();
+    let mut napt = Napt::new(
+        NaptConfig::cloud(),
+        vec![SnatRule {
+            source: Ipv4Addr::new(10, 0, 0, 0),
+            prefix_len: 8,
+            eips: eips.clone(),
+        }],
+        Vec::new(),
+    )
+    .expect("SNAT rules");
+    let mut flows = Vec::with_capacity(n);
+    for k in 0..n {
+        let e = k % NATGW_HOSTS;
+        let host = SocketAddrV4::new(private_ip(e, 0), 1024 + (k / NATGW_HOSTS) as u16);
+        let remote = SocketAddrV4::new(rng.internet_host(), 443);
+        let t = napt
+            .outbound(T0, Proto::Udp, host, remote)
+            .expect("a session for every flow");
+        flows.push(GatewayFlow {
+            eni: e as EniId,
+            host,
+            remote,
+            external: t.src,
+        });
+    }
+    assert_eq!(napt.sessions(), n);
+    rng.shuffle(&mut flows);
+    let mut b = base_table();
+    for e in 0..NATGW_HOSTS {
+        b = b.eni(eni_config(e, vec![private_ip(e, 0)]));
+    }
+    for (i, &a) in eips.iter().enumerate() {
+        b = b.eip(EipConfig {
+            slot: i as u32,
+            address: a,
+            bandwidth_mbps: BANDWIDTH_MBPS,
+            association: None,
+        });
+    }
+    let b = b.nat_gateway(NatGatewayConfig {
+        id: "ngw-bench".into(),
+        napt: Arc::new(Mutex::new(napt)),
+        eips: eips
+            .iter()
+            .enumerate()
+            .map(|(i, &a)| (a, i as u32))
+            .collect(),
+        sources: vec![(Ipv4Addr::new(10, 0, 0, 0), 8)],
+    });
+    (b.build().expect("NAT gateway table builds"), flows)
+}
+
+/// Guest -> internet on established gateway flows: leaves from the flow's external address.
+pub fn natgw_outbound_udp(n: usize) -> Case {
+    let rng = &mut Rng(0x9a7e_0000 + n as u64);
+    let (table, flows) = natgw_world(n, rng);
+    let mut traffic = Traffic::default();
+    for f in &flows {
+        let p = packet(
+            Payload::Udp,
+            *f.host.ip(),
+            f.host.port(),
+            *f.remote.ip(),
+            443,
+            rng,
+        );
+        let v = Verdict::Forward(Side::Internet);
+        traffic.push(Side::Eni(f.eni), &p, v, *f.external.ip(), *f.remote.ip());
+    }
+    Case { table, traffic }
+}
+
+/// Internet -> guest on established gateway flows: the replies, to the host's own address.
+pub fn natgw_inbound_udp(n: usize) -> Case {
+    let rng = &mut Rng(0x9a7f_0000 + n as u64);
+    let (table, flows) = natgw_world(n, rng);
+    let mut traffic = Traffic::default();
+    for f in &flows {
+        let (r, x) = (f.remote, f.external);
+        let p = packet(Payload::Udp, *r.ip(), r.port(), *x.ip(), x.port(), rng);
+        let v = Verdict::Forward(Side::Eni(f.eni));
+        traffic.push(Side::Internet, &p, v, *r.ip(), *f.host.ip());
+    }
+    Case { table, traffic }
+}
+
 pub type Build = fn(usize) -> Case;
 
 /// Every case of the translate bench: group name, EIP counts, builder.
@@ -601,6 +713,8 @@ pub const CASES: &[(&str, &[usize], Build)] = &[
     ("drop_alg", SIZES, drop_alg),
     ("drop_source_check", SIZES, drop_source_check),
     ("drop_malformed", SIZES, drop_malformed),
+    ("natgw_outbound_udp", NATGW_SIZES, natgw_outbound_udp),
+    ("natgw_inbound_udp", NATGW_SIZES, natgw_inbound_udp),
 ];
 
 /// The builder of a case of [`CASES`] by its group name.

@@ -323,5 +323,15 @@ pub fn status_text(status: &Value) -> String {
             let _ = writeln!(out, "{label}: {p}");
         }
     }
+    for gw in c["nat_gateways"].as_array().into_iter().flatten() {
+        let _ = writeln!(
+            out,
+            "nat gateway {}: {} sessions, {} mappings (at most {} sessions)",
+            text(&gw["nat_gateway_id"]),
+            gw["sessions"],
+            gw["mappings"],
+            gw["max_sessions"],
+        );
+    }
     out
 }

@@ -555,6 +555,10 @@ fn status_text_shows_eips_enis_and_drops() {
     assert!(t.contains("received 16 pkts"), "{t}");
     assert!(t.contains("global drops: source_check=1 alg_ftp=3"), "{t}");
     assert!(t.contains("alg passed: sip=2"), "{t}");
+    assert!(
+        t.contains("nat gateway ngw-a: 5 sessions, 3 mappings (at most 1000 sessions)"),
+        "{t}"
+    );
 }
 
 #[test]
