@@ -352,6 +352,8 @@ struct State {
     expired: Vec<HeldFragment>,
     reports: VecDeque<AlgReport>,
     config: EngineConfig,
+    /// The NAT gateways' share of a batch (see [`natgw`]).
+    gateway: natgw::Batch,
 }
 
 /// The gateway's per-worker translation engine.
@@ -408,6 +410,7 @@ impl Engine {
                 released: VecDeque::new(),
                 expired: Vec::new(),
                 reports: VecDeque::new(),
+                gateway: natgw::Batch::default(),
                 config,
             },
         };
@@ -606,6 +609,9 @@ impl Engine {
     /// in table state is under way long before it is needed.
     pub fn process_batch(&mut self, now: u64, pkts: &mut [PacketBuf]) {
         const D: usize = PREFETCH_DISTANCE;
+        // The NAT gateways' established flows first, each gateway's in one go.
+        let gateway =
+            !self.table.gateways.is_empty() && self.st.gateway_batch(&self.table, now, pkts);
         let large = self.st.large;
         for p in pkts.iter().take(2 * D) {
             prefetch(p.data.as_ptr());
@@ -623,6 +629,9 @@ impl Engine {
                 if let Some(p) = pkts.get(i + D) {
                     self.st.prefetch_record(p.ingress, p.packet());
                 }
+            }
+            if gateway && self.st.gateway.done(i) {
+                continue;
             }
             let p = &mut pkts[i];
             p.verdict = self.one(now, p.ingress, &mut p.data, p.len, p.flags);

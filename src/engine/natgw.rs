@@ -21,9 +21,9 @@
 //! find the ports of the later fragments): those are dropped as `nat_gateway_fragment`.
 
 use super::table::{EipSlot, SharedNapt, Table, NONE};
-use super::{deliverable, from_internet, Blame, DropReason, Headers, PacketFlags, Side, State};
-use super::{finish_ip_header, EniId, Verdict};
-use crate::napt::{Napt, NaptDrop, Proto, Protocol, TcpFlags};
+use super::{checksum, deliverable, from_internet, in_cloud_services, martian, Blame, DropReason};
+use super::{finish_ip_header, EniId, Headers, PacketBuf, PacketFlags, Side, State, Verdict, L4};
+use crate::napt::{Napt, NaptDrop, Proto, Protocol, TcpFlags, Translation};
 use crate::wire::checksum::Delta;
 use crate::wire::icmp;
 use crate::wire::ipv4::protocol;
@@ -74,6 +74,89 @@ fn icmp_query(ty: u8) -> bool {
             | icmp::kind::TIMESTAMP
             | icmp::kind::TIMESTAMP_REPLY
     )
+}
+
+/// One packet of a batch on the established-flow path: its place in the batch, its gateway,
+/// its direction and its flow.
+#[derive(Clone, Copy, Debug)]
+struct Candidate {
+    at: usize,
+    gw: u32,
+    /// Guest -> internet (else internet -> a gateway EIP, whose slot this is).
+    outbound: bool,
+    slot: EipSlot,
+    flow: (Proto, SocketAddrV4, SocketAddrV4),
+}
+
+/// A batch's packets for the NAT gateways: which [`State::gateway_batch`] decided, and room
+/// for the NAPT's answers, kept between batches so that nothing is allocated per batch.
+#[derive(Debug, Default)]
+pub(super) struct Batch {
+    done: Vec<bool>,
+    candidates: Vec<Candidate>,
+    flows: Vec<(Proto, SocketAddrV4, SocketAddrV4)>,
+    at: Vec<usize>,
+    out: Vec<Result<Translation, NaptDrop>>,
+    inn: Vec<Result<SocketAddrV4, NaptDrop>>,
+}
+
+impl Batch {
+    /// Whether packet `i` of the batch was decided by [`State::gateway_batch`].
+    #[inline(always)]
+    pub(super) fn done(&self, i: usize) -> bool {
+        self.done[i]
+    }
+
+    /// How many packets of the last batch [`State::gateway_batch`] decided (tests).
+    #[cfg(test)]
+    pub(super) fn taken(&self) -> usize {
+        self.done.iter().filter(|&&d| d).count()
+    }
+}
+
+/// The headers of a whole TCP or UDP packet with a plain 20-byte IPv4 header, checked as the
+/// engine's shortcut checks them: what a gateway's established flows are made of. ICMP,
+/// options, fragments, TTL 1 and anything odd go the general way.
+fn plain_headers(pkt: &[u8]) -> Option<Headers> {
+    let h: &[u8; 20] = pkt.get(..20)?.try_into().ok()?;
+    let len = pkt.len();
+    let total = u16::from_be_bytes([h[2], h[3]]) as usize;
+    let fragment = u16::from_be_bytes([h[6], h[7]]) & 0x3fff != 0;
+    if h[0] != 0x45 || total != len || fragment || h[8] <= 1 {
+        return None;
+    }
+    let sum = checksum::sum20(h);
+    let (src, dst) = (be32(h, 12), be32(h, 16));
+    if sum % 0xffff != 0 || sum == 0 || martian(src) || martian(dst) {
+        return None;
+    }
+    let payload = match h[9] {
+        protocol::UDP if len >= 28 => 28,
+        protocol::TCP if len >= 40 => {
+            let doff = (pkt[32] >> 4) as usize * 4;
+            if doff < 20 || 20 + doff > len {
+                return None;
+            }
+            20 + doff
+        }
+        _ => return None,
+    };
+    Some(Headers {
+        hl: 20,
+        total,
+        proto: h[9],
+        src,
+        dst,
+        ttl: h[8],
+        frag_offset: 0,
+        is_fragment: false,
+        ident: u16::from_be_bytes([h[4], h[5]]),
+        l4: Some(L4 {
+            ports: Some((be16(pkt, 20), be16(pkt, 22))),
+            payload: (payload, len),
+            icmp_quote: None,
+        }),
+    })
 }
 
 /// What the NAPT needs of a packet: its transport and the two endpoints (an ICMP query's
@@ -356,16 +439,49 @@ impl State {
             return self.time_exceeded(t, Side::Internet, buf, h.total, h.proto, 0, blame);
         }
         let napt = &t.gateways[gw as usize].napt;
-        let answer = {
-            let mut n = take(napt, now);
-            match f {
-                Flow::Query(p, src, dst) => n.inbound(now, p, src, dst).map(|int| (int, None)),
-                Flow::Error(p, qs, qd) => n
-                    .icmp_error_inbound(now, Ipv4Addr::from(h.src), p, qs, qd)
-                    .map(|x| (sock(u32::from(x.outer_dst), 0), Some(x))),
+        match f {
+            Flow::Query(p, src, dst) => {
+                let answer = take(napt, now).inbound(now, p, src, dst);
+                self.finish_inbound(t, slot, buf, len, flags, h, src, answer)
             }
+            Flow::Error(p, qs, qd) => {
+                let outer_src = Ipv4Addr::from(h.src);
+                let answer = take(napt, now).icmp_error_inbound(now, outer_src, p, qs, qd);
+                let x = match answer {
+                    Ok(x) => x,
+                    Err(d) => return self.drop(napt_reason(d), Side::Internet, blame),
+                };
+                let eni = match Self::gateway_delivery(t, u32::from(x.outer_dst), blame) {
+                    Ok(e) => e,
+                    Err((r, b)) => return self.drop(r, Side::Internet, b),
+                };
+                let (outer, quoted) = ((x.outer_src, x.outer_dst), (x.quoted_src, x.quoted_dst));
+                rewrite_error(&mut buf[..h.total], h, outer, quoted);
+                self.count_gateway_forward(slot, true, None, Some(eni), len);
+                Verdict::Forward(Side::Eni(eni))
+            }
+        }
+    }
+
+    /// Internet -> gateway EIP (`slot`), once the NAPT answered `answer` for a packet from
+    /// `src`: delivered to the private host, or dropped.
+    #[allow(clippy::too_many_arguments)]
+    fn finish_inbound(
+        &mut self,
+        t: &Table,
+        slot: EipSlot,
+        buf: &mut [u8],
+        len: usize,
+        flags: PacketFlags,
+        h: &Headers,
+        src: SocketAddrV4,
+        answer: Result<SocketAddrV4, NaptDrop>,
+    ) -> Verdict {
+        let blame = Blame {
+            eip: slot,
+            eni: NONE,
         };
-        let (int, error) = match answer {
+        let int = match answer {
             Ok(a) => a,
             Err(d) => return self.drop(napt_reason(d), Side::Internet, blame),
         };
@@ -373,22 +489,7 @@ impl State {
             Ok(e) => e,
             Err((r, b)) => return self.drop(r, Side::Internet, b),
         };
-        let pkt = &mut buf[..h.total];
-        match error {
-            None => {
-                let src = match f {
-                    Flow::Query(_, s, _) => s,
-                    Flow::Error(..) => unreachable!("an error has its translation"),
-                };
-                rewrite_query(pkt, h, src, int, false, flags);
-            }
-            Some(x) => rewrite_error(
-                pkt,
-                h,
-                (x.outer_src, x.outer_dst),
-                (x.quoted_src, x.quoted_dst),
-            ),
-        }
+        rewrite_query(&mut buf[..h.total], h, src, int, false, flags);
         self.count_gateway_forward(slot, true, None, Some(eni), len);
         Verdict::Forward(Side::Eni(eni))
     }
@@ -452,55 +553,37 @@ impl State {
             return self.time_exceeded(t, ingress, buf, h.total, h.proto, 0, blame);
         }
         let napt = &t.gateways[gw as usize].napt;
-        let answer = {
-            let mut n = take(napt, now);
-            match f {
-                Flow::Query(p, src, dst) => n
-                    .outbound(now, p, src, dst)
-                    .map(|tr| ((tr.src, tr.dst), None)),
-                Flow::Error(p, qs, qd) => n
-                    .icmp_error_outbound(now, Ipv4Addr::from(h.dst), p, qs, qd)
-                    .map(|x| {
-                        (
-                            (
-                                sock(u32::from(x.outer_src), 0),
-                                sock(u32::from(x.outer_dst), 0),
-                            ),
-                            Some(x),
-                        )
-                    }),
+        let (p, qs, qd) = match f {
+            Flow::Query(p, src, dst) => {
+                let answer = take(napt, now).outbound(now, p, src, dst);
+                return self.finish_outbound(t, eni, buf, len, flags, h, answer);
             }
+            Flow::Error(p, qs, qd) => (p, qs, qd),
         };
-        let ((src, dst), error) = match answer {
-            Ok(a) => a,
-            Err(NaptDrop::PortsExhausted) => return self.ports_exhausted(t, eni, buf, h),
+        let outer_dst = Ipv4Addr::from(h.dst);
+        let x = match take(napt, now).icmp_error_outbound(now, outer_dst, p, qs, qd) {
+            Ok(x) => x,
             Err(d) => return self.drop(napt_reason(d), ingress, blame),
         };
+        let (src, dst) = (
+            sock(u32::from(x.outer_src), 0),
+            sock(u32::from(x.outer_dst), 0),
+        );
         let slot = t.gateway_eip(u32::from(*src.ip())).map_or(NONE, |(_, s)| s);
         let blame = Blame { eip: slot, ..blame };
         let (new_dst, out, to) = match self.gateway_onward(t, src, dst, blame) {
             Ok(x) => x,
             Err((r, b)) => return self.drop(r, ingress, b),
         };
-        let pkt = &mut buf[..h.total];
-        match error {
-            None => rewrite_query(pkt, h, src, new_dst, true, flags),
-            Some(x) => {
-                let quoted_src = if u32::from(*new_dst.ip()) != u32::from(x.outer_dst) {
-                    // Hairpinned on to an EIP host: the quote's source is what that host sent
-                    // to, seen through its own EIP's translation.
-                    SocketAddrV4::new(*new_dst.ip(), x.quoted_src.port())
-                } else {
-                    x.quoted_src
-                };
-                rewrite_error(
-                    pkt,
-                    h,
-                    (x.outer_src, *new_dst.ip()),
-                    (quoted_src, x.quoted_dst),
-                )
-            }
-        }
+        let quoted_src = if u32::from(*new_dst.ip()) != u32::from(x.outer_dst) {
+            // Hairpinned on to an EIP host: the quote's source is what that host sent to,
+            // seen through its own EIP's translation.
+            SocketAddrV4::new(*new_dst.ip(), x.quoted_src.port())
+        } else {
+            x.quoted_src
+        };
+        let (outer, quoted) = ((x.outer_src, *new_dst.ip()), (quoted_src, x.quoted_dst));
+        rewrite_error(&mut buf[..h.total], h, outer, quoted);
         if to.is_some() {
             self.global.hairpin += 1;
         }
@@ -602,6 +685,172 @@ impl State {
         let to = Ipv4Addr::from(h.src);
         let (ty, code) = (icmp::kind::DEST_UNREACHABLE, 13);
         self.icmp_error_reply(buf, h.total, from, to, (ty, code), ingress, verdict)
+    }
+}
+
+impl State {
+    /// Guest (on `eni`) -> internet through a gateway, once the NAPT answered `answer`: out
+    /// (or hairpinned back in), answered with ICMP code 13 when no port was free, or dropped.
+    #[allow(clippy::too_many_arguments)]
+    fn finish_outbound(
+        &mut self,
+        t: &Table,
+        eni: EniId,
+        buf: &mut [u8],
+        len: usize,
+        flags: PacketFlags,
+        h: &Headers,
+        answer: Result<Translation, NaptDrop>,
+    ) -> Verdict {
+        let ingress = Side::Eni(eni);
+        let tr = match answer {
+            Ok(tr) => tr,
+            Err(NaptDrop::PortsExhausted) => return self.ports_exhausted(t, eni, buf, h),
+            Err(d) => {
+                let blame = Blame {
+                    eip: NONE,
+                    eni: eni as u32,
+                };
+                return self.drop(napt_reason(d), ingress, blame);
+            }
+        };
+        let slot = t
+            .gateway_eip(u32::from(*tr.src.ip()))
+            .map_or(NONE, |(_, s)| s);
+        let blame = Blame {
+            eip: slot,
+            eni: eni as u32,
+        };
+        let (new_dst, out, to) = match self.gateway_onward(t, tr.src, tr.dst, blame) {
+            Ok(x) => x,
+            Err((r, b)) => return self.drop(r, ingress, b),
+        };
+        rewrite_query(&mut buf[..h.total], h, tr.src, new_dst, true, flags);
+        if to.is_some() {
+            self.global.hairpin += 1;
+        }
+        self.count_gateway_forward(slot, false, Some(eni), to, len);
+        Verdict::Forward(out)
+    }
+
+    /// The batch's TCP and UDP packets that a NAT gateway translates as they are (plain
+    /// headers; from the internet to a gateway EIP, or from a guest without an EIP to the
+    /// internet): each gateway's NAPT is taken once for all of them, and answers them in a
+    /// pipeline that fetches their sessions ahead ([`Napt::outbound_batch`]) instead of one
+    /// lock and one lookup after the other. Their verdicts are set here, [`Batch::done`] tells
+    /// the caller which; returns whether there was any.
+    pub(super) fn gateway_batch(&mut self, t: &Table, now: u64, pkts: &mut [PacketBuf]) -> bool {
+        let mut b = core::mem::take(&mut self.gateway);
+        b.done.clear();
+        b.done.resize(pkts.len(), false);
+        b.candidates.clear();
+        for (at, p) in pkts.iter().enumerate() {
+            if let Some(c) = self.candidate(t, at, p) {
+                b.candidates.push(c);
+            }
+        }
+        let any = !b.candidates.is_empty();
+        for gw in 0..t.gateways.len() as u32 {
+            for outbound in [true, false] {
+                b.flows.clear();
+                b.at.clear();
+                for (k, c) in b.candidates.iter().enumerate() {
+                    if c.gw == gw && c.outbound == outbound {
+                        b.flows.push(c.flow);
+                        b.at.push(k);
+                    }
+                }
+                if b.flows.is_empty() {
+                    continue;
+                }
+                let n = b.flows.len();
+                {
+                    let mut napt = take(&t.gateways[gw as usize].napt, now);
+                    if outbound {
+                        b.out.clear();
+                        b.out.resize(n, Err(NaptDrop::NoSession));
+                        napt.outbound_batch(now, &b.flows, &mut b.out);
+                    } else {
+                        b.inn.clear();
+                        b.inn.resize(n, Err(NaptDrop::NoSession));
+                        napt.inbound_batch(now, &b.flows, &mut b.inn);
+                    }
+                }
+                for j in 0..n {
+                    let c = b.candidates[b.at[j]];
+                    let p = &mut pkts[c.at];
+                    let h = plain_headers(p.packet()).expect("checked as a candidate");
+                    self.global.received.add(p.len);
+                    let (len, flags) = (p.len, p.flags);
+                    let v = match p.ingress {
+                        Side::Eni(eni) if outbound => {
+                            self.finish_outbound(t, eni, &mut p.data, len, flags, &h, b.out[j])
+                        }
+                        _ => {
+                            let (src, answer) = (c.flow.1, b.inn[j]);
+                            let buf = &mut p.data;
+                            self.finish_inbound(t, c.slot, buf, len, flags, &h, src, answer)
+                        }
+                    };
+                    if let Verdict::Reply { len, .. } = v {
+                        p.len = len;
+                    }
+                    p.verdict = v;
+                    b.done[c.at] = true;
+                }
+            }
+        }
+        self.gateway = b;
+        any
+    }
+
+    /// Packet `p` (at `at` in its batch) as a candidate of [`State::gateway_batch`]: a plain
+    /// TCP or UDP packet to a gateway EIP from the internet, or from a guest's address that
+    /// has no EIP, on its own ENI, to the internet, covered by a gateway. Anything else (ICMP,
+    /// hairpin, D11, a stopped instance, …) is left to the general path, which decides it
+    /// alike, one packet at a time.
+    #[inline]
+    fn candidate(&self, t: &Table, at: usize, p: &PacketBuf) -> Option<Candidate> {
+        let pkt = p.packet();
+        let h = plain_headers(pkt)?;
+        let (sp, dp) = h.l4?.ports?;
+        let proto = if h.proto == protocol::TCP {
+            Proto::Tcp(TcpFlags(pkt[33]))
+        } else {
+            Proto::Udp
+        };
+        let flow = (proto, sock(h.src, sp), sock(h.dst, dp));
+        match p.ingress {
+            Side::Internet => {
+                let (gw, slot) = t.gateway_eip(h.dst)?;
+                Some(Candidate {
+                    at,
+                    gw,
+                    outbound: false,
+                    slot,
+                    flow,
+                })
+            }
+            Side::Eni(e) => {
+                let r = self.outbound.get(self.outbound.find(h.src)?);
+                if r.eni != e || r.slot != NONE || r.refuse.is_some() {
+                    return None;
+                }
+                let d = h.dst;
+                if in_cloud_services(d) || t.in_vpc(d) || t.maybe_eip(d) || d == t.internet_gateway
+                {
+                    return None;
+                }
+                Some(Candidate {
+                    at,
+                    gw: t.gateway_for_source(h.src)?,
+                    outbound: true,
+                    slot: NONE,
+                    flow,
+                })
+            }
+            Side::CloudServices => None,
+        }
     }
 }
 

@@ -8,7 +8,6 @@ use crate::alg::AlgPolicy;
 use crate::napt::Napt;
 use core::fmt;
 use core::net::Ipv4Addr;
-use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
 
 /// Identifies an ENI in the dataplane: a small, stable number the control plane assigns
@@ -179,7 +178,8 @@ pub(crate) enum Kind {
 /// One address, 16 bytes so four share a cache line.
 ///
 /// - [`Kind::Eip`]: `slot` = the EIP's slot, `mode` = its association mode (or none), `eni` =
-///   its ENI, `other` = the mapped private IP (NAT mode).
+///   its ENI, `other` = the mapped private IP (NAT mode), or for an EIP of a NAT gateway (no
+///   mode) the gateway's index + 1.
 /// - [`Kind::Private`]: `eni` = the owner, `other` = its NAT EIP (0 if none), `slot` = that
 ///   EIP's slot.
 /// - gateways: the address the gateway itself answers on.
@@ -352,8 +352,6 @@ pub struct Table {
     pub(crate) max_slot: Option<EipSlot>,
     /// NAT gateways, by index.
     pub(crate) gateways: Vec<GatewayEntry>,
-    /// A gateway EIP -> (gateway index, its slot).
-    pub(crate) gateway_eips: HashMap<u32, (u32, EipSlot)>,
     /// (network, mask, gateway index), the most specific first: which gateway carries a
     /// private source's internet traffic.
     pub(crate) gateway_sources: Vec<(u32, u32, u32)>,
@@ -409,7 +407,8 @@ impl Table {
         if self.gateways.is_empty() {
             return None;
         }
-        self.gateway_eips.get(&addr).copied()
+        let e = self.map.get(addr)?;
+        (e.kind == Kind::Eip && e.mode.is_none() && e.other != 0).then(|| (e.other - 1, e.slot))
     }
 
     /// The NAT gateway that carries `src`'s internet traffic, if any.
@@ -696,17 +695,22 @@ impl TableBuilder {
         };
 
         let mut gateways = Vec::with_capacity(self.nat_gateways.len());
-        let mut gateway_eips = HashMap::new();
         let mut gateway_sources = Vec::new();
         for (i, g) in self.nat_gateways.into_iter().enumerate() {
             let i = i as u32;
             for &(a, slot) in &g.eips {
-                match map.get(u32::from(a)) {
-                    Some(e) if e.kind == Kind::Eip && e.mode.is_none() && e.slot == slot => {}
+                // An unassociated EIP's entry has no mapped address: `other` names its
+                // gateway (index + 1) instead.
+                match map.get_mut(u32::from(a)) {
+                    Some(e)
+                        if e.kind == Kind::Eip
+                            && e.mode.is_none()
+                            && e.slot == slot
+                            && e.other == 0 =>
+                    {
+                        e.other = i + 1
+                    }
                     _ => return Err(TableError::GatewayEip(a)),
-                }
-                if gateway_eips.insert(u32::from(a), (i, slot)).is_some() {
-                    return Err(TableError::GatewayEip(a));
                 }
             }
             for &(net, len) in &g.sources {
@@ -737,7 +741,6 @@ impl TableBuilder {
             internet_gateway,
             max_slot,
             gateways,
-            gateway_eips,
             gateway_sources,
         })
     }

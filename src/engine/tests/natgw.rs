@@ -409,3 +409,127 @@ fn d9_ttl_one_is_answered_with_time_exceeded_and_makes_no_session() {
     assert_eq!(reply[20], 11);
     assert_eq!(napt.lock().unwrap().sessions(), 0);
 }
+
+/// Runs `pkts` (side, bytes) through `e` as one batch; the verdicts and bytes after.
+fn run_batch(e: &mut Engine, pkts: &[(Side, Vec<u8>)]) -> Vec<(Verdict, Vec<u8>)> {
+    let mut bufs: Vec<PacketBuf> = pkts
+        .iter()
+        .map(|(side, p)| {
+            let mut b = PacketBuf::with_capacity(p.len().max(576) + 64);
+            b.set(p);
+            b.ingress = *side;
+            b
+        })
+        .collect();
+    e.process_batch(T0, &mut bufs);
+    bufs.iter()
+        .map(|b| (b.verdict, b.packet().to_vec()))
+        .collect()
+}
+
+#[test]
+fn d9_a_batch_decides_gateway_packets_as_one_packet_at_a_time_would() {
+    // Two gateways' worth of state, built alike: one engine takes packets one by one, the
+    // other in batches (where established gateway flows go through `gateway_batch`).
+    let (mut single, _) = gw_engine();
+    let (mut batched, napt) = gw_engine();
+    let mut out = Vec::new();
+    for k in 0..40u16 {
+        out.push((
+            Side::Eni(8),
+            build::udp(a("10.0.2.5"), 30000 + k, client(), 53, b"q"),
+        ));
+        out.push((
+            Side::Eni(8),
+            build::tcp(a("10.0.2.5"), 31000 + k, client(), 443, 0x02, b""),
+        ));
+        // Not the gateway's: a NAT-mode EIP, a source check, a source no entry covers.
+        out.push((
+            Side::Eni(1),
+            build::udp(a("10.0.1.10"), 1000 + k, client(), 53, b"x"),
+        ));
+        out.push((
+            Side::Eni(8),
+            build::udp(a("10.0.1.10"), 1, client(), 2, b""),
+        ));
+        out.push((
+            Side::Eni(10),
+            build::udp(a("10.0.2.7"), 1, client(), 2, b""),
+        ));
+    }
+    // DNAT in, on a port with an entry and one without.
+    out.push((
+        Side::Internet,
+        build::tcp(client(), 50000, a(GW_DNAT), 8080, 0x02, b""),
+    ));
+    out.push((
+        Side::Internet,
+        build::tcp(client(), 50000, a(GW_DNAT), 22, 0x02, b""),
+    ));
+    let want: Vec<(Verdict, Vec<u8>)> = out
+        .iter()
+        .map(|(side, p)| run(&mut single, *side, p))
+        .map(|(v, b)| (v, b[..b.len().min(576)].to_vec()))
+        .collect();
+    let got = run_batch(&mut batched, &out);
+    assert_eq!(
+        batched.st.gateway.taken(),
+        82,
+        "the SNAT flows and the DNAT packets take the batch path"
+    );
+    for (k, ((wv, wb), (gv, gb))) in want.iter().zip(&got).enumerate() {
+        assert_eq!(gv, wv, "packet {k}: verdict");
+        if matches!(wv, Verdict::Forward(_)) {
+            assert_eq!(gb, wb, "packet {k}: bytes");
+            assert_valid(gb);
+        }
+    }
+    // The replies, as a second batch, and the counters of both engines.
+    let replies: Vec<(Side, Vec<u8>)> = got
+        .iter()
+        .zip(&out)
+        .filter(|((v, _), (side, _))| {
+            *v == Verdict::Forward(Side::Internet) && *side == Side::Eni(8)
+        })
+        .map(|((_, b), _)| {
+            let (sp, dp) = (sport_of(b), dport_of(b));
+            let p = if b[9] == 17 {
+                build::udp(client(), dp, a(GW_SNAT), sp, b"a")
+            } else {
+                build::tcp(client(), dp, a(GW_SNAT), sp, 0x12, b"")
+            };
+            (Side::Internet, p)
+        })
+        .collect();
+    assert_eq!(replies.len(), 80);
+    let want: Vec<Verdict> = replies
+        .iter()
+        .map(|(s, p)| run(&mut single, *s, p).0)
+        .collect();
+    let got = run_batch(&mut batched, &replies);
+    assert_eq!(batched.st.gateway.taken(), 80);
+    for (k, (w, (g, b))) in want.iter().zip(&got).enumerate() {
+        assert_eq!(g, w, "reply {k}");
+        assert_eq!(*g, Verdict::Forward(Side::Eni(8)), "reply {k}");
+        assert_valid(b);
+    }
+    assert_eq!(napt.lock().unwrap().sessions(), 81);
+    let (s, b) = (single.global_counters(), batched.global_counters());
+    assert_eq!(s.received, b.received);
+    assert_eq!(s.forwarded, b.forwarded);
+    assert_eq!(s.drops, b.drops);
+    for slot in [200, 201] {
+        assert_eq!(
+            single.eip_counters(slot),
+            batched.eip_counters(slot),
+            "slot {slot}"
+        );
+    }
+    for eni in [1, 8, 9, 10] {
+        assert_eq!(
+            single.eni_counters(eni),
+            batched.eni_counters(eni),
+            "ENI {eni}"
+        );
+    }
+}
