@@ -507,6 +507,14 @@ fn up(args: UpArgs) -> Result<ExitCode> {
         state_dir: state,
         table: eiplab::lab::cloud::table_extras(&file),
     };
+    for (entry, inst, eip) in cloud.legacy_dnat_targets() {
+        eprintln!(
+            "eiplab: warning: forward entry {entry} targets {inst}, which has its own EIP {eip}: \
+             a legacy state the API refuses (BIND_INSTANCE_HAVE_PORTMAP_OR_BIND_EIP); {inst}'s \
+             internet traffic, replies to the entry's connections included, leaves from {eip} \
+             (D11)"
+        );
+    }
     let cp = ControlPlane::new(cloud, &opts).map_err(|e| anyhow::anyhow!(e))?;
     let api = Api::new(cp.clone(), &access_keys);
     let rt = tokio::runtime::Builder::new_multi_thread()

@@ -839,6 +839,20 @@ impl Cloud {
         Some((net.parse().ok()?, len.parse().ok().filter(|&l| l <= 32)?))
     }
 
+    /// DNAT entries whose target belongs to an instance that has an EIP of its own: the
+    /// legacy state a lab file may declare (SPEC §3; the API refuses to make it). The instance's
+    /// own EIP then carries its internet traffic (D11), replies to the entry's connections
+    /// included. Each as (entry id, instance id, the instance's EIP).
+    pub fn legacy_dnat_targets(&self) -> Vec<(String, String, Ipv4Addr)> {
+        self.forward_entries
+            .iter()
+            .filter_map(|f| {
+                let (inst, e) = self.instance_with_eip_at(f.internal_ip)?;
+                Some((f.id.clone(), inst.to_string(), e.address))
+            })
+            .collect()
+    }
+
     /// A forward entry as a NAPT rule, if it reads as one.
     pub fn dnat_rule(f: &ForwardEntry) -> Option<DnatRule> {
         let protocol = match parse_protocol(&f.ip_protocol).ok()? {

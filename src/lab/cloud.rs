@@ -309,6 +309,38 @@ mod tests {
         c.table().build().unwrap();
     }
 
+    #[test]
+    fn a_dnat_target_with_its_own_eip_is_named_as_the_legacy_state() {
+        let c = example(include_str!("../../examples/nat-gateway.toml")).unwrap();
+        assert!(
+            c.legacy_dnat_targets().is_empty(),
+            "no instance has an EIP there"
+        );
+        let mut text = include_str!("../../examples/nat-gateway.toml").to_string();
+        text.push_str(
+            r#"
+[[eip]]
+allocation_id = "eip-web1"
+address = "198.51.100.90"
+
+[[association]]
+allocation_id = "eip-web1"
+instance_id = "i-web1"
+instance_type = "EcsInstance"
+"#,
+        );
+        let c = example(&text).unwrap();
+        assert_eq!(
+            c.legacy_dnat_targets(),
+            [(
+                "fwd-web".to_string(),
+                "i-web1".to_string(),
+                "198.51.100.90".parse().unwrap()
+            )]
+        );
+        c.table().build().unwrap();
+    }
+
     /// The start of a lab file: one vSwitch; instances, ENIs and EIPs follow.
     const VSW: &str = r#"
 [[vswitch]]

@@ -533,3 +533,41 @@ fn d9_a_batch_decides_gateway_packets_as_one_packet_at_a_time_would() {
         );
     }
 }
+
+#[test]
+fn d11_a_dnat_target_with_its_own_eip_answers_from_that_eip() {
+    // The legacy state: 10.0.1.10 (ENI 1, NAT EIP 198.51.100.1) is also a DNAT target.
+    let dnat = vec![DnatRule {
+        external: sa(GW_DNAT, 8080),
+        protocol: DnatProtocol::Tcp,
+        internal: sa("10.0.1.10", 80),
+    }];
+    let napt: SharedNapt = Arc::new(Mutex::new(
+        Napt::new(NaptConfig::cloud(), Vec::new(), dnat).unwrap(),
+    ));
+    let table = builder()
+        .eip(eip(201, GW_DNAT, None))
+        .nat_gateway(NatGatewayConfig {
+            id: "ngw-a".into(),
+            napt,
+            eips: vec![(a(GW_DNAT), 201)],
+            sources: vec![(a("10.0.1.10"), 32)],
+        })
+        .build()
+        .unwrap();
+    let mut e = Engine::new(Arc::new(table));
+    let syn = build::tcp(client(), 50000, a(GW_DNAT), 8080, 0x02, b"");
+    let (v, out) = run(&mut e, Side::Internet, &syn);
+    assert_eq!(
+        v,
+        Verdict::Forward(Side::Eni(1)),
+        "the entry still delivers"
+    );
+    assert_eq!((dst_of(&out), dport_of(&out)), (a("10.0.1.10"), 80));
+    // The instance's own EIP carries its internet traffic: the answer leaves from it.
+    let synack = build::tcp(a("10.0.1.10"), 80, client(), 50000, 0x12, b"");
+    let (v, back) = run(&mut e, Side::Eni(1), &synack);
+    assert_eq!(v, Verdict::Forward(Side::Internet));
+    assert_eq!((src_of(&back), sport_of(&back)), (a("198.51.100.1"), 80));
+    assert_valid(&back);
+}
