@@ -35,6 +35,9 @@ command -v python3 >/dev/null || need_apt+=(python3)
 [ -x /usr/bin/dig ] || need_apt+=(bind9-dnsutils)
 /usr/bin/python3 -c 'import gi; gi.require_version("GstRtspServer", "1.0"); from gi.repository import GstRtspServer' >/dev/null 2>&1 \
   || need_apt+=(python3-gi gir1.2-gst-rtsp-server-1.0 gstreamer1.0-plugins-base gstreamer1.0-plugins-good)
+# RFC 5780 NAT behaviour discovery through the NAT gateway (tests/lab.rs): coturn's STUN server
+# and its turnutils_natdiscovery client.
+{ [ -x /usr/bin/turnserver ] && [ -x /usr/bin/turnutils_natdiscovery ]; } || need_apt+=(coturn)
 if [ ${#need_apt[@]} -gt 0 ]; then
   echo "setup: apt-get install ${need_apt[*]}" >&2
   as_root apt-get update -qq

@@ -3,8 +3,8 @@
 //!
 //! Needs root and /dev/net/tun; without them every test prints a loud SKIP and returns, except
 //! under `EIPLAB_NO_SKIP=1` (set by `.ci/run`), where it fails. Tools used inside the lab's
-//! namespaces: `ip` (iproute2), `curl`, `python3`, `ping` (iputils-ping), `tcpdump`, plus `sh`
-//! (for its builtin `kill`).
+//! namespaces: `ip` and `ss` (iproute2), `curl`, `python3`, `ping` (iputils-ping), `tcpdump`,
+//! `turnserver` and `turnutils_natdiscovery` (coturn), plus `sh` (for its builtin `kill`).
 //!
 //! Network safety: traffic is only ever sent inside the lab's namespaces (`ip netns exec`);
 //! nothing is added to the root namespace. Every process a test starts is killed by its pid.
@@ -364,10 +364,35 @@ impl Lab {
     #[track_caller]
     fn up_with(name: &str, extra: impl FnOnce(&Path) -> Vec<OsString>) -> Lab {
         let file = example(name);
+        Lab::start(|_| file, extra)
+    }
+
+    /// Like `up`, from a lab file given as text: it is written as `lab.toml` in the lab's temp
+    /// dir (removed with the lab, after `eiplab down` has had it if it was needed).
+    #[track_caller]
+    fn up_toml(toml: &str) -> Lab {
+        Lab::start(
+            |dir| {
+                let f = dir.join("lab.toml");
+                std::fs::write(&f, toml)
+                    .unwrap_or_else(|e| panic!("expected to write {}; got {e}", f.display()));
+                f
+            },
+            |_| Vec::new(),
+        )
+    }
+
+    /// `eiplab up FILE …` where `file` gives the lab file's path from the lab's temp dir.
+    #[track_caller]
+    fn start(
+        file: impl FnOnce(&Path) -> PathBuf,
+        extra: impl FnOnce(&Path) -> Vec<OsString>,
+    ) -> Lab {
         let prefix = format!("{}-", unique("t"));
         let dir = std::env::temp_dir().join(format!("eiplab-lab-{}", prefix.trim_end_matches('-')));
         let _ = std::fs::remove_dir_all(&dir);
         std::fs::create_dir_all(&dir).unwrap();
+        let file = file(&dir);
         // A dead earlier run with the same pid could have left namespaces with this prefix.
         for ns in namespaces(&prefix) {
             let _ = run(cmd("ip", &["netns", "del", &ns]), CMD_LIMIT);
@@ -476,7 +501,21 @@ impl Lab {
     /// Starts `args` in the background inside `ns`; the returned guard kills it by pid on drop.
     /// (`ip netns exec` execs the command, so the pid is the command's own.)
     fn bg(&self, ns: &str, args: &[&str]) -> Bg {
+        self.bg_cmd(ns, args, false)
+    }
+
+    /// Like `bg`, in a process group of its own (a signal to the test's group does not reach
+    /// it; the guard still kills it by pid).
+    fn bg_group(&self, ns: &str, args: &[&str]) -> Bg {
+        self.bg_cmd(ns, args, true)
+    }
+
+    fn bg_cmd(&self, ns: &str, args: &[&str], own_group: bool) -> Bg {
         let mut c = Command::new("ip");
+        if own_group {
+            use std::os::unix::process::CommandExt;
+            c.process_group(0);
+        }
         c.args(["netns", "exec", &self.ns(ns)])
             .args(args)
             .stdin(Stdio::null())
@@ -2282,4 +2321,568 @@ fn nat_gateway_snat_dnat_and_hairpin() {
         gws[0]["sessions"].as_u64().unwrap_or(0) > 0,
         "expected live sessions on ngw-a in status: {gws}"
     );
+}
+
+// ---------------------------------------------------------------------------------------------
+// The NAT gateway's NAPT knobs as a real NAT-behaviour client sees them, and a bounded soak
+
+/// A VPC whose two instances (i-a 10.0.1.11 and i-b 10.0.1.12 in vsw-a, no EIPs of their own)
+/// reach the internet only through NAT gateway ngw-a's SNAT EIP 198.51.100.50. The line
+/// `# KNOBS` is replaced by extra keys of the `[[nat_gateway]]` table (docs/lab-file.md).
+const SNAT_LAB: &str = r#"region = "cn-shanghai"
+
+[internet]
+cidr = "203.0.113.0/24"
+eip_pool = ["198.51.100.0/24"]
+
+[vpc]
+cidr = "10.0.0.0/16"
+
+[[vswitch]]
+id = "vsw-a"
+zone = "cn-shanghai-b"
+cidr = "10.0.1.0/24"
+
+[[instance]]
+id = "i-a"
+vswitch = "vsw-a"
+enis = [{ id = "eni-a", private_ips = ["10.0.1.11"] }]
+
+[[instance]]
+id = "i-b"
+vswitch = "vsw-a"
+enis = [{ id = "eni-b", private_ips = ["10.0.1.12"] }]
+
+[[nat_gateway]]
+id = "ngw-a"
+vswitch = "vsw-a"
+private_ip = "10.0.1.250"
+created = "2024-01-01"
+# KNOBS
+
+[[eip]]
+allocation_id = "eip-ngw-snat"
+address = "198.51.100.50"
+
+[[association]]
+allocation_id = "eip-ngw-snat"
+instance_id = "ngw-a"
+instance_type = "Nat"
+
+[[snat_entry]]
+id = "snat-vsw-a"
+nat_gateway = "ngw-a"
+source_vswitch_id = "vsw-a"
+snat_ip = "198.51.100.50"
+"#;
+
+fn snat_lab(knobs: &str) -> String {
+    assert!(SNAT_LAB.contains("# KNOBS\n"));
+    SNAT_LAB.replace("# KNOBS\n", knobs)
+}
+
+/// The behaviours `turnutils_natdiscovery` names in its verdict lines for `what` ("Mapping"
+/// or "Filtering"): `NAT with Address and Port Dependent Filtering!` gives
+/// "Address and Port Dependent".
+fn natdiscovery_verdicts(out: &str, what: &str) -> Vec<String> {
+    let tail = format!(" {what}!");
+    out.lines()
+        .filter_map(|l| {
+            l.trim()
+                .strip_prefix("NAT with ")?
+                .strip_suffix(tail.as_str())
+        })
+        .map(str::to_string)
+        .collect()
+}
+
+/// RFC 5780 behaviour discovery (coturn's `turnutils_natdiscovery -m -f`) from i-a, through
+/// ngw-a's SNAT, against coturn's STUN server on two addresses of the internet namespace:
+/// each lab file's `mapping` and `filtering` are what the client reports.
+#[test]
+fn nat_gateway_behaviour_as_turnutils_natdiscovery_sees_it() {
+    if !privileged("nat_gateway_behaviour_as_turnutils_natdiscovery_sees_it") {
+        return;
+    }
+    for tool in ["/usr/bin/turnserver", "/usr/bin/turnutils_natdiscovery"] {
+        assert!(
+            Path::new(tool).exists(),
+            "expected {tool} (Debian package coturn; scripts/setup.sh installs it)"
+        );
+    }
+    // (mapping, filtering) knobs, then natdiscovery's words for them. Every value of both
+    // knobs appears; the second is the cloud's default.
+    let cases = [
+        (
+            "endpoint-independent",
+            "endpoint-independent",
+            "Endpoint Independent",
+            "Endpoint Independent",
+        ),
+        (
+            "endpoint-independent",
+            "address-and-port-dependent",
+            "Endpoint Independent",
+            "Address and Port Dependent",
+        ),
+        (
+            "address-and-port-dependent",
+            "address-dependent",
+            "Address and Port Dependent",
+            "Address Dependent",
+        ),
+        (
+            "address-dependent",
+            "endpoint-independent",
+            "Address Dependent",
+            "Endpoint Independent",
+        ),
+    ];
+    for (mapping, filtering, want_mapping, want_filtering) in cases {
+        let knobs = format!("mapping = \"{mapping}\"\nfiltering = \"{filtering}\"\n");
+        let lab = Lab::up_toml(&snat_lab(&knobs));
+        // RFC 5780 needs a server with two addresses: the second one inside the lab's own
+        // internet namespace.
+        lab.exec(
+            "internet",
+            &["ip", "addr", "add", "203.0.113.2/24", "dev", "eth0"],
+        )
+        .expect_ok("second address of the internet namespace");
+        let pidfile = lab.dir.join("turnserver.pid");
+        let userdb = lab.dir.join("turndb");
+        let mut turn = lab.bg_group(
+            "internet",
+            &[
+                "turnserver",
+                "-n",
+                "--stun-only",
+                "--no-auth",
+                "--no-cli",
+                "-L",
+                "203.0.113.1",
+                "-L",
+                "203.0.113.2",
+                "-p",
+                "3478",
+                "--alt-listening-port",
+                "3479",
+                "--no-tcp",
+                "--no-tls",
+                "--no-dtls",
+                "-m",
+                "0",
+                "--log-file",
+                "stdout",
+                "--simple-log",
+                "--pidfile",
+                pidfile.to_str().unwrap(),
+                "--userdb",
+                userdb.to_str().unwrap(),
+            ],
+        );
+        // Ready when its four UDP sockets (both addresses, ports 3478 and 3479) are bound.
+        retry(
+            Duration::from_secs(10),
+            "turnserver listening on 203.0.113.{1,2}:{3478,3479}/udp",
+            || {
+                if !turn.alive() {
+                    return Err(format!(
+                        "turnserver exited: stdout={:?} stderr={:?}",
+                        turn.out(),
+                        turn.err()
+                    ));
+                }
+                let r = lab.exec("internet", &["ss", "-Hunl"]);
+                let bound = ["203.0.113.1:3478", "203.0.113.1:3479"]
+                    .iter()
+                    .chain(&["203.0.113.2:3478", "203.0.113.2:3479"])
+                    .all(|a| r.stdout.contains(a));
+                if bound {
+                    Ok(())
+                } else {
+                    Err(r.to_string())
+                }
+            },
+        );
+        let r = lab.exec_for(
+            "i-a",
+            &[
+                "turnutils_natdiscovery",
+                "-m",
+                "-f",
+                "-L",
+                "10.0.1.11",
+                "-p",
+                "3478",
+                "203.0.113.1",
+            ],
+            Duration::from_secs(30),
+        );
+        let out = format!("{}{}", r.stdout, r.stderr);
+        let case = format!("mapping = {mapping:?}, filtering = {filtering:?}");
+        assert!(
+            !r.timed_out,
+            "{case}: expected turnutils_natdiscovery to finish; it timed out; output:\n{out}"
+        );
+        assert!(
+            out.contains("UDP reflexive addr: 198.51.100.50:"),
+            "{case}: expected the STUN server to see i-a as the SNAT EIP 198.51.100.50; \
+             natdiscovery printed:\n{out}\nturnserver:\n{}",
+            turn.out()
+        );
+        let verdicts: Vec<&str> = out.lines().filter(|l| l.starts_with("NAT with ")).collect();
+        eprintln!("{case}: natdiscovery says {verdicts:?}");
+        assert_eq!(
+            natdiscovery_verdicts(&out, "Mapping"),
+            [want_mapping],
+            "{case}: expected natdiscovery to find {want_mapping} mapping; it printed:\n{out}"
+        );
+        assert_eq!(
+            natdiscovery_verdicts(&out, "Filtering"),
+            [want_filtering],
+            "{case}: expected natdiscovery to find {want_filtering} filtering; it printed:\n{out}"
+        );
+        // The answers filtering kept out were dropped by the gateway, and said so.
+        let filtered = eip_drops(&lab.status(), "eip-ngw-snat", "nat_gateway_filtered");
+        if filtering == "endpoint-independent" {
+            assert_eq!(
+                filtered, 0,
+                "{case}: expected no nat_gateway_filtered drop with endpoint-independent filtering"
+            );
+        } else {
+            lab.wait_status(
+                Duration::from_secs(3),
+                &format!("{case}: nat_gateway_filtered counted on eip-ngw-snat"),
+                |s| eip_drops(s, "eip-ngw-snat", "nat_gateway_filtered") > 0,
+            );
+        }
+        turn.stop();
+    }
+}
+
+/// argv: ADDR PORT COUNT. Binds COUNT UDP sockets on ADDR:PORT… and never reads them: what
+/// arrives is dropped by the kernel once the (small) buffers are full, and never answered with
+/// ICMP port unreachable. Prints `ready`; exits after 120 s at the latest.
+const UDP_DISCARD: &str = r#"
+import socket, sys, time
+socks = []
+for p in range(int(sys.argv[2]), int(sys.argv[2]) + int(sys.argv[3])):
+    s = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+    s.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4096)
+    s.bind((sys.argv[1], p))
+    socks.append(s)
+print("ready", flush=True)
+time.sleep(120)
+"#;
+
+/// argv: ADDR PORT. Echoes every datagram to its sender; prints `ready` when bound.
+const UDP_ECHO: &str = r#"
+import socket, sys
+s = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+s.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 1 << 20)
+s.bind((sys.argv[1], int(sys.argv[2])))
+print("ready", flush=True)
+while True:
+    d, peer = s.recvfrom(2048)
+    s.sendto(d, peer)
+"#;
+
+/// argv: ADDR PORT RATE STOP_FILE MAX_S. One flow: numbered datagrams to ADDR:PORT at RATE per
+/// second from one socket until STOP_FILE exists or MAX_S seconds have passed; prints
+/// `echo first reply` at the first echo, then at the end (after 2 s for the last echoes)
+/// `echo sent N got M missing [first 50 missing sequence numbers]`.
+const UDP_ECHO_CLIENT: &str = r#"
+import os, socket, sys, threading, time
+addr, port, rate = sys.argv[1], int(sys.argv[2]), float(sys.argv[3])
+stop, limit = sys.argv[4], float(sys.argv[5])
+s = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+s.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 1 << 20)
+s.connect((addr, port))
+got = set()
+def rx():
+    while True:
+        try:
+            d = s.recv(2048)
+        except OSError:
+            continue
+        got.add(int(d.split()[1]))
+        if len(got) == 1:
+            print("echo first reply", flush=True)
+threading.Thread(target=rx, daemon=True).start()
+t0 = time.monotonic()
+n = 0
+while time.monotonic() - t0 < limit and not os.path.exists(stop):
+    ahead = n / rate - (time.monotonic() - t0)
+    if ahead > 0:
+        time.sleep(ahead)
+    s.send(b"seq %d " % n + b"x" * 64)
+    n += 1
+deadline = time.monotonic() + 2
+while time.monotonic() < deadline and len(got) < n:
+    time.sleep(0.05)
+missing = sorted(set(range(n)) - got)
+print("echo sent %d got %d missing %s" % (n, n - len(missing), missing[:50]), flush=True)
+"#;
+
+/// argv: SRC DST N RATE LIMIT_S DPORT0. N UDP datagrams from SRC to DST through a raw socket
+/// (IP_HDRINCL), each a new flow: source ports 1024-65023 in turn, the destination port
+/// DPORT0 + i // 64000. Paced at RATE per second in bursts of 64, stopping after LIMIT_S
+/// seconds whatever it has sent; prints `flood sent K in T s`.
+const UDP_FLOOD: &str = r#"
+import socket, struct, sys, time
+src, dst = sys.argv[1], sys.argv[2]
+n, rate, limit, dport0 = int(sys.argv[3]), float(sys.argv[4]), float(sys.argv[5]), int(sys.argv[6])
+s = socket.socket(socket.AF_INET, socket.SOCK_RAW, socket.IPPROTO_RAW)
+s.setsockopt(socket.SOL_SOCKET, socket.SO_SNDBUF, 4 << 20)
+sa, da = socket.inet_aton(src), socket.inet_aton(dst)
+payload = b"flood..."
+ulen = 8 + len(payload)
+# The kernel fills in the IP header's ID and checksum.
+iph = struct.pack("!BBHHHBBH4s4s", 0x45, 0, 20 + ulen, 0, 0, 64, 17, 0, sa, da)
+def words(b):
+    return sum(struct.unpack("!%dH" % (len(b) // 2), b))
+# The UDP checksum: pseudo-header, length and payload summed once, the ports per packet.
+base = words(sa + da) + 17 + ulen + ulen + words(payload)
+t0 = time.monotonic()
+sent = 0
+try:
+    while sent < n:
+        now = time.monotonic() - t0
+        if now > limit:
+            break
+        ahead = sent / rate - now
+        if ahead > 0:
+            time.sleep(ahead)
+        end = min(n, sent + 64)
+        for i in range(sent, end):
+            sport = 1024 + i % 64000
+            dport = dport0 + i // 64000
+            c = base + sport + dport
+            while c >> 16:
+                c = (c & 0xFFFF) + (c >> 16)
+            c = (~c & 0xFFFF) or 0xFFFF
+            s.sendto(iph + struct.pack("!HHHH", sport, dport, ulen, c) + payload, (dst, 0))
+        sent = end
+finally:
+    print("flood sent %d in %.2f s" % (sent, time.monotonic() - t0), flush=True)
+"#;
+
+/// VmRSS of process `pid`, in KiB.
+fn vm_rss_kib(pid: u32) -> u64 {
+    let s = std::fs::read_to_string(format!("/proc/{pid}/status"))
+        .unwrap_or_else(|e| panic!("expected /proc/{pid}/status; got {e}"));
+    s.lines()
+        .find_map(|l| l.strip_prefix("VmRSS:"))
+        .and_then(|v| v.trim().trim_end_matches("kB").trim().parse().ok())
+        .unwrap_or_else(|| panic!("expected VmRSS in /proc/{pid}/status: {s}"))
+}
+
+/// Bounded soak: 200,000 new UDP flows in at most 30 s through one SNAT EIP of a gateway whose
+/// table holds 20,000, while one established flow (a UDP echo exchange started before)
+/// carries on.
+#[test]
+fn nat_gateway_soak_200k_new_flows_keep_memory_flat_and_established_flow_whole() {
+    if !privileged("nat_gateway_soak_200k_new_flows_keep_memory_flat_and_established_flow_whole") {
+        return;
+    }
+    const FLOWS: u64 = 200_000;
+    const RATE: u64 = 8_000;
+    const FLOOD_LIMIT_S: u64 = 30;
+    const MAX_SESSIONS: u64 = 20_000;
+    const RSS_MARGIN_KIB: u64 = 32 * 1024;
+    const ECHO_RATE: u64 = 200;
+    // A short UDP timeout: the full table keeps turning over (expired flows make room for new
+    // ones, which fill it again), so slots are freed and reused all through the flood.
+    let lab = Lab::up_toml(&snat_lab(&format!(
+        "max_sessions = {MAX_SESSIONS}\nudp_timeout = 5\n"
+    )));
+    let up_pid = lab.child.as_ref().expect("up is running").id();
+
+    let mut sink = lab.bg(
+        "internet",
+        &[
+            "python3",
+            "-u",
+            "-c",
+            UDP_DISCARD,
+            "203.0.113.1",
+            "20000",
+            "4",
+        ],
+    );
+    sink.wait_until(
+        Duration::from_secs(10),
+        "UDP discard sockets bound",
+        |o, _| o.contains("ready"),
+    );
+    let mut echo_server = lab.bg(
+        "internet",
+        &["python3", "-u", "-c", UDP_ECHO, "203.0.113.1", "7000"],
+    );
+    echo_server.wait_until(Duration::from_secs(10), "UDP echo server bound", |o, _| {
+        o.contains("ready")
+    });
+    let stop = lab.dir.join("echo.stop");
+    let mut echo = lab.bg(
+        "i-a",
+        &[
+            "python3",
+            "-u",
+            "-c",
+            UDP_ECHO_CLIENT,
+            "203.0.113.1",
+            "7000",
+            &ECHO_RATE.to_string(),
+            stop.to_str().unwrap(),
+            "60",
+        ],
+    );
+    echo.wait_until(
+        Duration::from_secs(10),
+        "the echo flow's first reply through SNAT",
+        |o, _| o.contains("echo first reply"),
+    );
+    let rss_start = vm_rss_kib(up_pid);
+
+    let mut flood = lab.bg(
+        "i-b",
+        &[
+            "python3",
+            "-u",
+            "-c",
+            UDP_FLOOD,
+            "10.0.1.12",
+            "203.0.113.1",
+            &FLOWS.to_string(),
+            &RATE.to_string(),
+            &FLOOD_LIMIT_S.to_string(),
+            "20000",
+        ],
+    );
+    // Sample the table and `up`'s memory while the flood runs.
+    let started = Instant::now();
+    let mut sessions_peak = 0;
+    let mut samples = 0;
+    let mut rss_filled: Option<(u64, f64)> = None;
+    let mut rss_peak_after_fill = 0;
+    let sessions_of = |s: &Value| s["counters"]["nat_gateways"][0]["sessions"].as_u64();
+    loop {
+        let running = flood.alive();
+        let s = lab.status();
+        let rss = vm_rss_kib(up_pid);
+        let sessions = sessions_of(&s)
+            .unwrap_or_else(|| panic!("expected counters.nat_gateways[0].sessions: {s}"));
+        samples += 1;
+        sessions_peak = sessions_peak.max(sessions);
+        assert!(
+            sessions <= MAX_SESSIONS,
+            "expected ngw-a's sessions never above max_sessions = {MAX_SESSIONS}; {sessions} at \
+             {:.1} s into the flood: {}",
+            started.elapsed().as_secs_f64(),
+            s["counters"]["nat_gateways"]
+        );
+        if rss_filled.is_none() && sessions >= MAX_SESSIONS {
+            rss_filled = Some((rss, started.elapsed().as_secs_f64()));
+        }
+        if rss_filled.is_some() {
+            rss_peak_after_fill = rss_peak_after_fill.max(rss);
+        }
+        if !running {
+            break;
+        }
+        assert!(
+            started.elapsed() < Duration::from_secs(FLOOD_LIMIT_S + 15),
+            "expected the flood to stop by itself within {FLOOD_LIMIT_S} s; it is still running \
+             after {:?}: {}",
+            started.elapsed(),
+            flood.out()
+        );
+        std::thread::sleep(Duration::from_millis(200));
+    }
+    flood.wait_until(Duration::from_secs(5), "the flood's report", |o, _| {
+        o.contains("flood sent ")
+    });
+    let report = flood.out();
+    let (sent, secs): (u64, f64) = report
+        .lines()
+        .find_map(|l| {
+            let mut w = l.strip_prefix("flood sent ")?.split_whitespace();
+            let sent = w.next()?.parse().ok()?;
+            let secs = w.nth(1)?.parse().ok()?;
+            Some((sent, secs))
+        })
+        .unwrap_or_else(|| panic!("expected `flood sent K in T s` from the flood; got {report:?}"));
+
+    // Let the echo flow run on a moment after the flood, then stop it and read its count.
+    std::thread::sleep(Duration::from_millis(500));
+    std::fs::write(&stop, b"").unwrap();
+    echo.wait_until(Duration::from_secs(10), "the echo flow's count", |o, _| {
+        o.contains("echo sent ")
+    });
+    let echo_report = echo
+        .out()
+        .lines()
+        .find(|l| l.starts_with("echo sent "))
+        .unwrap()
+        .to_string();
+    let w: Vec<&str> = echo_report.split_whitespace().collect();
+    let (echo_sent, echo_got): (u64, u64) = (w[2].parse().unwrap(), w[4].parse().unwrap());
+
+    let s = lab.status();
+    let rss_end = vm_rss_kib(up_pid);
+    let full = eni_drops(&s, "eni-b", "nat_gateway_session_table_full");
+    let global_full = global_drops(&s, "nat_gateway_session_table_full");
+    let eni_b = counters_of(&s, "enis", "eni_id", "eni-b").expect("eni-b in status");
+    let eni_b_drops: u64 = eni_b["drops"]
+        .as_object()
+        .map(|d| d.values().filter_map(Value::as_u64).sum())
+        .unwrap_or(0);
+    // Every flood datagram the gateway read from i-b was forwarded or dropped with a reason.
+    let seen = eni_b["from_guest_packets"].as_u64().unwrap_or(0) + eni_b_drops;
+    let (rss_fill, fill_at) = rss_filled.unwrap_or((0, 0.0));
+    eprintln!(
+        "soak: flood sent {sent} new flows in {secs:.2} s ({:.0}/s), the gateway read {seen} \
+         from i-b; sessions peak {sessions_peak} of {MAX_SESSIONS} over {samples} samples, \
+         table full at {fill_at:.1} s; nat_gateway_session_table_full {full} (global \
+         {global_full}); eni-b drops {}; up's VmRSS {rss_start} KiB before the flood, \
+         {rss_fill} KiB when the table first filled, peak {rss_peak_after_fill} KiB after, \
+         {rss_end} KiB at the end; echo flow: {echo_report}",
+        sent as f64 / secs.max(0.001),
+        eni_b["drops"]
+    );
+
+    assert_eq!(
+        sent, FLOWS,
+        "expected the flood to send all {FLOWS} flows within {FLOOD_LIMIT_S} s; it said {report:?}"
+    );
+    assert!(
+        seen >= FLOWS * 9 / 10,
+        "expected the gateway to read (nearly) all {FLOWS} flood datagrams from i-b; it read \
+         {seen}: {eni_b}"
+    );
+    // (a) The table held its bound and the flood went past it.
+    assert_eq!(
+        sessions_peak, MAX_SESSIONS,
+        "expected the flood to fill ngw-a's table to max_sessions = {MAX_SESSIONS}; the \
+         sessions peaked at {sessions_peak}"
+    );
+    assert!(
+        full > 0 && global_full >= full,
+        "expected nat_gateway_session_table_full drops for the flows beyond the table; eni-b \
+         counted {full}, global {global_full}"
+    );
+    // (b) Memory stays at what a full table costs, whatever the number of flows.
+    assert!(
+        rss_peak_after_fill.max(rss_end) <= rss_fill + RSS_MARGIN_KIB,
+        "expected up's VmRSS to stay within {RSS_MARGIN_KIB} KiB of its {rss_fill} KiB when the \
+         table first filled; it reached {} KiB (at the end {rss_end} KiB)",
+        rss_peak_after_fill.max(rss_end)
+    );
+    // (c) The established flow lost nothing.
+    assert!(
+        echo_sent >= ECHO_RATE * 5 && echo_got == echo_sent,
+        "expected every datagram of the echo flow started before the flood to come back; {echo_report}"
+    );
+    sink.stop();
+    echo_server.stop();
 }
