@@ -138,8 +138,8 @@ struct CompatArgs {
     #[arg(long)]
     protocols: Option<String>,
     /// Comma-separated: nat (= nat-drop,nat-pass,nat-inspect), nat-drop, nat-pass,
-    /// nat-inspect, binded, multi_binded.
-    #[arg(long, default_value = "nat,binded,multi_binded")]
+    /// nat-inspect, binded, multi_binded, natgw (an instance behind a NAT gateway).
+    #[arg(long, default_value = "nat,binded,multi_binded,natgw")]
     modes: String,
     /// Comma-separated: server_in_instance, client_in_instance.
     #[arg(long, default_value = "server_in_instance,client_in_instance")]

@@ -292,6 +292,134 @@ fn binded_and_multi_binded_carry_every_protocol_end_to_end() {
     }
 }
 
+#[test]
+fn a_nat_gateway_carries_what_names_no_address_and_filters_what_it_never_sent_to() {
+    if !privileged("a_nat_gateway_carries_what_names_no_address_and_filters_what_it_never_sent_to")
+    {
+        return;
+    }
+    let r = compat("ngw", &["--json", "--modes", "natgw"], LONG);
+    let rows = rows(&r);
+    assert_eq!(rows.len(), 18, "{rows:#?}");
+    for row in &rows {
+        assert_eq!(s(row, "mode"), "nat_gateway", "{}", show(row));
+        assert!(row["alg_policy"].is_null(), "{}", show(row));
+        // Server in instance: through the whole-IP DNAT EIP; client: through the SNAT EIP.
+        let (eip, instance) = match s(row, "placement") {
+            "server_in_instance" => ("198.51.100.50", "i-ngw-dnat"),
+            _ => ("198.51.100.51", "i-ngw-snat"),
+        };
+        assert_eq!(
+            (s(row, "eip"), s(row, "instance")),
+            (eip, instance),
+            "{}",
+            show(row)
+        );
+        // The NAT-mode ALG policy is `drop` meanwhile: a gateway that looked at payloads
+        // would show alg_* drops. It has no ALG.
+        let text = show(row);
+        assert!(
+            !text.contains("(alg_") && !text.contains("ALG policy"),
+            "{text}"
+        );
+    }
+    let works = |protocol: &str, variant: Option<&str>, placement: &str| {
+        let row = find(&rows, protocol, variant, placement);
+        assert_eq!(s(row, "result"), "works", "{}", show(row));
+    };
+    let no_alg = "(the NAT gateway has no ALG to rewrite it)";
+
+    // Server in instance, reached through the whole-IP DNAT entry: like a 1:1 NAT with no
+    // ALG. The 227 names the instance's address; EPSV names none and works.
+    let row = find(&rows, "ftp", Some("pasv"), "server_in_instance");
+    assert_eq!(s(row, "result"), "broken", "{}", show(row));
+    let reason = s(row, "reason");
+    assert!(
+        reason.starts_with("227 reply carried the private address 10.0.1.40:")
+            && reason.contains(no_alg),
+        "{}",
+        show(row)
+    );
+    for v in ["epsv", "port", "eprt"] {
+        works("ftp", Some(v), "server_in_instance");
+    }
+    for p in ["tftp", "dns", "rtsp", "h323"] {
+        works(p, None, "server_in_instance");
+    }
+
+    // Client in instance, through SNAT: passive FTP works (the internet server names its own
+    // address), active FTP names the instance's address.
+    works("ftp", Some("pasv"), "client_in_instance");
+    works("ftp", Some("epsv"), "client_in_instance");
+    for (v, cmd) in [("port", "PORT"), ("eprt", "EPRT")] {
+        let row = find(&rows, "ftp", Some(v), "client_in_instance");
+        assert_eq!(s(row, "result"), "broken", "{}", show(row));
+        let reason = s(row, "reason");
+        assert!(
+            reason.starts_with(&format!(
+                "{cmd} command carried the private address 10.0.1.50:"
+            )) && reason.contains(no_alg),
+            "{}",
+            show(row)
+        );
+    }
+    works("dns", None, "client_in_instance");
+    works("h323", None, "client_in_instance");
+
+    // SIP both ways: the call is set up, the SDP names the instance's address.
+    for (placement, private) in [
+        ("server_in_instance", "10.0.1.40"),
+        ("client_in_instance", "10.0.1.50"),
+    ] {
+        let row = find(&rows, "sip", None, placement);
+        assert_eq!(s(row, "result"), "broken", "{}", show(row));
+        let reason = s(row, "reason");
+        assert!(
+            reason.starts_with("SDP c=")
+                && reason.contains(&format!("carried the private address {private}:"))
+                && reason.contains(no_alg)
+                && reason.contains("call set up"),
+            "{}",
+            show(row)
+        );
+    }
+
+    // TFTP with the client behind SNAT: the server answers from a new port, which
+    // address-and-port-dependent filtering drops.
+    let row = find(&rows, "tftp", None, "client_in_instance");
+    assert_eq!(s(row, "result"), "broken", "{}", show(row));
+    let reason = s(row, "reason");
+    let (n, rest) = reason.split_once(' ').unwrap();
+    assert!(n.parse::<u64>().is_ok_and(|n| n > 0), "{}", show(row));
+    assert!(
+        rest.starts_with(
+            "packets dropped as nat_gateway_filtered: the server answered from a port the client \
+             never sent to (a TFTP server replies from a new port; the gateway's filtering is \
+             address-and-port-dependent); "
+        ) || rest.starts_with("packet dropped as nat_gateway_filtered: "),
+        "{}",
+        show(row)
+    );
+    let evidence = show(&row["evidence"]);
+    assert!(
+        evidence.contains(" dropped on EIP 198.51.100.51 (nat_gateway_filtered)"),
+        "{}",
+        show(row)
+    );
+
+    // RTSP with the client behind SNAT: the server streams to the client_port of the SETUP,
+    // which the gateway never mapped.
+    let row = find(&rows, "rtsp", None, "client_in_instance");
+    assert_eq!(s(row, "result"), "broken", "{}", show(row));
+    let reason = s(row, "reason");
+    assert!(
+        reason.contains(" dropped as nat_gateway_no_session: they came to the EIP 198.51.100.51")
+            && reason.contains("(Transport client_port in the SETUP)"),
+        "{}",
+        show(row)
+    );
+}
+
 fn example(name: &str) -> PathBuf {
     Path::new(env!("CARGO_MANIFEST_DIR"))
         .join("examples")

@@ -4,6 +4,7 @@
 use super::{Mode, Outcome};
 use crate::alg::{AlgProtocol, Field};
 use crate::engine::{AlgReport, DropReason};
+use crate::napt::Behaviour;
 use serde::Deserialize;
 use std::net::Ipv4Addr;
 
@@ -88,8 +89,11 @@ pub struct Facts {
     pub alg: Option<AlgProtocol>,
     pub mode: Mode,
     pub eip: Ipv4Addr,
-    /// The private IP the EIP maps to (NAT mode).
+    /// The private IP the EIP maps to (NAT mode; the instance's address behind a NAT
+    /// gateway).
     pub private_ip: Option<Ipv4Addr>,
+    /// Behind a NAT gateway: its filtering (which remotes may send in through a mapping).
+    pub filtering: Option<Behaviour>,
     /// Drops on the row's EIP during the run, by reason (nonzero only).
     pub eip_drops: Vec<(DropReason, u64)>,
     /// Drops anywhere in the gateway during the run, by reason (nonzero only).
@@ -135,12 +139,16 @@ pub fn judge(f: &Facts) -> (Outcome, String, Vec<String>) {
     }
     let alg_drops = f
         .alg
+        .filter(|_| matches!(f.mode, Mode::Nat(_)))
         .map(DropReason::alg)
-        .map(|reason| {
-            let on_eip = count_of(&f.eip_drops, reason);
-            (reason, on_eip.max(count_of(&f.global_drops, reason)))
-        })
+        .map(|reason| (reason, count_anywhere(f, reason)))
         .filter(|&(_, n)| n > 0);
+    // Behind a NAT gateway: what the gateway itself dropped (it has no ALG policy).
+    let gateway_drops = match (f.mode, &f.client) {
+        (Mode::NatGateway, ClientEnd::Report(r)) => gateway_drop_words(f, Some(r)),
+        (Mode::NatGateway, _) => gateway_drop_words(f, None),
+        _ => Vec::new(),
+    };
     match &f.client {
         ClientEnd::Report(r) if r.ok => {
             let mut reason = r.detail.clone();
@@ -148,9 +156,12 @@ pub fn judge(f: &Facts) -> (Outcome, String, Vec<String>) {
                 reason = format!("signalling only: {reason}");
             }
             if let Some((place, words)) = leak_in(r, f) {
-                reason = match mark_private(&reason, &words) {
+                reason = match mark_private(&reason, &words, f.mode) {
                     Some(marked) => marked,
-                    None => format!("{reason}; note: {place} carried the private address {words}"),
+                    None => format!(
+                        "{reason}; note: {place} carried the private address {words}{}",
+                        no_alg(f.mode)
+                    ),
                 };
             }
             if r.peer_ignored_address {
@@ -181,11 +192,12 @@ pub fn judge(f: &Facts) -> (Outcome, String, Vec<String>) {
                         r.detail.clone()
                     };
                     match leak_in(r, f) {
-                        Some((place, words)) => match mark_private(&detail, &words) {
+                        Some((place, words)) => match mark_private(&detail, &words, f.mode) {
                             Some(marked) => marked,
-                            None => {
-                                format!("{place} carried the private address {words}; {detail}")
-                            }
+                            None => format!(
+                                "{place} carried the private address {words}{}; {detail}",
+                                no_alg(f.mode)
+                            ),
                         },
                         None => detail,
                     }
@@ -194,7 +206,7 @@ pub fn judge(f: &Facts) -> (Outcome, String, Vec<String>) {
                     format!("the client did not finish within {seconds} s and was ended")
                 }
                 ClientEnd::Failed(why) => {
-                    if alg_drops.is_none() {
+                    if alg_drops.is_none() && gateway_drops.is_empty() {
                         return (
                             Outcome::NotTested,
                             format!("the client gave no verdict: {why}"),
@@ -214,6 +226,9 @@ pub fn judge(f: &Facts) -> (Outcome, String, Vec<String>) {
                     reason.name(),
                     if n == 1 { "" } else { "s" }
                 ),
+                None if !gateway_drops.is_empty() => {
+                    format!("{}; {why}", gateway_drops.join("; "))
+                }
                 None => why,
             };
             (Outcome::Broken, reason, evidence)
@@ -223,6 +238,128 @@ pub fn judge(f: &Facts) -> (Outcome, String, Vec<String>) {
 
 fn count_of(v: &[(DropReason, u64)], r: DropReason) -> u64 {
     v.iter().find(|(x, _)| *x == r).map_or(0, |(_, n)| *n)
+}
+
+/// Drops for `r` during the run: on the row's EIP, or anywhere if more.
+fn count_anywhere(f: &Facts, r: DropReason) -> u64 {
+    count_of(&f.eip_drops, r).max(count_of(&f.global_drops, r))
+}
+
+/// What the NAT gateway's drops during the run mean for the row, one sentence per reason (the
+/// gateway's own reasons, and an ALG drop, which a gateway without an ALG should never make).
+fn gateway_drop_words(f: &Facts, r: Option<&ClientReport>) -> Vec<String> {
+    let reasons = f
+        .eip_drops
+        .iter()
+        .chain(f.global_drops.iter())
+        .map(|(r, _)| *r)
+        .filter(|r| r.name().starts_with("nat_gateway_") || r.is_alg());
+    let mut seen: Vec<DropReason> = Vec::new();
+    for reason in reasons {
+        if !seen.contains(&reason) {
+            seen.push(reason);
+        }
+    }
+    seen.sort();
+    seen.into_iter()
+        .map(|reason| {
+            let n = count_anywhere(f, reason);
+            let what = match reason {
+                DropReason::NatGatewayFiltered => {
+                    let filtering = f.filtering.map_or(String::new(), |b| {
+                        format!("; the gateway's filtering is {}", behaviour_words(b))
+                    });
+                    if f.alg == Some(AlgProtocol::Tftp) {
+                        format!(
+                            "the server answered from a port the client never sent to (a TFTP \
+                             server replies from a new port{filtering})"
+                        )
+                    } else {
+                        format!(
+                            "they came in through the host's mapping from an address or port \
+                             it never sent to{}",
+                            f.filtering.map_or(String::new(), |b| format!(
+                                " (the gateway's filtering is {})",
+                                behaviour_words(b)
+                            ))
+                        )
+                    }
+                }
+                DropReason::NatGatewayNoSession => {
+                    // A port the client named for its own side (no address, or its private
+                    // one): where the far end sent.
+                    let own = |n: &&Named| {
+                        n.port.is_some()
+                            && (n.address.is_empty()
+                                || f.private_ip.is_some_and(|p| n.address == p.to_string()))
+                    };
+                    let told = r.and_then(|r| r.sent.iter().find(own));
+                    let base = format!(
+                        "they came to the EIP {} at a port no flow of the host had opened and no \
+                         DNAT entry forwards",
+                        f.eip
+                    );
+                    match told {
+                        Some(n) => format!(
+                            "{base}: the client had named its own port {} ({}), which the \
+                             gateway had not mapped on its EIP (SNAT picks the external ports, \
+                             and with no ALG nothing rewrote the payload)",
+                            n.port.unwrap_or_default(),
+                            n.place.split(" (").next().unwrap_or(&n.place)
+                        ),
+                        None => base,
+                    }
+                }
+                DropReason::NatGatewayNoSnatEntry => {
+                    "the host's address is covered by no SNAT entry (nor mapped whole by a DNAT \
+                     entry)"
+                        .to_string()
+                }
+                DropReason::NatGatewaySessionTableFull => {
+                    "the gateway's session table was full (max_sessions)".to_string()
+                }
+                DropReason::NatGatewayPortsExhausted => {
+                    "the SNAT EIP had no free external port left for a new flow".to_string()
+                }
+                DropReason::NatGatewayHairpinOff => {
+                    "a host behind the gateway sent to one of its EIPs, and hairpinning is off"
+                        .to_string()
+                }
+                DropReason::NatGatewayConflict => {
+                    "the new flow's addresses and ports were held by another session of the \
+                     gateway (a DNAT forward and an SNAT flow of the same host, port and remote)"
+                        .to_string()
+                }
+                DropReason::NatGatewayFragment => {
+                    "fragmented datagrams, which the gateway does not carry (it would have to \
+                     reassemble them to find their ports)"
+                        .to_string()
+                }
+                _ => "an ALG policy dropped them, though a NAT gateway has no ALG".to_string(),
+            };
+            format!(
+                "{n} packet{} dropped as {}: {what}",
+                if n == 1 { "" } else { "s" },
+                reason.name()
+            )
+        })
+        .collect()
+}
+
+fn behaviour_words(b: Behaviour) -> &'static str {
+    match b {
+        Behaviour::EndpointIndependent => "endpoint-independent",
+        Behaviour::AddressDependent => "address-dependent",
+        Behaviour::AddressAndPortDependent => "address-and-port-dependent",
+    }
+}
+
+/// Said after a private address a payload carried: behind a NAT gateway, why it stayed.
+fn no_alg(mode: Mode) -> &'static str {
+    match mode {
+        Mode::NatGateway => " (the NAT gateway has no ALG to rewrite it)",
+        _ => "",
+    }
 }
 
 /// The first place the far end told the client (or the client told the far end) the NAT
@@ -240,11 +377,15 @@ fn leak_in(r: &ClientReport, f: &Facts) -> Option<(String, String)> {
 
 /// A probe's own sentence that already says "… carried ADDR", with the address called what
 /// it is; `None` when the sentence does not say so.
-fn mark_private(detail: &str, words: &str) -> Option<String> {
+fn mark_private(detail: &str, words: &str, mode: Mode) -> Option<String> {
     let said = format!("carried {words}");
-    detail
-        .contains(&said)
-        .then(|| detail.replacen(&said, &format!("carried the private address {words}"), 1))
+    detail.contains(&said).then(|| {
+        detail.replacen(
+            &said,
+            &format!("carried the private address {words}{}", no_alg(mode)),
+            1,
+        )
+    })
 }
 
 fn steps_words(steps: &[Step]) -> String {
@@ -280,6 +421,15 @@ fn drop_evidence(f: &Facts) -> Vec<String> {
                 DropReason::SourceCheck => ": a source the sending ENI does not own",
                 DropReason::NoPublicIp => ": from a guest address without an EIP",
                 DropReason::VpcUnreachable => ": for a private address the sender cannot reach",
+                DropReason::NatGatewayNoSnatEntry => {
+                    ": from a private address no SNAT entry covers"
+                }
+                DropReason::NatGatewayNoSession => {
+                    ": to a NAT gateway EIP at a port it had not mapped"
+                }
+                DropReason::NatGatewayFiltered => {
+                    ": through a NAT gateway mapping, from a remote its host never sent to"
+                }
                 _ => "",
             };
             v.push(format!(

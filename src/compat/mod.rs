@@ -2,7 +2,8 @@
 //!
 //! For each protocol a real server runs on one side of an EIP and a real client on the other
 //! (Debian's peers, driven by the probe scripts under `peers/`), in each mode (NAT with the
-//! ALG policy `drop`, `pass` and `inspect`; BINDED; MULTI_BINDED) and in both placements. Each
+//! ALG policy `drop`, `pass` and `inspect`; BINDED; MULTI_BINDED; behind a NAT gateway, through
+//! a whole-IP DNAT entry or an SNAT entry) and in both placements. Each
 //! run becomes a [`Row`]: works, broken or not tested, with a reason in a network engineer's
 //! words and the evidence it rests on (what the client saw, what the gateway dropped and why,
 //! what `inspect` found in the payloads).
@@ -27,23 +28,29 @@ pub enum Mode {
     Nat(AlgAction),
     Binded,
     MultiBinded,
+    /// An instance without an EIP of its own behind an internet NAT gateway (SPEC D9–D11):
+    /// reached through a whole-IP DNAT entry (server in instance), leaving through an SNAT
+    /// entry (client in instance). NAPT, and no ALG.
+    NatGateway,
 }
 
 impl Mode {
-    pub const ALL: [Mode; 5] = [
+    pub const ALL: [Mode; 6] = [
         Mode::Nat(AlgAction::Drop),
         Mode::Nat(AlgAction::Pass),
         Mode::Nat(AlgAction::Inspect),
         Mode::Binded,
         Mode::MultiBinded,
+        Mode::NatGateway,
     ];
 
-    /// The JSON `mode` field: `nat`, `binded` or `multi_binded`.
+    /// The JSON `mode` field: `nat`, `binded`, `multi_binded` or `nat_gateway`.
     pub fn kind(self) -> &'static str {
         match self {
             Mode::Nat(_) => "nat",
             Mode::Binded => "binded",
             Mode::MultiBinded => "multi_binded",
+            Mode::NatGateway => "nat_gateway",
         }
     }
 
@@ -55,7 +62,8 @@ impl Mode {
         }
     }
 
-    /// The `--modes` spelling: `nat-drop`, `nat-pass`, `nat-inspect`, `binded`, `multi_binded`.
+    /// The `--modes` spelling: `nat-drop`, `nat-pass`, `nat-inspect`, `binded`, `multi_binded`,
+    /// `natgw`.
     pub fn name(self) -> &'static str {
         match self {
             Mode::Nat(AlgAction::Drop) => "nat-drop",
@@ -63,10 +71,12 @@ impl Mode {
             Mode::Nat(AlgAction::Inspect) => "nat-inspect",
             Mode::Binded => "binded",
             Mode::MultiBinded => "multi_binded",
+            Mode::NatGateway => "natgw",
         }
     }
 
-    /// Reads one `--modes` entry; `nat` stands for the three NAT columns.
+    /// Reads one `--modes` entry; `nat` stands for the three NAT columns (not the NAT
+    /// gateway's: `natgw`, also spelled `nat_gateway`).
     pub fn parse_list(s: &str) -> Result<Vec<Mode>, String> {
         let mut out = Vec::new();
         for part in s.split(',').map(str::trim).filter(|p| !p.is_empty()) {
@@ -74,6 +84,7 @@ impl Mode {
             let found: Vec<Mode> = match p.as_str() {
                 "nat" => Mode::ALL[..3].to_vec(),
                 "multi_binded" | "multibinded" => vec![Mode::MultiBinded],
+                "natgw" | "nat_gw" | "nat_gateway" | "natgateway" => vec![Mode::NatGateway],
                 _ => Mode::ALL
                     .into_iter()
                     .filter(|m| m.name().replace('-', "_") == p)
@@ -82,7 +93,8 @@ impl Mode {
             if found.is_empty() {
                 return Err(format!(
                     "--modes: unknown mode {part:?}; use nat (all three NAT policies), nat-drop, \
-                     nat-pass, nat-inspect, binded or multi_binded, separated by commas"
+                     nat-pass, nat-inspect, binded, multi_binded or natgw (NAT gateway), \
+                     separated by commas"
                 ));
             }
             for m in found {
@@ -104,6 +116,7 @@ impl fmt::Display for Mode {
             Mode::Nat(a) => write!(f, "NAT ({a})"),
             Mode::Binded => f.write_str("BINDED"),
             Mode::MultiBinded => f.write_str("MULTI_BINDED"),
+            Mode::NatGateway => f.write_str("NAT gateway"),
         }
     }
 }
@@ -298,7 +311,7 @@ pub struct Row {
     /// The way it was run (FTP: `pasv`, `epsv`, `port`, `eprt`).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub variant: Option<String>,
-    /// `nat`, `binded` or `multi_binded`.
+    /// `nat`, `binded`, `multi_binded` or `nat_gateway`.
     pub mode: String,
     /// NAT only: `drop`, `pass` or `inspect`; `null` otherwise.
     pub alg_policy: Option<String>,

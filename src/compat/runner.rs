@@ -10,11 +10,12 @@
 use super::judge::{self, ClientEnd, Facts};
 use super::scenario::{Fill, Scenario, Transport};
 use super::{Mode, Outcome, Placement, Probe, Row};
-use crate::alg::{AlgPolicy, AlgProtocol};
+use crate::alg::{AlgAction, AlgPolicy, AlgProtocol};
 use crate::cloud::{BindType, Cloud, EipStatus, InstanceStatus};
 use crate::control::ControlPlane;
 use crate::engine::{AssociationMode, DropReason};
 use crate::lab::config::LabFile;
+use crate::napt::{Behaviour, DnatProtocol, SnatRule};
 use crate::telemetry::Snapshot;
 use std::io::Read;
 use std::net::Ipv4Addr;
@@ -98,6 +99,8 @@ pub(super) struct Target {
     pub(super) private_ip: Option<Ipv4Addr>,
     /// What the instance's peer binds: the private IP (NAT) or the EIP (cut-through).
     pub(super) local: Ipv4Addr,
+    /// The NAT gateway the rows cross (the NAT-gateway column).
+    pub(super) gateway: Option<String>,
 }
 
 /// Runs every selected probe (and the scenario) in every selected mode and placement.
@@ -157,6 +160,11 @@ pub fn run(opts: &Options) -> Result<Vec<Row>, String> {
         work: &work.path,
         internet_ns: format!("{}internet", opts.prefix),
         internet_host: file.internet.echo_address(),
+        filtering: file
+            .nat_gateway
+            .iter()
+            .map(|g| (g.id.clone(), g.napt_config().filtering))
+            .collect(),
     }
     .run_all();
     echo.abort();
@@ -208,6 +216,8 @@ struct Session<'a> {
     work: &'a Path,
     internet_ns: String,
     internet_host: Ipv4Addr,
+    /// Each NAT gateway's filtering, by id (from the lab file).
+    filtering: Vec<(String, Behaviour)>,
 }
 
 /// One row to run.
@@ -260,12 +270,13 @@ impl Session<'_> {
             }
         }
         self.wait_settled()?;
-        let targets: Vec<(Mode, Option<Target>)> = self
-            .opts
-            .modes
-            .iter()
-            .map(|&m| (m, self.cp.with_cloud(|c| target(c, m, &self.opts.prefix))))
-            .collect();
+        let mut targets: Vec<((Mode, Placement), Option<Target>)> = Vec::new();
+        for &m in &self.opts.modes {
+            for &pl in &self.opts.placements {
+                let t = self.cp.with_cloud(|c| target(c, m, pl, &self.opts.prefix));
+                targets.push(((m, pl), t));
+            }
+        }
         let started = Instant::now();
         let mut rows = Vec::with_capacity(plan.len());
         let mut route: Option<RouteOverride> = None;
@@ -287,7 +298,7 @@ impl Session<'_> {
             }
             let t = targets
                 .iter()
-                .find(|(m, _)| m == mode)
+                .find(|(k, _)| *k == (*mode, *placement))
                 .and_then(|(_, t)| t.clone());
             let mut row = Row {
                 protocol: what.protocol(),
@@ -305,14 +316,7 @@ impl Session<'_> {
                 instance: None,
             };
             let Some(t) = t else {
-                row.reason = format!(
-                    "the lab has no EIP in {} on a running instance",
-                    match mode {
-                        Mode::Nat(_) => "NAT mode",
-                        Mode::Binded => "BINDED mode on an attached ENI",
-                        Mode::MultiBinded => "MULTI_BINDED mode on an attached ENI",
-                    }
-                );
+                row.reason = no_target(*mode, *placement);
                 rows.push(row);
                 continue;
             };
@@ -321,7 +325,8 @@ impl Session<'_> {
             // A cut-through guest's own clients leave from the EIP only if its routes say so;
             // some clients (tftp-hpa, GStreamer's RTSP control connection) cannot be told a
             // source address.
-            let want = (*placement == Placement::ClientInInstance && !matches!(mode, Mode::Nat(_)))
+            let cut_through = matches!(mode, Mode::Binded | Mode::MultiBinded);
+            let want = (*placement == Placement::ClientInInstance && cut_through)
                 .then(|| (t.ns.clone(), t.eip));
             if route.as_ref().map(|r| (r.ns.clone(), r.src)) != want {
                 if let Some(r) = route.take() {
@@ -331,8 +336,12 @@ impl Session<'_> {
                     route = Some(RouteOverride::set(&ns, src, self.internet_host)?);
                 }
             }
-            if let Mode::Nat(a) = mode {
-                self.cp.set_alg_policy(AlgPolicy::all(*a));
+            match mode {
+                Mode::Nat(a) => self.cp.set_alg_policy(AlgPolicy::all(*a)),
+                // A NAT gateway has no ALG: under the strictest NAT-mode policy, a gateway that
+                // looked at payloads would show it as alg_* drops.
+                Mode::NatGateway => self.cp.set_alg_policy(AlgPolicy::all(AlgAction::Drop)),
+                _ => {}
             }
             let (result, reason, evidence) = self.run_one(what, *placement, *mode, &t, i)?;
             row.result = result;
@@ -515,6 +524,12 @@ impl Session<'_> {
             mode,
             eip: t.eip,
             private_ip: t.private_ip,
+            filtering: t.gateway.as_ref().and_then(|g| {
+                self.filtering
+                    .iter()
+                    .find(|(id, _)| id == g)
+                    .map(|(_, b)| *b)
+            }),
             eip_drops: eip_drops(&before, &after, t.slot),
             global_drops: global_drops(&before, &after),
             findings,
@@ -614,13 +629,38 @@ fn tail(s: &str, n: usize) -> String {
     t[start..].iter().collect::<String>().replace('\n', " | ")
 }
 
-/// The EIP in `mode` that compat's rows of that mode use: the first (by allocation id) that
-/// is in use on a running instance.
-pub(super) fn target(c: &Cloud, mode: Mode, prefix: &str) -> Option<Target> {
+/// Why a mode's rows are not tested: the lab has nothing they can run across.
+fn no_target(mode: Mode, placement: Placement) -> String {
+    let eip_in = match mode {
+        Mode::Nat(_) => "NAT mode",
+        Mode::Binded => "BINDED mode on an attached ENI",
+        Mode::MultiBinded => "MULTI_BINDED mode on an attached ENI",
+        Mode::NatGateway => {
+            return match placement {
+                Placement::ServerInInstance => {
+                    "the lab has no NAT gateway EIP mapped whole (a DNAT entry with IpProtocol \
+                     Any and Any ports) to a running instance"
+                }
+                Placement::ClientInInstance => {
+                    "the lab has no running instance without a public address of its own whose \
+                     private address an SNAT entry of a NAT gateway covers"
+                }
+            }
+            .to_string()
+        }
+    };
+    format!("the lab has no EIP in {eip_in} on a running instance")
+}
+
+/// The EIP in `mode` that compat's rows of that mode and placement use: the first (by
+/// allocation id) that is in use on a running instance; for the NAT gateway, see
+/// [`gateway_target`].
+pub(super) fn target(c: &Cloud, mode: Mode, placement: Placement, prefix: &str) -> Option<Target> {
     let want = match mode {
         Mode::Nat(_) => AssociationMode::Nat,
         Mode::Binded => AssociationMode::Binded,
         Mode::MultiBinded => AssociationMode::MultiBinded,
+        Mode::NatGateway => return gateway_target(c, placement, prefix),
     };
     c.eips.values().find_map(|e| {
         let b = e.binding.as_ref()?;
@@ -659,8 +699,118 @@ pub(super) fn target(c: &Cloud, mode: Mode, prefix: &str) -> Option<Target> {
             slot: e.slot,
             private_ip: nat.then_some(private),
             local: if nat { private } else { e.address },
+            gateway: None,
         })
     })
+}
+
+/// The running instance whose primary ENI's primary address is `ip`.
+fn instance_at(c: &Cloud, ip: Ipv4Addr) -> Option<&str> {
+    let eni = c
+        .enis
+        .values()
+        .find(|n| n.primary && n.private_ips.first() == Some(&ip))?;
+    let id = eni.instance.as_deref()?;
+    (c.instances.get(id)?.status == InstanceStatus::Running).then_some(id)
+}
+
+/// Whether an instance reaches the internet by an address of its own (a fixed public IP, an
+/// EIP on it or on one of its ENIs), which its traffic takes instead of a NAT gateway (D11).
+fn has_own_public(c: &Cloud, instance: &str) -> bool {
+    if c.instances
+        .get(instance)
+        .is_some_and(|i| i.public_ip.is_some())
+    {
+        return true;
+    }
+    c.eips.values().any(|e| {
+        e.binding.as_ref().is_some_and(|b| match b.bind_type {
+            BindType::EcsInstance => b.instance_id == instance,
+            BindType::NetworkInterface => c
+                .enis
+                .get(&b.instance_id)
+                .is_some_and(|n| n.instance.as_deref() == Some(instance)),
+            _ => false,
+        })
+    })
+}
+
+/// The NAT gateway's rows, from the rules its dataplane runs (gateways in id order):
+/// - server in instance: the first whole-IP DNAT entry (IpProtocol Any) whose internal
+///   address is a running instance's primary address (without an EIP of its own): every
+///   probe's ports reach it, and its own new flows (active FTP's data connection, RTP) leave
+///   through the same EIP;
+/// - client in instance: the first running instance (by id) without a public address of its
+///   own, not mapped whole by a DNAT entry, whose primary address an SNAT entry covers; the
+///   entry's first EIP is the row's.
+fn gateway_target(c: &Cloud, placement: Placement, prefix: &str) -> Option<Target> {
+    let rules = c.nat_gateway_rules();
+    let slot_of = |g: &crate::cloud::nat::GatewayRules, a: Ipv4Addr| {
+        g.eips.iter().find(|(e, _)| *e == a).map(|(_, s)| *s)
+    };
+    let whole = |g: &crate::cloud::nat::GatewayRules| {
+        g.dnat
+            .iter()
+            .filter(|d| d.protocol == DnatProtocol::Any)
+            .map(|d| (*d.external.ip(), *d.internal.ip()))
+            .collect::<Vec<_>>()
+    };
+    let make = |g: &crate::cloud::nat::GatewayRules,
+                instance: &str,
+                eip: Ipv4Addr,
+                slot: u32,
+                private: Ipv4Addr| Target {
+        ns: format!("{prefix}{instance}"),
+        instance: instance.to_string(),
+        eip,
+        slot,
+        private_ip: Some(private),
+        local: private,
+        gateway: Some(g.id.clone()),
+    };
+    match placement {
+        Placement::ServerInInstance => rules.iter().find_map(|g| {
+            whole(g).into_iter().find_map(|(eip, private)| {
+                let instance = instance_at(c, private)?;
+                if has_own_public(c, instance) {
+                    return None;
+                }
+                Some(make(g, instance, eip, slot_of(g, eip)?, private))
+            })
+        }),
+        Placement::ClientInInstance => {
+            let mapped_whole: Vec<Ipv4Addr> =
+                rules.iter().flat_map(whole).map(|(_, i)| i).collect();
+            c.instances.values().find_map(|i| {
+                if i.status != InstanceStatus::Running || has_own_public(c, &i.id) {
+                    return None;
+                }
+                let private = *c
+                    .enis
+                    .values()
+                    .find(|n| n.primary && n.instance.as_deref() == Some(i.id.as_str()))?
+                    .private_ips
+                    .first()?;
+                if mapped_whole.contains(&private) {
+                    return None;
+                }
+                rules.iter().find_map(|g| {
+                    let s = g.snat.iter().find(|s| covers(s, private))?;
+                    let eip = *s.eips.first()?;
+                    Some(make(g, &i.id, eip, slot_of(g, eip)?, private))
+                })
+            })
+        }
+    }
+}
+
+/// Whether an SNAT rule's source block holds `ip`.
+fn covers(s: &SnatRule, ip: Ipv4Addr) -> bool {
+    let mask = match s.prefix_len {
+        0 => 0,
+        n => u32::MAX << (32 - u32::from(n.min(32))),
+    };
+    u32::from(ip) & mask == u32::from(s.source) & mask
 }
 
 /// A process started by compat inside a namespace, in its own process group; what it writes

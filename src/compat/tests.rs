@@ -73,6 +73,7 @@ fn facts(client: ClientEnd) -> Facts {
         mode: Mode::Nat(AlgAction::Pass),
         eip: ip("198.51.100.10"),
         private_ip: Some(ip("10.0.1.10")),
+        filtering: None,
         eip_drops: Vec::new(),
         global_drops: Vec::new(),
         findings: Vec::new(),
@@ -469,7 +470,7 @@ command = ["cli", "{server}", "--from", "{bind}", "--dir", "{dir}"]
 fn the_built_in_lab_has_an_eip_in_every_mode() {
     let file = crate::lab::config::parse(super::runner::DEFAULT_LAB).unwrap();
     let cloud = crate::lab::cloud::build(&file, 0).unwrap();
-    let t = |m| super::runner::target(&cloud, m, "p-").unwrap();
+    let t = |m| super::runner::target(&cloud, m, Placement::ServerInInstance, "p-").unwrap();
     let nat = t(Mode::Nat(AlgAction::Pass));
     assert_eq!(
         (nat.ns.as_str(), nat.eip, nat.private_ip, nat.local),
@@ -493,6 +494,345 @@ fn the_built_in_lab_has_an_eip_in_every_mode() {
     // A lab without an EIP in a mode has no target for it (its rows are "not tested").
     let one = crate::lab::config::parse(include_str!("../../examples/one-eip.toml")).unwrap();
     let cloud = crate::lab::cloud::build(&one, 0).unwrap();
-    assert!(super::runner::target(&cloud, Mode::Binded, "p-").is_none());
-    assert!(super::runner::target(&cloud, Mode::Nat(AlgAction::Drop), "p-").is_some());
+    assert!(
+        super::runner::target(&cloud, Mode::Binded, Placement::ServerInInstance, "p-").is_none()
+    );
+    assert!(super::runner::target(
+        &cloud,
+        Mode::Nat(AlgAction::Drop),
+        Placement::ServerInInstance,
+        "p-"
+    )
+    .is_some());
+}
+
+#[test]
+fn the_nat_gateway_is_its_own_column_named_natgw() {
+    for word in ["natgw", "NAT-gateway", "nat_gateway", "natgateway"] {
+        assert_eq!(
+            Mode::parse_list(word).unwrap(),
+            vec![Mode::NatGateway],
+            "{word}"
+        );
+    }
+    // `nat` is NAT mode's three policies, not the NAT gateway.
+    assert!(!Mode::parse_list("nat").unwrap().contains(&Mode::NatGateway));
+    assert_eq!(
+        Mode::parse_list("binded,natgw").unwrap(),
+        vec![Mode::Binded, Mode::NatGateway]
+    );
+    assert!(Mode::parse_list("nat-gw-x").unwrap_err().contains("natgw"));
+    let m = Mode::NatGateway;
+    assert_eq!(
+        (m.kind(), m.name(), m.alg_policy(), m.to_string().as_str()),
+        ("nat_gateway", "natgw", None, "NAT gateway")
+    );
+    assert!(Mode::ALL.contains(&m));
+    // Its rows get their own column, headed "NAT gateway".
+    let rows = vec![
+        row(
+            "tftp",
+            None,
+            Mode::Nat(AlgAction::Pass),
+            Placement::ClientInInstance,
+            Outcome::Works,
+            "read",
+        ),
+        row(
+            "tftp",
+            None,
+            Mode::NatGateway,
+            Placement::ClientInInstance,
+            Outcome::Broken,
+            "4 packets dropped as nat_gateway_filtered: x",
+        ),
+    ];
+    let text = render(&rows);
+    let head: Vec<&str> = text
+        .lines()
+        .next()
+        .unwrap()
+        .split("  ")
+        .map(str::trim)
+        .filter(|c| !c.is_empty())
+        .collect();
+    assert_eq!(
+        head,
+        ["protocol (placement)", "NAT/pass", "NAT gateway"],
+        "{text}"
+    );
+    let line = text.lines().nth(1).unwrap();
+    assert_eq!(
+        line.split_whitespace().rev().take(2).collect::<Vec<_>>(),
+        ["BROKEN", "works"],
+        "{text}"
+    );
+    assert!(
+        text.contains(
+            "- TFTP read + write (client in instance), NAT gateway: broken — 4 packets dropped as nat_gateway_filtered: x"
+        ),
+        "{text}"
+    );
+}
+
+/// Facts of a row behind the built-in lab's NAT gateway: the SNAT EIP and the instance behind
+/// it, the cloud's filtering.
+fn gateway_facts(alg: AlgProtocol, client: ClientEnd) -> Facts {
+    let mut f = facts(client);
+    f.alg = Some(alg);
+    f.mode = Mode::NatGateway;
+    f.eip = ip("198.51.100.51");
+    f.private_ip = Some(ip("10.0.1.50"));
+    f.filtering = Some(crate::napt::Behaviour::AddressAndPortDependent);
+    f
+}
+
+#[test]
+fn behind_a_nat_gateway_a_private_address_in_a_payload_is_blamed_on_the_missing_alg() {
+    // Passive FTP with the server behind the gateway: the 227 names the instance's address.
+    let mut r = report(
+        false,
+        "227 reply carried 10.0.1.40:40186; the data connection to it timed out after 4 s",
+    );
+    r.named = vec![Named {
+        place: "227 reply".into(),
+        address: "10.0.1.40".into(),
+        port: Some(40186),
+    }];
+    let mut f = gateway_facts(AlgProtocol::Ftp, ClientEnd::Report(r));
+    f.eip = ip("198.51.100.50");
+    f.private_ip = Some(ip("10.0.1.40"));
+    f.global_drops = vec![(DropReason::UnknownDestination, 4)];
+    let (o, reason, ev) = judge(&f);
+    assert_eq!(o, Outcome::Broken);
+    assert_eq!(
+        reason,
+        "227 reply carried the private address 10.0.1.40:40186 (the NAT gateway has no ALG to \
+         rewrite it); the data connection to it timed out after 4 s"
+    );
+    assert!(
+        ev.contains(&"gateway: 4 more packets dropped, not on this EIP (unknown_destination: addressed to no EIP of the lab)".to_string()),
+        "{ev:?}"
+    );
+    // Active FTP with the client behind it: the probe's sentence does not say "carried".
+    let mut r = report(
+        false,
+        "the server refused the data connection: 501 Rejected",
+    );
+    r.sent = vec![Named {
+        place: "PORT command".into(),
+        address: "10.0.1.50".into(),
+        port: Some(48735),
+    }];
+    let (o, reason, _) = judge(&gateway_facts(AlgProtocol::Ftp, ClientEnd::Report(r)));
+    assert_eq!(o, Outcome::Broken);
+    assert_eq!(
+        reason,
+        "PORT command carried the private address 10.0.1.50:48735 (the NAT gateway has no ALG \
+         to rewrite it); the server refused the data connection: 501 Rejected"
+    );
+    // A cell that works keeps the note, with the same why.
+    let mut r = report(true, "SETUP answered with CONNECT");
+    r.sent = vec![Named {
+        place: "H.225 sourceCallSignalAddress in the SETUP".into(),
+        address: "10.0.1.50".into(),
+        port: Some(1720),
+    }];
+    let (o, reason, _) = judge(&gateway_facts(AlgProtocol::H323, ClientEnd::Report(r)));
+    assert_eq!(o, Outcome::Works);
+    assert_eq!(
+        reason,
+        "SETUP answered with CONNECT; note: H.225 sourceCallSignalAddress in the SETUP carried \
+         the private address 10.0.1.50:1720 (the NAT gateway has no ALG to rewrite it)"
+    );
+}
+
+#[test]
+fn behind_a_nat_gateway_its_own_drops_lead_the_reason_with_what_they_mean() {
+    // TFTP with the client behind the gateway: the server's replies come from a new port.
+    let r = report(
+        false,
+        "reading probe.bin from 203.0.113.1:69 failed: no answer within 5 s",
+    );
+    let mut f = gateway_facts(AlgProtocol::Tftp, ClientEnd::Report(r));
+    f.eip_drops = vec![(DropReason::NatGatewayFiltered, 4)];
+    f.global_drops = vec![(DropReason::NatGatewayFiltered, 4)];
+    let (o, reason, ev) = judge(&f);
+    assert_eq!(o, Outcome::Broken);
+    assert_eq!(
+        reason,
+        "4 packets dropped as nat_gateway_filtered: the server answered from a port the client \
+         never sent to (a TFTP server replies from a new port; the gateway's filtering is \
+         address-and-port-dependent); reading probe.bin from 203.0.113.1:69 failed: no answer \
+         within 5 s"
+    );
+    assert_eq!(
+        ev[1],
+        "gateway: 4 packets dropped on EIP 198.51.100.51 (nat_gateway_filtered)"
+    );
+    // Not "address-and-port-dependent" when the lab's gateway filters otherwise.
+    f.filtering = Some(crate::napt::Behaviour::AddressDependent);
+    assert!(
+        judge(&f).1.contains("filtering is address-dependent)"),
+        "{}",
+        judge(&f).1
+    );
+
+    // RTSP with the client behind it: RTP to the client_port the SETUP named finds no mapping.
+    let mut r = report(
+        false,
+        "DESCRIBE, SETUP, PLAY answered; 0 RTP packets arrived in 4 s",
+    );
+    r.sent = vec![Named {
+        place: "Transport client_port in the SETUP (no address: the server uses the control connection's source)".into(),
+        address: String::new(),
+        port: Some(50000),
+    }];
+    let mut f = gateway_facts(AlgProtocol::Rtsp, ClientEnd::Report(r));
+    f.eip_drops = vec![(DropReason::NatGatewayNoSession, 201)];
+    let (o, reason, _) = judge(&f);
+    assert_eq!(o, Outcome::Broken);
+    assert_eq!(
+        reason,
+        "201 packets dropped as nat_gateway_no_session: they came to the EIP 198.51.100.51 at a \
+         port no flow of the host had opened and no DNAT entry forwards: the client had named \
+         its own port 50000 (Transport client_port in the SETUP), which the gateway had not \
+         mapped on its EIP (SNAT picks the external ports, and with no ALG nothing rewrote the \
+         payload); DESCRIBE, SETUP, PLAY answered; 0 RTP packets arrived in 4 s"
+    );
+
+    // Drops elsewhere in the gateway count too, each reason once, singular when one.
+    let r = report(false, "timed out");
+    let mut f = gateway_facts(AlgProtocol::Dns, ClientEnd::Report(r));
+    f.global_drops = vec![
+        (DropReason::UnknownDestination, 2),
+        (DropReason::NatGatewayNoSnatEntry, 1),
+        (DropReason::NatGatewayPortsExhausted, 3),
+    ];
+    let (_, reason, ev) = judge(&f);
+    assert_eq!(
+        reason,
+        "1 packet dropped as nat_gateway_no_snat_entry: the host's address is covered by no SNAT \
+         entry (nor mapped whole by a DNAT entry); 3 packets dropped as \
+         nat_gateway_ports_exhausted: the SNAT EIP had no free external port left for a new \
+         flow; timed out"
+    );
+    assert!(
+        ev.contains(&"gateway: 1 more packet dropped, not on this EIP (nat_gateway_no_snat_entry: from a private address no SNAT entry covers)".to_string()),
+        "{ev:?}"
+    );
+}
+
+#[test]
+fn behind_a_nat_gateway_there_is_no_alg_policy_to_blame() {
+    // An ALG drop under the NAT-gateway column is not "the NAT ALG policy" of NAT mode: the
+    // gateway has none, so it is named as what it is.
+    let mut f = gateway_facts(
+        AlgProtocol::Sip,
+        ClientEnd::Report(report(false, "INVITE got no answer")),
+    );
+    f.eip_drops = vec![(DropReason::AlgSip, 2)];
+    let (o, reason, _) = judge(&f);
+    assert_eq!(o, Outcome::Broken);
+    assert_eq!(
+        reason,
+        "2 packets dropped as alg_sip: an ALG policy dropped them, though a NAT gateway has no \
+         ALG; INVITE got no answer"
+    );
+    // No report and no drop: not tested; with the gateway's drop: broken, and why.
+    let f = gateway_facts(AlgProtocol::Tftp, ClientEnd::Failed("no report".into()));
+    assert_eq!(judge(&f).0, Outcome::NotTested);
+    let mut f = gateway_facts(AlgProtocol::Tftp, ClientEnd::Failed("no report".into()));
+    f.eip_drops = vec![(DropReason::NatGatewayFiltered, 1)];
+    let (o, reason, _) = judge(&f);
+    assert_eq!(o, Outcome::Broken);
+    assert!(
+        reason.starts_with("1 packet dropped as nat_gateway_filtered: the server answered from"),
+        "{reason}"
+    );
+    // A plain failure with nothing dropped is only the probe's sentence.
+    let f = gateway_facts(
+        AlgProtocol::Dns,
+        ClientEnd::Report(report(false, "timed out")),
+    );
+    assert_eq!(
+        judge(&f),
+        (
+            Outcome::Broken,
+            "timed out".into(),
+            vec!["client: transfer FAILED (x)".into()]
+        )
+    );
+}
+
+#[test]
+fn the_nat_gateway_rows_run_through_whole_ip_dnat_and_through_snat() {
+    let file = crate::lab::config::parse(super::runner::DEFAULT_LAB).unwrap();
+    let cloud = crate::lab::cloud::build(&file, 0).unwrap();
+    let t = |pl| super::runner::target(&cloud, Mode::NatGateway, pl, "p-").unwrap();
+    let s = t(Placement::ServerInInstance);
+    assert_eq!(
+        (
+            s.ns.as_str(),
+            s.eip,
+            s.private_ip,
+            s.local,
+            s.gateway.as_deref()
+        ),
+        (
+            "p-i-ngw-dnat",
+            ip("198.51.100.50"),
+            Some(ip("10.0.1.40")),
+            ip("10.0.1.40"),
+            Some("ngw-compat")
+        )
+    );
+    let slot = |a: &str| {
+        cloud
+            .eips
+            .values()
+            .find(|e| e.address == ip(a))
+            .unwrap()
+            .slot
+    };
+    assert_eq!(s.slot, slot("198.51.100.50"));
+    let c = t(Placement::ClientInInstance);
+    assert_eq!(
+        (c.ns.as_str(), c.eip, c.private_ip, c.local, c.slot),
+        (
+            "p-i-ngw-snat",
+            ip("198.51.100.51"),
+            Some(ip("10.0.1.50")),
+            ip("10.0.1.50"),
+            slot("198.51.100.51")
+        )
+    );
+    // The other modes' targets do not depend on the placement.
+    for m in [Mode::Nat(AlgAction::Pass), Mode::Binded, Mode::MultiBinded] {
+        let a = super::runner::target(&cloud, m, Placement::ServerInInstance, "p-").unwrap();
+        let b = super::runner::target(&cloud, m, Placement::ClientInInstance, "p-").unwrap();
+        assert_eq!((a.ns, a.eip, a.gateway), (b.ns, b.eip, None));
+    }
+
+    // examples/nat-gateway.toml: SNAT for vsw-a and for 10.0.2.0/24 (i-ha1, 10.0.2.11, is
+    // the first instance by id that one covers, without an EIP of its own; its HaVip's EIP maps
+    // the HaVip's address, not its own), DNAT only port by port: no whole-IP row.
+    let file = crate::lab::config::parse(include_str!("../../examples/nat-gateway.toml")).unwrap();
+    let cloud = crate::lab::cloud::build(&file, 0).unwrap();
+    let c =
+        super::runner::target(&cloud, Mode::NatGateway, Placement::ClientInInstance, "p-").unwrap();
+    assert_eq!(
+        (c.instance.as_str(), c.eip, c.private_ip),
+        ("i-ha1", ip("198.51.100.50"), Some(ip("10.0.2.11")))
+    );
+    assert!(
+        super::runner::target(&cloud, Mode::NatGateway, Placement::ServerInInstance, "p-")
+            .is_none()
+    );
+    // A lab without a NAT gateway has neither.
+    let one = crate::lab::config::parse(include_str!("../../examples/one-eip.toml")).unwrap();
+    let cloud = crate::lab::cloud::build(&one, 0).unwrap();
+    for pl in Placement::ALL {
+        assert!(super::runner::target(&cloud, Mode::NatGateway, pl, "p-").is_none());
+    }
 }
