@@ -86,6 +86,7 @@ struct Candidate {
     outbound: bool,
     slot: EipSlot,
     flow: (Proto, SocketAddrV4, SocketAddrV4),
+    h: Headers,
 }
 
 /// A batch's packets for the NAT gateways: which [`State::gateway_batch`] decided, and room
@@ -779,7 +780,7 @@ impl State {
                 for j in 0..n {
                     let c = b.candidates[b.at[j]];
                     let p = &mut pkts[c.at];
-                    let h = plain_headers(p.packet()).expect("checked as a candidate");
+                    let h = c.h;
                     self.global.received.add(p.len);
                     let (len, flags) = (p.len, p.flags);
                     let v = match p.ingress {
@@ -829,6 +830,7 @@ impl State {
                     outbound: false,
                     slot,
                     flow,
+                    h,
                 })
             }
             Side::Eni(e) => {
@@ -847,6 +849,7 @@ impl State {
                     outbound: true,
                     slot: NONE,
                     flow,
+                    h,
                 })
             }
             Side::CloudServices => None,
