@@ -745,7 +745,16 @@ impl State {
         b.done.clear();
         b.done.resize(pkts.len(), false);
         b.candidates.clear();
+        // The packets' first lines are fetched ahead, as the engine's own loop does: in a
+        // batch read from a device they are not in the cache yet.
+        const AHEAD: usize = 2 * super::PREFETCH_DISTANCE;
+        for p in pkts.iter().take(AHEAD) {
+            super::prefetch(p.data.as_ptr());
+        }
         for (at, p) in pkts.iter().enumerate() {
+            if let Some(next) = pkts.get(at + AHEAD) {
+                super::prefetch(next.data.as_ptr());
+            }
             if let Some(c) = self.candidate(t, at, p) {
                 b.candidates.push(c);
             }
