@@ -14,11 +14,18 @@
 //! | p6 | fragments in any order: all forwarded and reassemble; SIP fragments all dropped |
 //! | p7 | no panic on any bytes; every verdict accounted in the global counters |
 //! | p8 | ALG ports: always dropped under NAT (policy drop), never under cut-through |
+//! | p9 | the cloud model: a refused operation changes nothing; every change, and only a change, is recorded |
 
 mod common;
 
 use common::cases;
 use eiplab::alg::{AlgAction, AlgPolicy, AlgProtocol};
+use eiplab::api::actions::{Action, Params};
+use eiplab::cloud::nat::{ForwardSpec, SnatSpec};
+use eiplab::cloud::{
+    Associate, BindType, Change, Cloud, CloudError, Eni, HaVip, Instance, InstanceStatus,
+    LoadBalancer, NatGateway, Settings, VSwitch,
+};
 use eiplab::engine::{
     AssociationMode, DropReason, EipAssociation, EipConfig, Engine, EngineConfig, EniConfig, EniId,
     GlobalCounters, InstanceRef, OtherProtocols, PacketBuf, PacketFlags, Side, Table, TableBuilder,
@@ -1983,6 +1990,976 @@ proptest! {
             briefed_identity(rig.e.global_counters())?;
             while rig.released().is_some() {
                 briefed_identity(rig.e.global_counters())?;
+            }
+        }
+    }
+}
+
+// ---- p9: the cloud model records every change and refuses without changing ---------------
+
+const P9_REGION: &str = "cn-shanghai";
+
+/// The cloud p9 starts from: vsw-a (10.0.1.0/28, twelve usable addresses); i-web (Running,
+/// ecs.g5.large) with eni-web0, i-stopped (Stopped, ecs.c6.large) with eni-st0, i-classic
+/// (classic network) with eni-cl0; detached secondary ENIs eni-a (one IP) and eni-b (two);
+/// EIPs eip-1..eip-6 of a 16-address pool; NAT gateways ngw-0 (takes no private IP per EIP)
+/// and ngw-1 (takes one), with eip-5 and eip-6 InUse on them; HaVip hv-1; an internal CLB
+/// lb-1; an SNAT entry on ngw-0 (eip-5 for 10.0.1.0/29) and a DNAT entry on ngw-1 (eip-6:80
+/// to 10.0.1.7:8080). Its construction is not recorded (the record is taken empty).
+fn p9_cloud(transition_ns: u64, now: u64) -> Cloud {
+    let mut c = Cloud::new(Settings {
+        region: P9_REGION.into(),
+        multi_binded_allowed: true,
+        transition_ns,
+        eip_pool: vec![(ip(198, 51, 100, 0), 28)],
+        vpc_id: "vpc-lab".into(),
+        vpc_cidrs: Vec::new(),
+    });
+    c.add_vswitch(VSwitch {
+        id: "vsw-a".into(),
+        region: P9_REGION.into(),
+        zone: "cn-shanghai-b".into(),
+        network: ip(10, 0, 1, 0),
+        prefix_len: 28,
+        gateway: ip(10, 0, 1, 13),
+    });
+    for (id, status, vpc, ty, eni, addr) in [
+        (
+            "i-web",
+            InstanceStatus::Running,
+            true,
+            "ecs.g5.large",
+            "eni-web0",
+            1,
+        ),
+        (
+            "i-stopped",
+            InstanceStatus::Stopped,
+            true,
+            "ecs.c6.large",
+            "eni-st0",
+            2,
+        ),
+        (
+            "i-classic",
+            InstanceStatus::Running,
+            false,
+            "ecs.g5.large",
+            "eni-cl0",
+            3,
+        ),
+    ] {
+        c.add_instance(Instance {
+            id: id.into(),
+            region: P9_REGION.into(),
+            instance_type: ty.into(),
+            status,
+            vpc,
+            public_ip: None,
+            dhcp: true,
+            index: 0,
+            max_enis: None,
+            max_private_ips_per_eni: None,
+            transition_until: None,
+        });
+        c.add_eni(p9_eni(eni, &[addr], true, Some(id)));
+    }
+    c.add_eni(p9_eni("eni-a", &[4], false, None));
+    c.add_eni(p9_eni("eni-b", &[5, 6], false, None));
+    for k in 1..=6u8 {
+        c.add_eip(now, &format!("eip-{k}"), ip(198, 51, 100, k), 5);
+    }
+    for (id, takes) in [("ngw-0", false), ("ngw-1", true)] {
+        c.nat_gateways.insert(
+            id.into(),
+            NatGateway {
+                id: id.into(),
+                region: P9_REGION.into(),
+                vswitch: "vsw-a".into(),
+                eip_takes_private_ip: takes,
+            },
+        );
+    }
+    c.havips.insert(
+        "hv-1".into(),
+        HaVip {
+            id: "hv-1".into(),
+            region: P9_REGION.into(),
+            vswitch: "vsw-a".into(),
+            ip: ip(10, 0, 1, 9),
+            status: "Available".into(),
+        },
+    );
+    c.load_balancers.insert(
+        "lb-1".into(),
+        LoadBalancer {
+            id: "lb-1".into(),
+            region: P9_REGION.into(),
+            kind: "clb".into(),
+            intranet: true,
+            vpc: true,
+        },
+    );
+    for (eip, gateway) in [("eip-5", "ngw-0"), ("eip-6", "ngw-1")] {
+        let req = Associate {
+            allocation_id: eip.into(),
+            instance_id: gateway.into(),
+            bind_type: BindType::Nat,
+            mode: AssociationMode::Nat,
+            private_ip: None,
+        };
+        c.associate(now, &req).unwrap();
+    }
+    c.handle_timeout(now + transition_ns);
+    let snat = SnatSpec {
+        snat_ip: Some("198.51.100.5".into()),
+        source_cidr: Some("10.0.1.0/29".into()),
+        ..SnatSpec::default()
+    };
+    c.create_snat_entry(P9_REGION, "stb-ngw-0", &snat).unwrap();
+    let dnat = ForwardSpec {
+        external_ip: Some("198.51.100.6".into()),
+        external_port: Some("80".into()),
+        internal_ip: Some("10.0.1.7".into()),
+        internal_port: Some("8080".into()),
+        ip_protocol: Some("TCP".into()),
+        name: None,
+    };
+    c.create_forward_entry(P9_REGION, "ftb-ngw-1", &dnat)
+        .unwrap();
+    c.take_changes();
+    c
+}
+
+fn p9_eni(id: &str, hosts: &[u8], primary: bool, instance: Option<&str>) -> Eni {
+    Eni {
+        id: id.into(),
+        region: P9_REGION.into(),
+        vswitch: "vsw-a".into(),
+        private_ips: hosts.iter().map(|&h| private(h)).collect(),
+        primary,
+        instance: instance.map(Into::into),
+        index: 0,
+    }
+}
+
+/// What p9's operations name (now and then one that does not exist, see [`pick_or`]).
+/// Targets of an association come with their own bind type; the gateways twice, so that
+/// SNAT and DNAT entries find EIPs on them.
+const P9_TARGETS: &[(&str, &str)] = &[
+    ("i-web", "EcsInstance"),
+    ("i-stopped", "EcsInstance"),
+    ("i-classic", "EcsInstance"),
+    ("eni-web0", "NetworkInterface"),
+    ("eni-st0", "NetworkInterface"),
+    ("eni-a", "NetworkInterface"),
+    ("eni-b", "NetworkInterface"),
+    ("ngw-0", "Nat"),
+    ("ngw-1", "Nat"),
+    ("ngw-0", "Nat"),
+    ("ngw-1", "Nat"),
+    ("hv-1", "HaVip"),
+    ("lb-1", "SlbInstance"),
+];
+const P9_INSTANCES: &[&str] = &["i-web", "i-stopped", "i-classic"];
+const P9_ENIS: &[&str] = &["eni-web0", "eni-st0", "eni-cl0", "eni-a", "eni-b"];
+const P9_GATEWAYS: &[&str] = &["ngw-0", "ngw-1"];
+const P9_BIND_TYPES: &[&str] = &[
+    "EcsInstance",
+    "NetworkInterface",
+    "Nat",
+    "HaVip",
+    "SlbInstance",
+];
+const P9_MODES: &[&str] = &["NAT", "BINDED", "MULTI_BINDED"];
+/// SNAT sources: three that the cloud takes (twice as often), one with host bits set, vsw-a
+/// (which holds hv-1's address, so it is refused), and both a CIDR and a vSwitch.
+const P9_SOURCES: &[(Option<&str>, Option<&str>)] = &[
+    (Some("10.0.1.0/29"), None),
+    (Some("10.0.1.4/30"), None),
+    (Some("10.0.1.1/32"), None),
+    (Some("10.0.1.0/29"), None),
+    (Some("10.0.1.4/30"), None),
+    (Some("10.0.1.1/32"), None),
+    (Some("10.0.1.1/24"), None),
+    (None, Some("vsw-a")),
+    (Some("10.0.1.0/29"), Some("vsw-a")),
+];
+const P9_PORTS: &[&str] = &["80", "8080", "443", "0", "Any"];
+const P9_PROTOCOLS: &[&str] = &["TCP", "UDP", "tcp", "icmp", "Any"];
+const P9_NAMES: &[&str] = &["web", "db", "x", "http://x"];
+const P9_DESCRIBE: &[&str] = &[
+    "DescribeEipAddresses",
+    "DescribeNetworkInterfaces",
+    "DescribeNatGateways",
+    "DescribeSnatTableEntries",
+    "DescribeForwardTableEntries",
+    "DescribeEipGatewayInfo",
+];
+
+/// One operation of p9; `Index`es pick among what the state has when it runs.
+#[derive(Clone, Debug)]
+enum CloudOp {
+    /// Lab time moves on (ms; sometimes past the 7-day recovery window), and, if `true`, due
+    /// transitions end (else the next operations run at a time their state is behind).
+    Tick(u64, bool),
+    Transition(bool),
+    Allocate {
+        /// Recover: an address of the pool (released or not).
+        recover: Option<Index>,
+        bandwidth: u32,
+        random: u64,
+        charge: Option<&'static str>,
+    },
+    Release(Index),
+    Bandwidth(Index, u32),
+    /// `bind`: another bind type than the target's own.
+    Associate {
+        eip: Index,
+        target: Index,
+        bind: Option<Index>,
+        mode: usize,
+        private_ip: Option<u8>,
+    },
+    Batch {
+        eips: Vec<Index>,
+        target: Index,
+        bind: Option<Index>,
+        mode: usize,
+    },
+    Unassociate {
+        eip: Index,
+        force: bool,
+    },
+    Attach(Index, Index),
+    Detach(Index, Index),
+    Assign {
+        eni: Index,
+        hosts: Vec<u8>,
+        count: u32,
+    },
+    Unassign {
+        eni: Index,
+        hosts: Vec<u8>,
+    },
+    Run(Index, bool),
+    CreateSnat {
+        gateway: Index,
+        eips: Vec<Index>,
+        source: Index,
+        name: Option<Index>,
+    },
+    ModifySnat {
+        entry: Index,
+        eips: Option<Vec<Index>>,
+        name: Option<Index>,
+    },
+    DeleteSnat(Index),
+    /// `whole`: ports and protocol `Any` (a whole-IP mapping).
+    CreateForward {
+        gateway: Index,
+        external: Index,
+        internal: u8,
+        whole: bool,
+        ports: (Index, Index, Index),
+    },
+    ModifyForward {
+        entry: Index,
+        internal_port: Option<Index>,
+        protocol: Option<Index>,
+        external: Option<Index>,
+    },
+    DeleteForward(Index),
+    /// A query of the API.
+    Describe(Index, Index),
+}
+
+/// An operation, run on the model directly or through the API's handler (`DryRun` too).
+#[derive(Clone, Debug)]
+struct CloudStep {
+    op: CloudOp,
+    api: bool,
+    dry_run: bool,
+}
+
+fn p9_host() -> impl Strategy<Value = u8> {
+    0u8..16
+}
+
+/// NAT mostly, BINDED and MULTI_BINDED sometimes, as an index of `P9_MODES`.
+fn p9_mode() -> impl Strategy<Value = usize> {
+    prop_oneof![6 => Just(0usize), 1 => Just(1usize), 1 => Just(2usize)]
+}
+
+fn cloud_op() -> impl Strategy<Value = CloudOp> {
+    let i = any::<Index>;
+    let other_bind = || proptest::option::weighted(0.1, any::<Index>());
+    prop_oneof![
+        4 => (
+            prop_oneof![4 => 0u64..150, 1 => Just(8 * 86_400_000u64)],
+            prop::bool::weighted(0.6)
+        )
+            .prop_map(|(ms, settle)| CloudOp::Tick(ms, settle)),
+        1 => any::<bool>().prop_map(CloudOp::Transition),
+        3 => (
+            proptest::option::weighted(0.3, i()),
+            1u32..12,
+            any::<u64>(),
+            proptest::option::of(prop_oneof![Just("PayByBandwidth"), Just("PayByLcu")]),
+        )
+            .prop_map(|(recover, bandwidth, random, charge)| CloudOp::Allocate {
+                recover,
+                bandwidth,
+                random,
+                charge,
+            }),
+        2 => i().prop_map(CloudOp::Release),
+        2 => (i(), 0u32..8).prop_map(|(e, b)| CloudOp::Bandwidth(e, b)),
+        10 => (i(), i(), other_bind(), p9_mode(), proptest::option::weighted(0.3, p9_host()))
+            .prop_map(|(eip, target, bind, mode, private_ip)| CloudOp::Associate {
+                eip,
+                target,
+                bind,
+                mode,
+                private_ip,
+            }),
+        3 => (vec(i(), 0..4), i(), other_bind(), p9_mode()).prop_map(
+            |(eips, target, bind, mode)| CloudOp::Batch {
+                eips,
+                target,
+                bind,
+                mode,
+            }
+        ),
+        5 => (i(), any::<bool>()).prop_map(|(eip, force)| CloudOp::Unassociate { eip, force }),
+        2 => (i(), i()).prop_map(|(e, n)| CloudOp::Attach(e, n)),
+        2 => (i(), i()).prop_map(|(e, n)| CloudOp::Detach(e, n)),
+        2 => (i(), vec(p9_host(), 0..3), 0u32..3)
+            .prop_map(|(eni, hosts, count)| CloudOp::Assign { eni, hosts, count }),
+        2 => (i(), vec(p9_host(), 0..3)).prop_map(|(eni, hosts)| CloudOp::Unassign { eni, hosts }),
+        2 => (i(), any::<bool>()).prop_map(|(n, run)| CloudOp::Run(n, run)),
+        4 => (i(), vec(i(), 1..=2), i(), proptest::option::weighted(0.3, i())).prop_map(
+            |(gateway, eips, source, name)| CloudOp::CreateSnat {
+                gateway,
+                eips,
+                source,
+                name,
+            }
+        ),
+        2 => (i(), proptest::option::of(vec(i(), 1..3)), proptest::option::of(i()))
+            .prop_map(|(entry, eips, name)| CloudOp::ModifySnat { entry, eips, name }),
+        1 => i().prop_map(CloudOp::DeleteSnat),
+        4 => (i(), i(), p9_host(), prop::bool::weighted(0.3), (i(), i(), i())).prop_map(
+            |(gateway, external, internal, whole, ports)| CloudOp::CreateForward {
+                gateway,
+                external,
+                internal,
+                whole,
+                ports,
+            }
+        ),
+        2 => (
+            i(),
+            proptest::option::of(i()),
+            proptest::option::of(i()),
+            proptest::option::of(i()),
+        )
+            .prop_map(|(entry, internal_port, protocol, external)| {
+                CloudOp::ModifyForward {
+                    entry,
+                    internal_port,
+                    protocol,
+                    external,
+                }
+            }),
+        1 => i().prop_map(CloudOp::DeleteForward),
+        2 => (i(), i()).prop_map(|(a, t)| CloudOp::Describe(a, t)),
+    ]
+}
+
+fn cloud_step() -> impl Strategy<Value = CloudStep> {
+    (cloud_op(), any::<bool>(), prop::bool::weighted(0.2))
+        .prop_map(|(op, api, dry_run)| CloudStep { op, api, dry_run })
+}
+
+/// One of `items`, or now and then (one time in `8 * items.len() + 1`) `none`.
+fn pick_or<T: Clone>(items: &[T], i: Index, none: T) -> T {
+    let n = items.len();
+    let k = i.index(8 * n + 1);
+    if k == 8 * n {
+        none
+    } else {
+        items[k % n].clone()
+    }
+}
+
+fn word(words: &[&str], i: Index) -> String {
+    words[i.index(words.len())].to_string()
+}
+
+fn eip_addr(host: u8) -> Ipv4Addr {
+    ip(198, 51, 100, host)
+}
+
+fn private(host: u8) -> Ipv4Addr {
+    ip(10, 0, 1, host)
+}
+
+/// What an operation refers to, resolved against the state it runs on.
+struct Resolved {
+    eip_ids: Vec<String>,
+    eip_addrs: Vec<Ipv4Addr>,
+    /// (gateway, address) of the EIPs bound to a NAT gateway.
+    gateway_eips: Vec<(String, Ipv4Addr)>,
+    /// (ENI, instance) of the attached ENIs.
+    attached: Vec<(String, String)>,
+    snat_entries: Vec<(String, String)>,
+    forward_entries: Vec<(String, String)>,
+}
+
+impl Resolved {
+    fn of(c: &Cloud) -> Resolved {
+        Resolved {
+            eip_ids: c.eips.keys().cloned().collect(),
+            eip_addrs: c.eips.values().map(|e| e.address).collect(),
+            gateway_eips: c
+                .eips
+                .values()
+                .filter_map(|e| {
+                    let b = e.binding.as_ref()?;
+                    (b.bind_type == BindType::Nat).then(|| (b.instance_id.clone(), e.address))
+                })
+                .collect(),
+            attached: c
+                .enis
+                .values()
+                .filter_map(|e| Some((e.id.clone(), e.instance.clone()?)))
+                .collect(),
+            snat_entries: c
+                .snat_entries
+                .iter()
+                .map(|s| (s.id.clone(), s.nat_gateway.clone()))
+                .collect(),
+            forward_entries: c
+                .forward_entries
+                .iter()
+                .map(|f| (f.id.clone(), f.nat_gateway.clone()))
+                .collect(),
+        }
+    }
+
+    fn eip(&self, i: Index) -> String {
+        if self.eip_ids.is_empty() {
+            return "eip-none".into();
+        }
+        pick_or(&self.eip_ids, i, "eip-none".into())
+    }
+
+    /// An EIP's address, or an address of the pool that is no EIP's.
+    fn eip_addr(&self, i: Index) -> Ipv4Addr {
+        let none = (0..16)
+            .map(eip_addr)
+            .find(|a| !self.eip_addrs.contains(a))
+            .unwrap_or(ip(198, 51, 100, 200));
+        if self.eip_addrs.is_empty() {
+            return none;
+        }
+        pick_or(&self.eip_addrs, i, none)
+    }
+
+    /// The address of an EIP bound to `gateway` mostly, of any EIP now and then.
+    fn gateway_addr(&self, gateway: &str, i: Index) -> Ipv4Addr {
+        let on: Vec<Ipv4Addr> = self
+            .gateway_eips
+            .iter()
+            .filter(|(g, _)| g == gateway)
+            .map(|(_, a)| *a)
+            .collect();
+        if on.is_empty() {
+            return self.eip_addr(i);
+        }
+        pick_or(&on, i, self.eip_addr(i))
+    }
+
+    fn gateway_addrs(&self, gateway: &str, is: &[Index]) -> String {
+        is.iter()
+            .map(|&i| self.gateway_addr(gateway, i).to_string())
+            .collect::<Vec<_>>()
+            .join(",")
+    }
+
+    /// An entry's id and its gateway (a missing one on ngw-0).
+    fn entry(entries: &[(String, String)], i: Index, none: &str) -> (String, String) {
+        let missing = (none.to_string(), "ngw-0".to_string());
+        if entries.is_empty() {
+            return missing;
+        }
+        pick_or(entries, i, missing)
+    }
+}
+
+/// `Name.1`, `Name.2`, … for a repeated parameter.
+fn repeated(name: &str, values: impl IntoIterator<Item = String>) -> Vec<(String, String)> {
+    values
+        .into_iter()
+        .enumerate()
+        .map(|(k, v)| (format!("{name}.{}", k + 1), v))
+        .collect()
+}
+
+/// Runs one step on `c`: `Ok(Some(changes))` when a model method returned changes,
+/// `Ok(None)` when the step returns none (an API call, a setting), `Err(code)` when refused.
+fn p9_step(c: &mut Cloud, now: &mut u64, s: &CloudStep) -> Result<Option<Vec<Change>>, String> {
+    let r = Resolved::of(c);
+    let t = *now;
+    let mut p: Vec<(String, String)> = Vec::new();
+    let mut param = |k: &str, v: String| p.push((k.to_string(), v));
+    let model = |x: Result<Vec<Change>, CloudError>| x.map(Some).map_err(|e| e.code.to_string());
+    let action = match &s.op {
+        CloudOp::Tick(ms, settle) => {
+            *now += ms * 1_000_000;
+            return Ok(settle.then(|| c.handle_timeout(*now)));
+        }
+        CloudOp::Transition(on) => {
+            c.set_transition_ns(if *on { 100_000_000 } else { 0 });
+            return Ok(None);
+        }
+        CloudOp::Allocate {
+            recover,
+            bandwidth,
+            random,
+            charge,
+        } => {
+            let addr = recover.map(|i| eip_addr(i.index(16) as u8));
+            if !s.api {
+                let r = c.allocate_charged(t, P9_REGION, *bandwidth, addr, *random, *charge);
+                return model(r.map(|(_, ch)| ch));
+            }
+            param("Bandwidth", bandwidth.to_string());
+            if let Some(a) = addr {
+                param("IpAddress", a.to_string());
+            }
+            if let Some(ch) = charge {
+                param("InternetChargeType", ch.to_string());
+            }
+            "AllocateEipAddress"
+        }
+        CloudOp::Release(e) => {
+            let id = r.eip(*e);
+            if !s.api {
+                return model(c.release(t, &id));
+            }
+            param("AllocationId", id);
+            "ReleaseEipAddress"
+        }
+        CloudOp::Bandwidth(e, b) => {
+            let id = r.eip(*e);
+            if !s.api {
+                return model(c.set_bandwidth(&id, *b));
+            }
+            param("AllocationId", id);
+            if *b > 0 {
+                param("Bandwidth", b.to_string());
+            }
+            "ModifyEipAddressAttribute"
+        }
+        CloudOp::Associate {
+            eip,
+            target,
+            bind,
+            mode,
+            private_ip,
+        } => {
+            let id = r.eip(*eip);
+            let (target, own) = pick_or(P9_TARGETS, *target, ("x-none", "EcsInstance"));
+            let bind = bind.map_or(own, |b| pick_or(P9_BIND_TYPES, b, "Vpn"));
+            let mode = P9_MODES[*mode];
+            if !s.api {
+                let bind_type = eiplab::cloud::parse_bind_type(bind).map_err(|e| e.code)?;
+                let req = Associate {
+                    allocation_id: id,
+                    instance_id: target.into(),
+                    bind_type,
+                    mode: eiplab::cloud::parse_mode(mode).map_err(|e| e.code)?,
+                    private_ip: private_ip.map(private),
+                };
+                return model(c.associate(t, &req));
+            }
+            param("AllocationId", id);
+            param("InstanceId", target.into());
+            param("InstanceType", bind.into());
+            param("Mode", mode.into());
+            if let Some(h) = private_ip {
+                param("PrivateIpAddress", private(*h).to_string());
+            }
+            "AssociateEipAddress"
+        }
+        CloudOp::Batch {
+            eips,
+            target,
+            bind,
+            mode,
+        } => {
+            let ids: Vec<String> = eips.iter().map(|&e| r.eip(e)).collect();
+            let (target, own) = pick_or(P9_TARGETS, *target, ("x-none", "Nat"));
+            let bind = bind.map_or(own, |b| pick_or(P9_BIND_TYPES, b, "Vpn"));
+            let mode = P9_MODES[*mode];
+            if !s.api {
+                let bind_type = eiplab::cloud::parse_bind_type(bind).map_err(|e| e.code)?;
+                let mode = eiplab::cloud::parse_mode(mode).map_err(|e| e.code)?;
+                // On a settled state, the batch does what associating its EIPs one by one on a
+                // copy does (the way the model made batches before it checked them all first).
+                let settled = c.poll_timeout().is_none_or(|d| d > t);
+                let reference = settled.then(|| batch_by_copy(c, t, &ids, target, bind_type, mode));
+                let r = c.associate_batch(t, &ids, target, bind_type, mode);
+                match (&reference, &r) {
+                    (Some(Ok(want)), Ok(_)) => assert!(want == c, "the batch made another state"),
+                    (Some(Err(want)), Err(e)) => assert_eq!(*want, e.code, "{}", e.message),
+                    (Some(want), _) => panic!("the batch gave {r:?}, one by one gave {want:?}"),
+                    (None, _) => {}
+                }
+                return model(r);
+            }
+            for (k, v) in repeated("InstanceIds", ids) {
+                param(&k, v);
+            }
+            param("BindedInstanceId", target.into());
+            param("BindedInstanceType", bind.into());
+            param("Mode", mode.into());
+            "AssociateEipAddressBatch"
+        }
+        CloudOp::Unassociate { eip, force } => {
+            let id = r.eip(*eip);
+            if !s.api {
+                return model(c.unassociate(t, &id, *force));
+            }
+            param("AllocationId", id);
+            if *force {
+                param("Force", "true".into());
+            }
+            "UnassociateEipAddress"
+        }
+        CloudOp::Attach(e, n) | CloudOp::Detach(e, n) => {
+            let attach = matches!(s.op, CloudOp::Attach(..));
+            let eni = pick_or(P9_ENIS, *e, "eni-none");
+            let mut inst = pick_or(P9_INSTANCES, *n, "i-none");
+            // Mostly from the instance it is attached to.
+            if let Some((_, own)) = r.attached.iter().find(|(x, _)| x == eni) {
+                if !attach && n.index(4) != 0 {
+                    inst = own.as_str();
+                }
+            }
+            if !s.api {
+                return model(if attach {
+                    c.attach_eni(eni, inst)
+                } else {
+                    c.detach_eni(eni, inst)
+                });
+            }
+            param("NetworkInterfaceId", eni.into());
+            param("InstanceId", inst.into());
+            if attach {
+                "AttachNetworkInterface"
+            } else {
+                "DetachNetworkInterface"
+            }
+        }
+        CloudOp::Assign { eni, hosts, count } => {
+            let eni = pick_or(P9_ENIS, *eni, "eni-none");
+            let ips: Vec<Ipv4Addr> = hosts.iter().map(|&h| private(h)).collect();
+            if !s.api {
+                return model(c.assign_private_ips(eni, &ips, *count).map(|(_, ch)| ch));
+            }
+            param("NetworkInterfaceId", eni.into());
+            for (k, v) in repeated("PrivateIpAddress", ips.iter().map(|a| a.to_string())) {
+                param(&k, v);
+            }
+            if *count > 0 {
+                param("SecondaryPrivateIpAddressCount", count.to_string());
+            }
+            "AssignPrivateIpAddresses"
+        }
+        CloudOp::Unassign { eni, hosts } => {
+            let eni = pick_or(P9_ENIS, *eni, "eni-none");
+            let ips: Vec<Ipv4Addr> = hosts.iter().map(|&h| private(h)).collect();
+            if !s.api {
+                return model(c.unassign_private_ips(eni, &ips));
+            }
+            param("NetworkInterfaceId", eni.into());
+            for (k, v) in repeated("PrivateIpAddress", ips.iter().map(|a| a.to_string())) {
+                param(&k, v);
+            }
+            "UnassignPrivateIpAddresses"
+        }
+        CloudOp::Run(n, run) => {
+            let inst = pick_or(P9_INSTANCES, *n, "i-none");
+            if !s.api {
+                return model(c.set_running(t, inst, *run));
+            }
+            param("InstanceId", inst.into());
+            if *run {
+                "StartInstance"
+            } else {
+                "StopInstance"
+            }
+        }
+        CloudOp::CreateSnat {
+            gateway,
+            eips,
+            source,
+            name,
+        } => {
+            let gateway = pick_or(P9_GATEWAYS, *gateway, "ngw-none");
+            let table = format!("stb-{gateway}");
+            let (cidr, vswitch) = P9_SOURCES[source.index(P9_SOURCES.len())];
+            let spec = SnatSpec {
+                snat_ip: Some(r.gateway_addrs(gateway, eips)),
+                source_cidr: cidr.map(Into::into),
+                source_vswitch: vswitch.map(Into::into),
+                name: name.map(|n| word(P9_NAMES, n)),
+            };
+            if !s.api {
+                return model(
+                    c.create_snat_entry(P9_REGION, &table, &spec)
+                        .map(|(_, ch)| ch),
+                );
+            }
+            param("SnatTableId", table);
+            param("SnatIp", spec.snat_ip.unwrap());
+            if let Some(v) = spec.source_cidr {
+                param("SourceCIDR", v);
+            }
+            if let Some(v) = spec.source_vswitch {
+                param("SourceVSwitchId", v);
+            }
+            if let Some(v) = spec.name {
+                param("SnatEntryName", v);
+            }
+            "CreateSnatEntry"
+        }
+        CloudOp::ModifySnat { entry, eips, name } => {
+            let (id, gateway) = Resolved::entry(&r.snat_entries, *entry, "snat-none");
+            let table = format!("stb-{gateway}");
+            let spec = SnatSpec {
+                snat_ip: eips.as_ref().map(|e| r.gateway_addrs(&gateway, e)),
+                name: name.map(|n| word(P9_NAMES, n)),
+                ..SnatSpec::default()
+            };
+            if !s.api {
+                return model(c.modify_snat_entry(P9_REGION, &table, &id, &spec));
+            }
+            param("SnatTableId", table);
+            param("SnatEntryId", id);
+            if let Some(v) = spec.snat_ip {
+                param("SnatIp", v);
+            }
+            if let Some(v) = spec.name {
+                param("SnatEntryName", v);
+            }
+            "ModifySnatEntry"
+        }
+        CloudOp::DeleteSnat(entry) => {
+            let (id, gateway) = Resolved::entry(&r.snat_entries, *entry, "snat-none");
+            let table = format!("stb-{gateway}");
+            if !s.api {
+                return model(c.delete_snat_entry(P9_REGION, &table, &id));
+            }
+            param("SnatTableId", table);
+            param("SnatEntryId", id);
+            "DeleteSnatEntry"
+        }
+        CloudOp::CreateForward {
+            gateway,
+            external,
+            internal,
+            whole,
+            ports: (ext, int, proto),
+        } => {
+            let gateway = pick_or(P9_GATEWAYS, *gateway, "ngw-none");
+            let table = format!("ftb-{gateway}");
+            let (ext, int, proto) = if *whole {
+                ("Any".into(), "Any".into(), "Any".into())
+            } else {
+                (
+                    word(P9_PORTS, *ext),
+                    word(P9_PORTS, *int),
+                    word(P9_PROTOCOLS, *proto),
+                )
+            };
+            let spec = ForwardSpec {
+                external_ip: Some(r.gateway_addr(gateway, *external).to_string()),
+                external_port: Some(ext),
+                internal_ip: Some(private(*internal).to_string()),
+                internal_port: Some(int),
+                ip_protocol: Some(proto),
+                name: None,
+            };
+            if !s.api {
+                return model(
+                    c.create_forward_entry(P9_REGION, &table, &spec)
+                        .map(|(_, ch)| ch),
+                );
+            }
+            param("ForwardTableId", table);
+            for (k, v) in forward_params(spec) {
+                param(k, v);
+            }
+            "CreateForwardEntry"
+        }
+        CloudOp::ModifyForward {
+            entry,
+            internal_port,
+            protocol,
+            external,
+        } => {
+            let (id, gateway) = Resolved::entry(&r.forward_entries, *entry, "fwd-none");
+            let table = format!("ftb-{gateway}");
+            let spec = ForwardSpec {
+                external_ip: external.map(|i| r.gateway_addr(&gateway, i).to_string()),
+                internal_port: internal_port.map(|i| word(P9_PORTS, i)),
+                ip_protocol: protocol.map(|i| word(P9_PROTOCOLS, i)),
+                ..ForwardSpec::default()
+            };
+            if !s.api {
+                return model(c.modify_forward_entry(P9_REGION, &table, &id, &spec));
+            }
+            param("ForwardTableId", table);
+            param("ForwardEntryId", id);
+            for (k, v) in forward_params(spec) {
+                param(k, v);
+            }
+            "ModifyForwardEntry"
+        }
+        CloudOp::DeleteForward(entry) => {
+            let (id, gateway) = Resolved::entry(&r.forward_entries, *entry, "fwd-none");
+            let table = format!("ftb-{gateway}");
+            if !s.api {
+                return model(c.delete_forward_entry(P9_REGION, &table, &id));
+            }
+            param("ForwardTableId", table);
+            param("ForwardEntryId", id);
+            "DeleteForwardEntry"
+        }
+        CloudOp::Describe(a, target) => {
+            param("InstanceId", pick_or(P9_ENIS, *target, "eni-none").into());
+            P9_DESCRIBE[a.index(P9_DESCRIBE.len())]
+        }
+    };
+    if s.dry_run {
+        param("DryRun", "true".into());
+    }
+    let params: Params = p.into_iter().collect();
+    Action::find(action)
+        .expect("served")
+        .run(c, t, &params)
+        .map(|_| None)
+        .map_err(|e| e.code)
+}
+
+/// AssociateEipAddressBatch as associations one by one on a copy of the state, kept if all
+/// pass: the new state or the first refusal's code.
+fn batch_by_copy(
+    c: &Cloud,
+    now: u64,
+    ids: &[String],
+    instance_id: &str,
+    bind_type: BindType,
+    mode: AssociationMode,
+) -> Result<Cloud, &'static str> {
+    if !matches!(bind_type, BindType::Nat | BindType::NetworkInterface) {
+        return Err("InvalidInstanceType.ValueNotSupported");
+    }
+    if bind_type == BindType::NetworkInterface && c.enis.get(instance_id).is_some_and(|e| e.primary)
+    {
+        return Err("Invalid.DirectEip.BindType");
+    }
+    let mut trial = c.clone();
+    for id in ids {
+        let private_ip = if bind_type == BindType::NetworkInterface && mode == AssociationMode::Nat
+        {
+            let eni = trial
+                .enis
+                .get(instance_id)
+                .ok_or("InvalidInstanceId.NotFound")?;
+            let on_eni = |b: &eiplab::cloud::Binding| match b.bind_type {
+                BindType::NetworkInterface => b.instance_id == eni.id,
+                BindType::EcsInstance => {
+                    eni.primary && eni.instance.as_ref() == Some(&b.instance_id)
+                }
+                _ => false,
+            };
+            eni.private_ips.iter().copied().find(|ip| {
+                !trial.eips.values().any(|e| {
+                    e.binding
+                        .as_ref()
+                        .is_some_and(|b| on_eni(b) && b.private_ip == Some(*ip))
+                })
+            })
+        } else {
+            None
+        };
+        let req = Associate {
+            allocation_id: id.clone(),
+            instance_id: instance_id.to_string(),
+            bind_type,
+            mode,
+            private_ip,
+        };
+        trial.associate(now, &req).map_err(|e| e.code)?;
+    }
+    Ok(trial)
+}
+
+fn forward_params(spec: ForwardSpec) -> Vec<(&'static str, String)> {
+    [
+        ("ExternalIp", spec.external_ip),
+        ("ExternalPort", spec.external_port),
+        ("InternalIp", spec.internal_ip),
+        ("InternalPort", spec.internal_port),
+        ("IpProtocol", spec.ip_protocol),
+    ]
+    .into_iter()
+    .filter_map(|(k, v)| Some((k, v?)))
+    .collect()
+}
+
+proptest! {
+    #![proptest_config(ProptestConfig::with_cases(cases()))]
+
+    /// p9: random operations on the cloud model, directly and through the API's handlers
+    /// (`DryRun` too): a refused one leaves the state as it was (equal to a copy taken before
+    /// it) and records nothing; one that changed the state recorded something, one that did
+    /// not recorded nothing; and what a model method returns is what it recorded.
+    #[test]
+    fn p9_the_model_records_every_change_and_refuses_without_changing(
+        transitions in any::<bool>(),
+        steps in vec(cloud_step(), 1..60),
+    ) {
+        let mut now = 1_000 * 1_000_000_000;
+        let mut c = p9_cloud(if transitions { 100_000_000 } else { 0 }, now);
+        for s in &steps {
+            let before = c.clone();
+            let r = p9_step(&mut c, &mut now, s);
+            let record = c.take_changes();
+            match r {
+                Err(code) => {
+                    prop_assert!(c == before, "{:?} was refused ({}) yet changed the state", s, code);
+                    prop_assert!(
+                        record.is_empty(),
+                        "{:?} was refused ({}) yet recorded {:?}", s, code, record
+                    );
+                }
+                Ok(returned) => {
+                    let changed = c != before;
+                    prop_assert_eq!(
+                        changed,
+                        !record.is_empty(),
+                        "{:?}: changed the state: {}; recorded {:?}", s, changed, record
+                    );
+                    if let Some(returned) = returned {
+                        prop_assert_eq!(&returned, &record, "{:?} returns what it recorded", s);
+                    }
+                }
             }
         }
     }

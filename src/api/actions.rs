@@ -1,8 +1,10 @@
 //! The actions the API serves, in one registry shared by the server and the CLI: each with
 //! its name, its product's API version (a call naming another version is refused with the
 //! cloud's `InvalidVersion`) and its handler. A handler reads and checks its parameters before
-//! it changes the model, and runs inside [`crate::control::ControlPlane::transact`], which
-//! puts the model back if it fails.
+//! it changes the model, and changes it with one call of the model (which checks every rule
+//! before it changes anything), so a handler that fails has changed nothing: it runs inside
+//! [`crate::control::ControlPlane::transact`], which does not undo anything but saves what the
+//! model records.
 
 use super::server::{invalid, missing, ApiError};
 use crate::cloud::nat::{forward_table_id, snat_table_id, ForwardSpec, SnatSpec};
@@ -234,10 +236,7 @@ fn allocate_eip_address(c: &mut Cloud, x: &mut Call<'_>) -> Result<(), ApiError>
         }
         _ => None,
     };
-    let (id, _) = c.allocate(now, region, bandwidth, ip, rand::random())?;
-    if let (Some(t), Some(e)) = (charge, c.eips.get_mut(&id)) {
-        e.internet_charge_type = t.to_string();
-    }
+    let (id, _) = c.allocate_charged(now, region, bandwidth, ip, rand::random(), charge)?;
     let e = &c.eips[&id];
     out.insert("AllocationId".into(), json!(id));
     out.insert("EipAddress".into(), json!(e.address.to_string()));
@@ -867,18 +866,20 @@ fn given(p: &Params, name: &str) -> Option<String> {
 // the parameters under the SDKs' names. Entries are Available at once (see `cloud::nat`), as
 // DescribeSnatTableEntries and DescribeForwardTableEntries answer them.
 
+/// Whether the call asks for `DryRun`: the model's `check_*` then runs every rule and changes
+/// nothing, and the call ends with [`dry_run_passed`].
+fn dry_run(p: &Params) -> bool {
+    truthy(p, "DryRun")
+}
+
 /// `DryRun=true` on a call whose checks all passed: the cloud answers `DryRunOperation` and
-/// makes nothing. The change already made on the model is undone by `transact`, which puts the
-/// model back when a handler fails.
-fn dry_run_passed(p: &Params) -> Result<(), ApiError> {
-    if truthy(p, "DryRun") {
-        return Err(ApiError {
-            code: "DryRunOperation".into(),
-            status: 400,
-            message: "Request validation has been passed with DryRun flag set.".into(),
-        });
+/// makes nothing.
+fn dry_run_passed() -> ApiError {
+    ApiError {
+        code: "DryRunOperation".into(),
+        status: 400,
+        message: "Request validation has been passed with DryRun flag set.".into(),
     }
-    Ok(())
 }
 
 fn create_snat_entry(c: &mut Cloud, x: &mut Call<'_>) -> Result<(), ApiError> {
@@ -890,8 +891,11 @@ fn create_snat_entry(c: &mut Cloud, x: &mut Call<'_>) -> Result<(), ApiError> {
         source_cidr: given(p, "SourceCIDR"),
         name: given(p, "SnatEntryName"),
     };
+    if dry_run(p) {
+        c.check_create_snat_entry(&x.region, table, &spec)?;
+        return Err(dry_run_passed());
+    }
     let (id, _) = c.create_snat_entry(&x.region, table, &spec)?;
-    dry_run_passed(p)?;
     x.out.insert("SnatEntryId".into(), json!(id));
     Ok(())
 }
@@ -905,8 +909,11 @@ fn modify_snat_entry(c: &mut Cloud, x: &mut Call<'_>) -> Result<(), ApiError> {
         name: given(p, "SnatEntryName"),
         ..SnatSpec::default()
     };
+    if dry_run(p) {
+        c.check_modify_snat_entry(&x.region, table, id, &spec)?;
+        return Err(dry_run_passed());
+    }
     c.modify_snat_entry(&x.region, table, id, &spec)?;
-    dry_run_passed(p)?;
     Ok(())
 }
 
@@ -942,8 +949,11 @@ fn create_forward_entry(c: &mut Cloud, x: &mut Call<'_>) -> Result<(), ApiError>
     ] {
         need(p, name)?;
     }
+    if dry_run(p) {
+        c.check_create_forward_entry(&x.region, table, &forward_spec(p))?;
+        return Err(dry_run_passed());
+    }
     let (id, _) = c.create_forward_entry(&x.region, table, &forward_spec(p))?;
-    dry_run_passed(p)?;
     x.out.insert("ForwardEntryId".into(), json!(id));
     Ok(())
 }
@@ -952,8 +962,11 @@ fn modify_forward_entry(c: &mut Cloud, x: &mut Call<'_>) -> Result<(), ApiError>
     let p = x.p;
     let table = need(p, "ForwardTableId")?;
     let id = need(p, "ForwardEntryId")?;
+    if dry_run(p) {
+        c.check_modify_forward_entry(&x.region, table, id, &forward_spec(p))?;
+        return Err(dry_run_passed());
+    }
     c.modify_forward_entry(&x.region, table, id, &forward_spec(p))?;
-    dry_run_passed(p)?;
     Ok(())
 }
 

@@ -97,7 +97,7 @@ impl Api {
 
     /// Runs one signed call: the signature, timestamp and nonce are checked first, then the
     /// action runs on the model through [`ControlPlane::transact`] (committed before this
-    /// returns, rolled back if refused).
+    /// returns; a refused call has changed nothing).
     pub fn call(&self, parts: &RequestParts) -> Result<Value, ApiError> {
         let now_s = unix_now();
         let call = {

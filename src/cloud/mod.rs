@@ -422,22 +422,86 @@ pub struct LoadBalancer {
     pub vpc: bool,
 }
 
-/// What a change does to the dataplane; the shell rebuilds the table and, in the lab,
-/// reconfigures guests. `NatEntries`: a gateway's SNAT or DNAT entries were created, modified or
-/// deleted.
+/// One change of the cloud's state, as the model records it ([`Cloud::take_changes`]) and as
+/// its mutating methods return it: what the shell must save, and what it means for the
+/// dataplane (the shell rebuilds the table and, in the lab, reconfigures guests).
+/// `NatEntries`: a gateway's SNAT or DNAT entries were created, modified or deleted.
+///
+/// Every change of the state has a record, including those the dataplane does not see, so
+/// that "the record is empty" means "the state is as it was": counters that number new things
+/// (dataplane slots, ENI and instance indexes, EIP and entry serials) move only with the
+/// change that takes the number (`EipAllocated`, `EniAdded`, `InstanceAdded`, `NatEntries`).
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub enum Change {
-    EipMapped { allocation_id: String },
-    EipUnmapped { allocation_id: String },
-    EipAllocated { allocation_id: String },
-    EipReleased { allocation_id: String },
-    BandwidthChanged { allocation_id: String },
-    EniAttached { eni_id: String },
-    EniDetached { eni_id: String },
-    EniAddresses { eni_id: String },
-    InstanceStatus { instance_id: String },
-    NatEntries { nat_gateway: String },
+    EipMapped {
+        allocation_id: String,
+    },
+    EipUnmapped {
+        allocation_id: String,
+    },
+    /// An EIP started Associating or Unassociating: its status, binding and deadline changed
+    /// but not yet its dataplane (`EipMapped` / `EipUnmapped` follow when it ends). A change of
+    /// state of its own, since the transition outlives the call and must be saved.
+    EipTransition {
+        allocation_id: String,
+    },
+    EipAllocated {
+        allocation_id: String,
+    },
+    EipReleased {
+        allocation_id: String,
+    },
+    /// A released EIP's 7-day recovery window ended: it left the list of recoverable EIPs.
+    /// Nothing in the dataplane, but the saved state changes.
+    RecoveryExpired {
+        allocation_id: String,
+    },
+    BandwidthChanged {
+        allocation_id: String,
+    },
+    EniAttached {
+        eni_id: String,
+    },
+    EniDetached {
+        eni_id: String,
+    },
+    EniAddresses {
+        eni_id: String,
+    },
+    InstanceStatus {
+        instance_id: String,
+    },
+    NatEntries {
+        nat_gateway: String,
+    },
+    /// The lab added a vSwitch, an instance or an ENI ([`Cloud::add_vswitch`],
+    /// [`Cloud::add_instance`], [`Cloud::add_eni`]): the API creates none, so no other
+    /// variant says so.
+    VSwitchAdded {
+        vswitch_id: String,
+    },
+    InstanceAdded {
+        instance_id: String,
+    },
+    EniAdded {
+        eni_id: String,
+    },
+    /// The cloud's [`Settings`] changed ([`Cloud::set_transition_ns`]): no resource did.
+    Settings,
 }
+
+/// The changes made since the record was last taken ([`Cloud::take_changes`]). Not part of
+/// the state: it is not saved, and two clouds that differ only in their records are equal.
+#[derive(Clone, Debug, Default)]
+struct Journal(Vec<Change>);
+
+impl PartialEq for Journal {
+    fn eq(&self, _: &Journal) -> bool {
+        true
+    }
+}
+
+impl Eq for Journal {}
 
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Settings {
@@ -489,6 +553,9 @@ pub struct Cloud {
     /// starts from 0; a number whose id is taken is skipped).
     #[serde(default)]
     next_entry_serial: u64,
+    /// What changed since [`Cloud::take_changes`] last took it.
+    #[serde(skip)]
+    journal: Journal,
 }
 
 /// AssociateEipAddress's parameters.
@@ -506,6 +573,39 @@ fn not_found_eip(id: &str) -> CloudError {
         "InvalidAllocationId.NotFound",
         404,
         format!("no EIP {id} in this region: check the AllocationId (DescribeEipAddresses)"),
+    )
+}
+
+/// Bindings a batch has checked and not yet made, by allocation id: each of an EIP that is
+/// Available (so without a binding) in the state.
+type Pending = [(String, Binding)];
+
+fn is_pending(pending: &Pending, id: &str) -> bool {
+    pending.iter().any(|(p, _)| p == id)
+}
+
+/// An EIP that is not Available: bound (or binding, or unbinding) already.
+fn bound_already(id: &str, status: EipStatus, binding: Option<&Binding>) -> CloudError {
+    CloudError::bad(
+        "IncorrectEipStatus",
+        format!(
+            "EIP {id} is {} (bound to {}): an EIP is bound to one resource at a time; \
+             unassociate it first",
+            status.api_name(),
+            binding.map_or("-", |b| b.instance_id.as_str())
+        ),
+    )
+}
+
+/// An EIP in a transition: only queries until it settles.
+fn task_conflict(id: &str, status: EipStatus) -> CloudError {
+    CloudError::bad(
+        "TaskConflict",
+        format!(
+            "EIP {id} is {}: only queries are allowed until it settles; poll \
+             DescribeEipAddresses",
+            status.api_name()
+        ),
     )
 }
 
@@ -548,35 +648,89 @@ impl Cloud {
             next_instance_index: 0,
             next_eip_serial: 0,
             next_entry_serial: 0,
+            journal: Journal::default(),
         }
     }
 
+    /// Takes the record of what changed since it was last taken, leaving it empty.
+    ///
+    /// Every method that changes the state records what it changes, and changes nothing when
+    /// it fails (each checks everything before it changes anything); a query records nothing.
+    /// So an empty record means the state is as it was, and a refused call needs no undoing.
+    /// Code outside the model that writes the public fields directly (the lab building its
+    /// cloud, tests) is not recorded: do that only before the cloud is handed to the control
+    /// plane, which saves and publishes its first state whole.
+    pub fn take_changes(&mut self) -> Vec<Change> {
+        core::mem::take(&mut self.journal.0)
+    }
+
+    fn record(&mut self, c: Change) {
+        self.journal.0.push(c);
+    }
+
+    /// Where the record is now, for [`Cloud::changes_since`].
+    fn mark(&self) -> usize {
+        self.journal.0.len()
+    }
+
+    /// What a method recorded since `mark`: what it returns to its caller.
+    fn changes_since(&self, mark: usize) -> Vec<Change> {
+        self.journal.0[mark..].to_vec()
+    }
+
+    /// Sets how long Associating/Unassociating and Starting/Stopping last, for the
+    /// transitions that start from now on.
+    pub fn set_transition_ns(&mut self, ns: u64) {
+        if self.settings.transition_ns != ns {
+            self.settings.transition_ns = ns;
+            self.record(Change::Settings);
+        }
+    }
+
+    /// Adds (or replaces) a vSwitch.
     pub fn add_vswitch(&mut self, v: VSwitch) {
-        self.vswitches.insert(v.id.clone(), v);
+        let id = v.id.clone();
+        if self.vswitches.get(&id) != Some(&v) {
+            self.vswitches.insert(id.clone(), v);
+            self.record(Change::VSwitchAdded { vswitch_id: id });
+        }
     }
 
     /// Adds an instance; `index` is assigned here.
     pub fn add_instance(&mut self, mut i: Instance) {
         i.index = self.next_instance_index;
         self.next_instance_index += 1;
-        self.instances.insert(i.id.clone(), i);
+        let id = i.id.clone();
+        self.instances.insert(id.clone(), i);
+        self.record(Change::InstanceAdded { instance_id: id });
     }
 
     /// Adds an ENI; `index` is assigned here.
     pub fn add_eni(&mut self, mut e: Eni) {
         e.index = self.next_eni_index;
         self.next_eni_index += 1;
-        self.enis.insert(e.id.clone(), e);
+        let id = e.id.clone();
+        self.enis.insert(id.clone(), e);
+        self.record(Change::EniAdded { eni_id: id });
     }
 
     /// Adds an EIP as the lab file declares it (Available).
     pub fn add_eip(&mut self, now: u64, allocation_id: &str, address: Ipv4Addr, bandwidth: u32) {
         let region = self.settings.region.clone();
-        self.insert_eip(now, allocation_id, address, &region, bandwidth);
+        self.insert_eip(now, allocation_id, address, &region, bandwidth, None);
     }
 
-    /// A new Available EIP with the next dataplane slot.
-    fn insert_eip(&mut self, now: u64, id: &str, address: Ipv4Addr, region: &str, bandwidth: u32) {
+    /// A new Available EIP with the next dataplane slot (charged `PayByTraffic` unless
+    /// `charge_type` says otherwise).
+    fn insert_eip(
+        &mut self,
+        now: u64,
+        id: &str,
+        address: Ipv4Addr,
+        region: &str,
+        bandwidth: u32,
+        charge_type: Option<&str>,
+    ) {
         let slot = self.next_slot;
         self.next_slot += 1;
         self.eips.insert(
@@ -586,7 +740,7 @@ impl Cloud {
                 address,
                 region: region.to_string(),
                 bandwidth,
-                internet_charge_type: "PayByTraffic".into(),
+                internet_charge_type: charge_type.unwrap_or("PayByTraffic").into(),
                 status: EipStatus::Available,
                 allocated_at: now,
                 binding: None,
@@ -594,6 +748,9 @@ impl Cloud {
                 slot,
             },
         );
+        self.record(Change::EipAllocated {
+            allocation_id: id.to_string(),
+        });
     }
 
     fn address_taken(&self, a: Ipv4Addr) -> bool {
@@ -611,24 +768,40 @@ impl Cloud {
         ip: Option<Ipv4Addr>,
         random: u64,
     ) -> Result<(String, Vec<Change>), CloudError> {
-        self.expire_released(now);
-        let (address, bandwidth, id) = match ip {
+        self.allocate_charged(now, region, bandwidth, ip, random, None)
+    }
+
+    /// [`Cloud::allocate`] with AllocateEipAddress's `InternetChargeType` for a new EIP (a
+    /// recovered one keeps `PayByTraffic`, its own). Checks everything, then ends the recovery
+    /// windows that are over and makes the EIP.
+    pub fn allocate_charged(
+        &mut self,
+        now: u64,
+        region: &str,
+        bandwidth: u32,
+        ip: Option<Ipv4Addr>,
+        random: u64,
+        charge_type: Option<&str>,
+    ) -> Result<(String, Vec<Change>), CloudError> {
+        // The released EIPs still recoverable at `now` (the others go below, once it passed).
+        let recoverable = |r: &ReleasedEip| Self::recoverable(r, now);
+        let address = match ip {
             Some(a) => {
-                let pos = self
+                if !self
                     .released
                     .iter()
-                    .position(|r| r.address == a && r.region == region)
-                    .ok_or_else(|| {
-                        CloudError::new(
-                            "InvalidAllocationId.NotFound",
-                            404,
-                            format!(
-                                "{a} is not a released EIP of {region} that can be recovered: \
-                                 only addresses released in the last 7 days and not taken \
-                                 again come back"
-                            ),
-                        )
-                    })?;
+                    .any(|r| recoverable(r) && r.address == a && r.region == region)
+                {
+                    return Err(CloudError::new(
+                        "InvalidAllocationId.NotFound",
+                        404,
+                        format!(
+                            "{a} is not a released EIP of {region} that can be recovered: \
+                             only addresses released in the last 7 days and not taken \
+                             again come back"
+                        ),
+                    ));
+                }
                 if self.address_taken(a) {
                     return Err(CloudError::new(
                         "InvalidAllocationId.NotFound",
@@ -636,17 +809,30 @@ impl Cloud {
                         format!("{a} has been taken again and cannot be recovered"),
                     ));
                 }
+                a
+            }
+            None => self.random_free(now, random).ok_or_else(|| {
+                CloudError::bad(
+                    "QuotaExceeded.Eip",
+                    "the lab's EIP pool has no free address: release an EIP or widen \
+                     [internet] eip_pool",
+                )
+            })?,
+        };
+        // Checked: from here on it changes the state.
+        let mark = self.mark();
+        self.expire_released(now);
+        let (bandwidth, id, charge_type) = match ip {
+            Some(a) => {
+                let pos = self
+                    .released
+                    .iter()
+                    .position(|r| r.address == a && r.region == region)
+                    .expect("checked above");
                 let r = self.released.remove(pos);
-                (a, RECOVERED_BANDWIDTH, r.allocation_id)
+                (RECOVERED_BANDWIDTH, r.allocation_id, None)
             }
             None => {
-                let a = self.random_free(random).ok_or_else(|| {
-                    CloudError::bad(
-                        "QuotaExceeded.Eip",
-                        "the lab's EIP pool has no free address: release an EIP or widen \
-                         [internet] eip_pool",
-                    )
-                })?;
                 let mut id;
                 loop {
                     self.next_eip_serial += 1;
@@ -658,14 +844,19 @@ impl Cloud {
                         break;
                     }
                 }
-                (a, bandwidth, id)
+                (bandwidth, id, charge_type)
             }
         };
-        self.insert_eip(now, &id, address, region, bandwidth);
-        Ok((id.clone(), vec![Change::EipAllocated { allocation_id: id }]))
+        self.insert_eip(now, &id, address, region, bandwidth, charge_type);
+        Ok((id, self.changes_since(mark)))
     }
 
-    fn random_free(&self, random: u64) -> Option<Ipv4Addr> {
+    /// Whether a released EIP can still be recovered at `now`.
+    fn recoverable(r: &ReleasedEip, now: u64) -> bool {
+        now.saturating_sub(r.released_at) <= RECOVERY_WINDOW_NS
+    }
+
+    fn random_free(&self, now: u64, random: u64) -> Option<Ipv4Addr> {
         let mut candidates = 0u64;
         for &(_, len) in &self.settings.eip_pool {
             candidates += 1u64 << (32 - len as u32);
@@ -682,7 +873,10 @@ impl Cloud {
                     let a = Ipv4Addr::from(u32::from(net).wrapping_add(i as u32));
                     // Not the network, broadcast or the pool's gateway (two below broadcast).
                     let usable = size < 4 || (i != 0 && i + 1 != size && i + 3 != size);
-                    let recoverable = self.released.iter().any(|r| r.address == a);
+                    let recoverable = self
+                        .released
+                        .iter()
+                        .any(|r| r.address == a && Self::recoverable(r, now));
                     if usable && !recoverable && !self.address_taken(a) {
                         return Some(a);
                     }
@@ -694,22 +888,27 @@ impl Cloud {
         None
     }
 
+    /// Forgets the released EIPs whose recovery window is over at `now`.
     fn expire_released(&mut self, now: u64) {
-        self.released
-            .retain(|r| now.saturating_sub(r.released_at) <= RECOVERY_WINDOW_NS);
+        if self.released.iter().all(|r| Self::recoverable(r, now)) {
+            return;
+        }
+        let (keep, gone): (Vec<ReleasedEip>, Vec<ReleasedEip>) =
+            core::mem::take(&mut self.released)
+                .into_iter()
+                .partition(|r| Self::recoverable(r, now));
+        self.released = keep;
+        for r in gone {
+            self.record(Change::RecoveryExpired {
+                allocation_id: r.allocation_id,
+            });
+        }
     }
 
     fn eip_for_change(&self, id: &str) -> Result<&Eip, CloudError> {
         let e = self.eips.get(id).ok_or_else(|| not_found_eip(id))?;
         if matches!(e.status, EipStatus::Associating | EipStatus::Unassociating) {
-            return Err(CloudError::bad(
-                "TaskConflict",
-                format!(
-                    "EIP {id} is {}: only queries are allowed until it settles; poll \
-                     DescribeEipAddresses",
-                    e.status.api_name()
-                ),
-            ));
+            return Err(task_conflict(id, e.status));
         }
         Ok(e)
     }
@@ -723,6 +922,7 @@ impl Cloud {
                 format!("EIP {id} is {}: unassociate it first", e.status.api_name()),
             ));
         }
+        let mark = self.mark();
         let e = self.eips.remove(id).expect("checked above");
         self.released.push(ReleasedEip {
             allocation_id: e.allocation_id,
@@ -730,12 +930,14 @@ impl Cloud {
             region: e.region,
             released_at: now,
         });
-        Ok(vec![Change::EipReleased {
+        self.record(Change::EipReleased {
             allocation_id: id.to_string(),
-        }])
+        });
+        Ok(self.changes_since(mark))
     }
 
-    /// ModifyEipAddressAttribute `Bandwidth`: the policer follows at once.
+    /// ModifyEipAddressAttribute `Bandwidth`: the policer follows at once. The same bandwidth
+    /// again changes nothing (and records nothing).
     pub fn set_bandwidth(&mut self, id: &str, mbps: u32) -> Result<Vec<Change>, CloudError> {
         if mbps == 0 {
             return Err(CloudError::bad(
@@ -743,27 +945,45 @@ impl Cloud {
                 "Bandwidth must be at least 1 Mbit/s",
             ));
         }
-        self.eip_for_change(id)?;
-        self.eips.get_mut(id).expect("checked").bandwidth = mbps;
-        Ok(vec![Change::BandwidthChanged {
-            allocation_id: id.to_string(),
-        }])
+        let mark = self.mark();
+        if self.eip_for_change(id)?.bandwidth != mbps {
+            self.eips.get_mut(id).expect("checked").bandwidth = mbps;
+            self.record(Change::BandwidthChanged {
+                allocation_id: id.to_string(),
+            });
+        }
+        Ok(self.changes_since(mark))
     }
 
     /// EIPs bound to an ENI (by any bind type), with their bindings, settled or not.
-    fn eips_on_eni(&self, eni: &Eni) -> impl Iterator<Item = (&Eip, &Binding)> {
+    fn eips_on_eni<'a>(&'a self, eni: &Eni) -> impl Iterator<Item = (&'a Eip, &'a Binding)> + 'a {
+        self.eips_on_eni_with(eni, &[])
+    }
+
+    /// [`Cloud::eips_on_eni`] as if the `pending` bindings were made too.
+    fn eips_on_eni_with<'a>(
+        &'a self,
+        eni: &Eni,
+        pending: &'a Pending,
+    ) -> impl Iterator<Item = (&'a Eip, &'a Binding)> + 'a {
         let eni_id = eni.id.clone();
         let instance = eni.instance.clone();
         let primary = eni.primary;
-        self.eips.values().filter_map(move |e| {
+        let hit = move |b: &Binding| match b.bind_type {
+            BindType::NetworkInterface => b.instance_id == eni_id,
+            BindType::EcsInstance => primary && instance.as_deref() == Some(&b.instance_id),
+            _ => false,
+        };
+        let hit_pending = hit.clone();
+        let made = self.eips.values().filter_map(move |e| {
             let b = e.binding.as_ref()?;
-            let hit = match b.bind_type {
-                BindType::NetworkInterface => b.instance_id == eni_id,
-                BindType::EcsInstance => primary && instance.as_deref() == Some(&b.instance_id),
-                _ => false,
-            };
-            hit.then_some((e, b))
-        })
+            (hit(b) && !is_pending(pending, &e.allocation_id)).then_some((e, b))
+        });
+        let checked = pending
+            .iter()
+            .filter(move |(_, b)| hit_pending(b))
+            .filter_map(move |(id, b)| Some((self.eips.get(id)?, b)));
+        made.chain(checked)
     }
 
     fn primary_eni_of(&self, instance: &str) -> Option<&Eni> {
@@ -774,43 +994,71 @@ impl Cloud {
 
     /// AssociateEipAddress: checks every rule, then starts Associating.
     pub fn associate(&mut self, now: u64, req: &Associate) -> Result<Vec<Change>, CloudError> {
-        let binding = self.check_associate(req)?;
-        let e = self.eips.get_mut(&req.allocation_id).expect("checked");
-        e.binding = Some(binding);
-        e.status = EipStatus::Associating;
-        e.transition_until = Some(now + self.settings.transition_ns);
-        Ok(self.handle_timeout(now))
+        let binding = self.check_associate(req, &[])?;
+        let mark = self.mark();
+        self.start_associating(now, &req.allocation_id, binding);
+        self.handle_timeout(now);
+        Ok(self.changes_since(mark))
     }
 
-    fn check_associate(&self, req: &Associate) -> Result<Binding, CloudError> {
+    /// Starts Associating a checked binding (ended by [`Cloud::handle_timeout`]).
+    fn start_associating(&mut self, now: u64, id: &str, binding: Binding) {
+        let until = now + self.settings.transition_ns;
+        let e = self.eips.get_mut(id).expect("checked");
+        e.binding = Some(binding);
+        e.status = EipStatus::Associating;
+        e.transition_until = Some(until);
+        self.record(Change::EipTransition {
+            allocation_id: id.to_string(),
+        });
+    }
+
+    /// Every rule of AssociateEipAddress, against the state as if the `pending` bindings
+    /// (checked earlier in the same batch) were made: the binding to make.
+    fn check_associate(&self, req: &Associate, pending: &Pending) -> Result<Binding, CloudError> {
+        if let Some((_, b)) = pending.iter().find(|(id, _)| *id == req.allocation_id) {
+            // Listed twice in a batch: the first made it Associating (InUse at once when
+            // transitions take no time).
+            return Err(if self.settings.transition_ns == 0 {
+                bound_already(&req.allocation_id, EipStatus::InUse, Some(b))
+            } else {
+                task_conflict(&req.allocation_id, EipStatus::Associating)
+            });
+        }
         let eip = self.eip_for_change(&req.allocation_id)?;
         if eip.status != EipStatus::Available {
-            return Err(CloudError::bad(
-                "IncorrectEipStatus",
-                format!(
-                    "EIP {} is {} (bound to {}): an EIP is bound to one resource at a time; \
-                     unassociate it first",
-                    eip.allocation_id,
-                    eip.status.api_name(),
-                    eip.binding.as_ref().map_or("-", |b| b.instance_id.as_str())
-                ),
+            return Err(bound_already(
+                &eip.allocation_id,
+                eip.status,
+                eip.binding.as_ref(),
             ));
         }
         match req.bind_type {
-            BindType::EcsInstance => self.check_ecs(eip, req),
-            BindType::NetworkInterface => self.check_eni(eip, req),
-            BindType::Nat => self.check_nat_gateway(eip, req),
-            BindType::HaVip => self.check_havip(eip, req),
-            BindType::SlbInstance => self.check_slb(eip, req),
+            BindType::EcsInstance => self.check_ecs(eip, req, pending),
+            BindType::NetworkInterface => self.check_eni(eip, req, pending),
+            BindType::Nat => self.check_nat_gateway(eip, req, pending),
+            BindType::HaVip => self.check_havip(eip, req, pending),
+            BindType::SlbInstance => self.check_slb(eip, req, pending),
         }
     }
 
-    /// EIPs bound (or binding) to a resource by id.
-    fn eips_bound_to(&self, id: &str) -> impl Iterator<Item = &Eip> + '_ {
+    /// EIPs bound (or binding) to a resource by id, as if the `pending` bindings were made.
+    fn eips_bound_to<'a>(
+        &'a self,
+        id: &str,
+        pending: &'a Pending,
+    ) -> impl Iterator<Item = &'a Eip> + 'a {
         let id = id.to_string();
-        self.eips
-            .values()
-            .filter(move |e| e.binding.as_ref().is_some_and(|b| b.instance_id == id))
+        let id_pending = id.clone();
+        let made = self.eips.values().filter(move |e| {
+            e.binding.as_ref().is_some_and(|b| b.instance_id == id)
+                && !is_pending(pending, &e.allocation_id)
+        });
+        let checked = pending
+            .iter()
+            .filter(move |(_, b)| b.instance_id == id_pending)
+            .filter_map(move |(e, _)| self.eips.get(e));
+        made.chain(checked)
     }
 
     fn only_nat(req: &Associate) -> Result<(), CloudError> {
@@ -823,7 +1071,12 @@ impl Cloud {
         Ok(())
     }
 
-    fn check_nat_gateway(&self, eip: &Eip, req: &Associate) -> Result<Binding, CloudError> {
+    fn check_nat_gateway(
+        &self,
+        eip: &Eip,
+        req: &Associate,
+        pending: &Pending,
+    ) -> Result<Binding, CloudError> {
         let g = self
             .nat_gateways
             .get(&req.instance_id)
@@ -832,7 +1085,7 @@ impl Cloud {
             return Err(Self::mismatch(eip, &g.id, &g.region));
         }
         Self::only_nat(req)?;
-        let n = self.eips_bound_to(&g.id).count();
+        let n = self.eips_bound_to(&g.id, pending).count();
         if n >= MAX_NAT_GATEWAY_EIPS {
             return Err(CloudError::bad(
                 "QuotaExceeded.NumberOfEip",
@@ -843,7 +1096,7 @@ impl Cloud {
             ));
         }
         let private_ip = if g.eip_takes_private_ip {
-            Some(self.free_ip_of(&g.vswitch).ok_or_else(|| {
+            Some(self.free_ip_of_with(&g.vswitch, pending).ok_or_else(|| {
                 CloudError::bad(
                     "OperationDenied.NoAvailablePrivateIp",
                     format!(
@@ -864,7 +1117,12 @@ impl Cloud {
         })
     }
 
-    fn check_havip(&self, eip: &Eip, req: &Associate) -> Result<Binding, CloudError> {
+    fn check_havip(
+        &self,
+        eip: &Eip,
+        req: &Associate,
+        pending: &Pending,
+    ) -> Result<Binding, CloudError> {
         let h = self
             .havips
             .get(&req.instance_id)
@@ -879,7 +1137,7 @@ impl Cloud {
                 format!("{} is {}: it must be Available or InUse", h.id, h.status),
             ));
         }
-        if let Some(other) = self.eips_bound_to(&h.id).next() {
+        if let Some(other) = self.eips_bound_to(&h.id, pending).next() {
             return Err(CloudError::bad(
                 "InvalidAssociation.Duplicated",
                 format!(
@@ -896,7 +1154,12 @@ impl Cloud {
         })
     }
 
-    fn check_slb(&self, eip: &Eip, req: &Associate) -> Result<Binding, CloudError> {
+    fn check_slb(
+        &self,
+        eip: &Eip,
+        req: &Associate,
+        pending: &Pending,
+    ) -> Result<Binding, CloudError> {
         let lb = self
             .load_balancers
             .get(&req.instance_id)
@@ -926,7 +1189,7 @@ impl Cloud {
                 ),
             ));
         }
-        if let Some(other) = self.eips_bound_to(&lb.id).next() {
+        if let Some(other) = self.eips_bound_to(&lb.id, pending).next() {
             return Err(CloudError::bad(
                 "InvalidAssociation.Duplicated",
                 format!(
@@ -945,11 +1208,16 @@ impl Cloud {
 
     /// A free address of a vSwitch (lowest first).
     pub fn free_ip_of(&self, vswitch: &str) -> Option<Ipv4Addr> {
+        self.free_ip_of_with(vswitch, &[])
+    }
+
+    /// [`Cloud::free_ip_of`] as if the `pending` bindings were made.
+    fn free_ip_of_with(&self, vswitch: &str, pending: &Pending) -> Option<Ipv4Addr> {
         let v = self.vswitches.get(vswitch)?;
         let size = 1u64 << (32 - v.prefix_len as u32);
         (1..size)
             .map(|k| Ipv4Addr::from(u32::from(v.network) + k as u32))
-            .find(|&ip| usable_in(v, ip) && !self.ip_used(ip))
+            .find(|&ip| usable_in(v, ip) && !self.ip_used_with(ip, pending))
     }
 
     /// AssociateEipAddressBatch: to a NAT gateway or a secondary ENI; every EIP is checked
@@ -977,19 +1245,20 @@ impl Cloud {
                 format!("{instance_id} is a primary ENI: batch association takes a secondary ENI"),
             ));
         }
-        let mut trial = self.clone();
-        let mut changes = Vec::new();
+        // Each EIP is checked against the state the earlier ones would make, before any is
+        // made.
+        let mut pending: Vec<(String, Binding)> = Vec::with_capacity(allocation_ids.len());
         for id in allocation_ids {
             let private_ip =
                 if bind_type == BindType::NetworkInterface && mode == AssociationMode::Nat {
                     // Each EIP takes the next private IP without one.
-                    let eni = trial
+                    let eni = self
                         .enis
                         .get(instance_id)
                         .ok_or_else(|| not_found_instance(instance_id))?;
                     eni.private_ips.iter().copied().find(|ip| {
-                        !trial
-                            .eips_on_eni(eni)
+                        !self
+                            .eips_on_eni_with(eni, &pending)
                             .any(|(_, b)| b.private_ip == Some(*ip))
                     })
                 } else {
@@ -1002,10 +1271,18 @@ impl Cloud {
                 mode,
                 private_ip,
             };
-            changes.extend(trial.associate(now, &req)?);
+            let binding = self.check_associate(&req, &pending)?;
+            pending.push((id.clone(), binding));
         }
-        *self = trial;
-        Ok(changes)
+        if pending.is_empty() {
+            return Ok(Vec::new());
+        }
+        let mark = self.mark();
+        for (id, binding) in pending {
+            self.start_associating(now, &id, binding);
+        }
+        self.handle_timeout(now);
+        Ok(self.changes_since(mark))
     }
 
     fn mismatch(eip: &Eip, what: &str, region: &str) -> CloudError {
@@ -1019,7 +1296,12 @@ impl Cloud {
         )
     }
 
-    fn check_ecs(&self, eip: &Eip, req: &Associate) -> Result<Binding, CloudError> {
+    fn check_ecs(
+        &self,
+        eip: &Eip,
+        req: &Associate,
+        pending: &Pending,
+    ) -> Result<Binding, CloudError> {
         let i = self
             .instances
             .get(&req.instance_id)
@@ -1082,7 +1364,7 @@ impl Cloud {
             CloudError::bad("OperationDenied", format!("{} has no primary ENI", i.id))
         })?;
         let primary_ip = eni.private_ips[0];
-        for (other, b) in self.eips_on_eni(eni) {
+        for (other, b) in self.eips_on_eni_with(eni, pending) {
             if b.bind_type == BindType::EcsInstance || b.private_ip == Some(primary_ip) {
                 return Err(CloudError::bad(
                     "InvalidAssociation.Duplicated",
@@ -1102,7 +1384,12 @@ impl Cloud {
         })
     }
 
-    fn check_eni(&self, eip: &Eip, req: &Associate) -> Result<Binding, CloudError> {
+    fn check_eni(
+        &self,
+        eip: &Eip,
+        req: &Associate,
+        pending: &Pending,
+    ) -> Result<Binding, CloudError> {
         let eni = self
             .enis
             .get(&req.instance_id)
@@ -1144,7 +1431,7 @@ impl Cloud {
                 ));
             }
         }
-        for (other, b) in self.eips_on_eni(eni) {
+        for (other, b) in self.eips_on_eni_with(eni, pending) {
             if b.mode != mode {
                 return Err(CloudError::bad(
                     "OperationFailed.EipBindModeConflict",
@@ -1157,7 +1444,7 @@ impl Cloud {
                 ));
             }
         }
-        let existing = self.eips_on_eni(eni).count();
+        let existing = self.eips_on_eni_with(eni, pending).count();
         match mode {
             Mode::Nat => {
                 let ip = req.private_ip.unwrap_or(eni.private_ips[0]);
@@ -1171,7 +1458,7 @@ impl Cloud {
                     ));
                 }
                 if let Some((other, _)) = self
-                    .eips_on_eni(eni)
+                    .eips_on_eni_with(eni, pending)
                     .find(|(_, b)| b.private_ip == Some(ip))
                 {
                     return Err(CloudError::bad(
@@ -1280,15 +1567,35 @@ impl Cloud {
                 ));
             }
         }
+        // Checked: from here on it changes the state. With Force, the entries that use the
+        // address lose it (an SNAT entry left without an address goes).
+        let mark = self.mark();
+        let mut gateways: Vec<String> = Vec::new();
         for s in &mut self.snat_entries {
-            s.snat_ips.retain(|x| *x != a);
+            if s.snat_ips.contains(&a) || s.snat_ips.is_empty() {
+                s.snat_ips.retain(|x| *x != a);
+                gateways.push(s.nat_gateway.clone());
+            }
         }
         self.snat_entries.retain(|s| !s.snat_ips.is_empty());
+        for f in self.forward_entries.iter().filter(|f| f.external_ip == a) {
+            gateways.push(f.nat_gateway.clone());
+        }
         self.forward_entries.retain(|f| f.external_ip != a);
+        gateways.sort();
+        gateways.dedup();
+        for nat_gateway in gateways {
+            self.record(Change::NatEntries { nat_gateway });
+        }
+        let until = now + self.settings.transition_ns;
         let e = self.eips.get_mut(id).expect("checked");
         e.status = EipStatus::Unassociating;
-        e.transition_until = Some(now + self.settings.transition_ns);
-        Ok(self.handle_timeout(now))
+        e.transition_until = Some(until);
+        self.record(Change::EipTransition {
+            allocation_id: id.to_string(),
+        });
+        self.handle_timeout(now);
+        Ok(self.changes_since(mark))
     }
 
     /// The next time a transition ends.
@@ -1298,9 +1605,10 @@ impl Cloud {
         eips.chain(instances).min()
     }
 
-    /// Ends every transition due at `now`.
+    /// Ends every transition due at `now`, and every recovery window over by then.
     pub fn handle_timeout(&mut self, now: u64) -> Vec<Change> {
-        let mut changes = Vec::new();
+        let mark = self.mark();
+        let changes = &mut self.journal.0;
         for e in self.eips.values_mut() {
             if e.transition_until.is_some_and(|t| t <= now) {
                 e.transition_until = None;
@@ -1315,7 +1623,8 @@ impl Cloud {
                         e.binding = None;
                         changes.push(Change::EipUnmapped { allocation_id });
                     }
-                    _ => {}
+                    // A deadline on a settled EIP (not one the model sets): only it goes.
+                    _ => changes.push(Change::EipTransition { allocation_id }),
                 }
             }
         }
@@ -1333,7 +1642,7 @@ impl Cloud {
             }
         }
         self.expire_released(now);
-        changes
+        self.changes_since(mark)
     }
 
     fn eni_for_change(&self, id: &str) -> Result<&Eni, CloudError> {
@@ -1446,9 +1755,11 @@ impl Cloud {
             }
         }
         self.enis.get_mut(eni_id).expect("checked").instance = Some(instance_id.to_string());
-        Ok(vec![Change::EniAttached {
+        let c = Change::EniAttached {
             eni_id: eni_id.to_string(),
-        }])
+        };
+        self.record(c.clone());
+        Ok(vec![c])
     }
 
     /// DetachNetworkInterface: a secondary ENI from the instance it is attached to.
@@ -1474,9 +1785,11 @@ impl Cloud {
             ));
         }
         self.enis.get_mut(eni_id).expect("checked").instance = None;
-        Ok(vec![Change::EniDetached {
+        let c = Change::EniDetached {
             eni_id: eni_id.to_string(),
-        }])
+        };
+        self.record(c.clone());
+        Ok(vec![c])
     }
 
     /// AssignPrivateIpAddresses: the given addresses, or `count` free ones of the vSwitch.
@@ -1548,17 +1861,19 @@ impl Cloud {
                 ),
             ));
         }
+        if new.is_empty() {
+            return Ok((new, Vec::new()));
+        }
         self.enis
             .get_mut(eni_id)
             .expect("checked")
             .private_ips
             .extend(&new);
-        Ok((
-            new,
-            vec![Change::EniAddresses {
-                eni_id: eni_id.to_string(),
-            }],
-        ))
+        let c = Change::EniAddresses {
+            eni_id: eni_id.to_string(),
+        };
+        self.record(c.clone());
+        Ok((new, vec![c]))
     }
 
     /// UnassignPrivateIpAddresses: secondary private IPs without an EIP.
@@ -1585,24 +1900,35 @@ impl Cloud {
                 ));
             }
         }
+        if ips.is_empty() {
+            return Ok(Vec::new());
+        }
         self.enis
             .get_mut(eni_id)
             .expect("checked")
             .private_ips
             .retain(|a| !ips.contains(a));
-        Ok(vec![Change::EniAddresses {
+        let c = Change::EniAddresses {
             eni_id: eni_id.to_string(),
-        }])
+        };
+        self.record(c.clone());
+        Ok(vec![c])
     }
 
     fn ip_used(&self, ip: Ipv4Addr) -> bool {
+        self.ip_used_with(ip, &[])
+    }
+
+    /// [`Cloud::ip_used`] as if the `pending` bindings were made.
+    fn ip_used_with(&self, ip: Ipv4Addr, pending: &Pending) -> bool {
+        let gateway_takes = |b: &Binding| b.bind_type == BindType::Nat && b.private_ip == Some(ip);
         self.enis.values().any(|e| e.private_ips.contains(&ip))
             || self.havips.values().any(|h| h.ip == ip)
-            || self.eips.values().any(|e| {
-                e.binding
-                    .as_ref()
-                    .is_some_and(|b| b.bind_type == BindType::Nat && b.private_ip == Some(ip))
-            })
+            || self
+                .eips
+                .values()
+                .any(|e| e.binding.as_ref().is_some_and(gateway_takes))
+            || pending.iter().any(|(_, b)| gateway_takes(b))
     }
 
     /// StartInstance / StopInstance: Stopped -> Starting -> Running, Running -> Stopping ->
@@ -1627,14 +1953,15 @@ impl Cloud {
                 format!("{id} is {:?}: it must be {from:?}", i.status),
             ));
         }
+        let mark = self.mark();
         let i = self.instances.get_mut(id).expect("checked");
         i.status = via;
         i.transition_until = Some(now + t);
-        let mut ch = vec![Change::InstanceStatus {
+        self.record(Change::InstanceStatus {
             instance_id: id.to_string(),
-        }];
-        ch.extend(self.handle_timeout(now));
-        Ok(ch)
+        });
+        self.handle_timeout(now);
+        Ok(self.changes_since(mark))
     }
 
     /// The dataplane this state implies: every ENI, and every EIP, mapped where InUse or

@@ -199,12 +199,6 @@ fn whole_ip(f: &ForwardEntry) -> bool {
     f.external_port.eq_ignore_ascii_case("any")
 }
 
-fn nat_entries(gateway: &str) -> Vec<Change> {
-    vec![Change::NatEntries {
-        nat_gateway: gateway.to_string(),
-    }]
-}
-
 /// Why an address is not an EIP the gateway can use.
 enum NotOnGateway<'a> {
     /// No EIP of the gateway's region has this address.
@@ -468,6 +462,33 @@ impl Cloud {
         table: &str,
         spec: &SnatSpec,
     ) -> Result<(String, Vec<Change>), CloudError> {
+        let entry = self.snat_entry_to_create(region, table, spec)?;
+        let id = self.next_entry_id("snat");
+        let gateway = entry.nat_gateway.clone();
+        self.snat_entries.push(SnatEntry {
+            id: id.clone(),
+            ..entry
+        });
+        Ok((id, self.nat_entries_changed(gateway)))
+    }
+
+    /// Every rule of CreateSnatEntry, changing nothing (`DryRun`).
+    pub fn check_create_snat_entry(
+        &self,
+        region: &str,
+        table: &str,
+        spec: &SnatSpec,
+    ) -> Result<(), CloudError> {
+        self.snat_entry_to_create(region, table, spec).map(drop)
+    }
+
+    /// The entry CreateSnatEntry would make (without its id), checked.
+    fn snat_entry_to_create(
+        &self,
+        region: &str,
+        table: &str,
+        spec: &SnatSpec,
+    ) -> Result<SnatEntry, CloudError> {
         let gateway = self.snat_table(region, table)?.id.clone();
         let ips = spec
             .snat_ip
@@ -500,16 +521,19 @@ impl Cloud {
             name: spec.name.clone().unwrap_or_default(),
         };
         self.check_snat_entry(&entry, None)?;
-        let id = self.next_entry_id("snat");
-        self.snat_entries.push(SnatEntry {
-            id: id.clone(),
-            ..entry
-        });
-        Ok((id, nat_entries(&gateway)))
+        Ok(entry)
+    }
+
+    /// Records a change of a gateway's entries: what an entry action returns.
+    fn nat_entries_changed(&mut self, nat_gateway: String) -> Vec<Change> {
+        let c = Change::NatEntries { nat_gateway };
+        self.record(c.clone());
+        vec![c]
     }
 
     /// ModifySnatEntry: a new SnatIp list and/or name; the resulting entry meets every rule of
     /// CreateSnatEntry (against the other entries) or nothing changes.
+    /// The same entry again changes nothing (and records nothing).
     pub fn modify_snat_entry(
         &mut self,
         region: &str,
@@ -517,6 +541,34 @@ impl Cloud {
         id: &str,
         spec: &SnatSpec,
     ) -> Result<Vec<Change>, CloudError> {
+        let (k, entry) = self.snat_entry_modified(region, table, id, spec)?;
+        if self.snat_entries[k] == entry {
+            return Ok(Vec::new());
+        }
+        let gateway = entry.nat_gateway.clone();
+        self.snat_entries[k] = entry;
+        Ok(self.nat_entries_changed(gateway))
+    }
+
+    /// Every rule of ModifySnatEntry, changing nothing (`DryRun`).
+    pub fn check_modify_snat_entry(
+        &self,
+        region: &str,
+        table: &str,
+        id: &str,
+        spec: &SnatSpec,
+    ) -> Result<(), CloudError> {
+        self.snat_entry_modified(region, table, id, spec).map(drop)
+    }
+
+    /// The entry ModifySnatEntry would make, checked, and where it is.
+    fn snat_entry_modified(
+        &self,
+        region: &str,
+        table: &str,
+        id: &str,
+        spec: &SnatSpec,
+    ) -> Result<(usize, SnatEntry), CloudError> {
         let gateway = self.snat_table(region, table)?.id.clone();
         let k = self.snat_entry_at(&gateway, table, id)?;
         let mut entry = self.snat_entries[k].clone();
@@ -527,8 +579,7 @@ impl Cloud {
             entry.name = n.clone();
         }
         self.check_snat_entry(&entry, Some(id))?;
-        self.snat_entries[k] = entry;
-        Ok(nat_entries(&gateway))
+        Ok((k, entry))
     }
 
     /// DeleteSnatEntry.
@@ -541,7 +592,7 @@ impl Cloud {
         let gateway = self.snat_table(region, table)?.id.clone();
         let k = self.snat_entry_at(&gateway, table, id)?;
         self.snat_entries.remove(k);
-        Ok(nat_entries(&gateway))
+        Ok(self.nat_entries_changed(gateway))
     }
 
     /// Every rule a DNAT entry must meet in its table, `exclude` being the entry's own id when
@@ -738,6 +789,33 @@ impl Cloud {
         table: &str,
         spec: &ForwardSpec,
     ) -> Result<(String, Vec<Change>), CloudError> {
+        let entry = self.forward_entry_to_create(region, table, spec)?;
+        let id = self.next_entry_id("fwd");
+        let gateway = entry.nat_gateway.clone();
+        self.forward_entries.push(ForwardEntry {
+            id: id.clone(),
+            ..entry
+        });
+        Ok((id, self.nat_entries_changed(gateway)))
+    }
+
+    /// Every rule of CreateForwardEntry, changing nothing (`DryRun`).
+    pub fn check_create_forward_entry(
+        &self,
+        region: &str,
+        table: &str,
+        spec: &ForwardSpec,
+    ) -> Result<(), CloudError> {
+        self.forward_entry_to_create(region, table, spec).map(drop)
+    }
+
+    /// The entry CreateForwardEntry would make (without its id), checked.
+    fn forward_entry_to_create(
+        &self,
+        region: &str,
+        table: &str,
+        spec: &ForwardSpec,
+    ) -> Result<ForwardEntry, CloudError> {
         let gateway = self.forward_table(region, table)?.id.clone();
         for (v, code, name) in [
             (&spec.external_ip, "MissingExternalIp", "ExternalIp"),
@@ -776,17 +854,13 @@ impl Cloud {
             ));
         }
         self.check_forward_entry(&entry, None)?;
-        let id = self.next_entry_id("fwd");
-        self.forward_entries.push(ForwardEntry {
-            id: id.clone(),
-            ..entry
-        });
-        Ok((id, nat_entries(&gateway)))
+        Ok(entry)
     }
 
     /// ModifyForwardEntry: any of ExternalIp, ExternalPort, InternalIp, InternalPort,
     /// IpProtocol and the name; the resulting entry meets every rule of CreateForwardEntry
     /// (against the other entries) or nothing changes.
+    /// The same entry again changes nothing (and records nothing).
     pub fn modify_forward_entry(
         &mut self,
         region: &str,
@@ -794,13 +868,41 @@ impl Cloud {
         id: &str,
         spec: &ForwardSpec,
     ) -> Result<Vec<Change>, CloudError> {
+        let (k, entry) = self.forward_entry_modified(region, table, id, spec)?;
+        if self.forward_entries[k] == entry {
+            return Ok(Vec::new());
+        }
+        let gateway = entry.nat_gateway.clone();
+        self.forward_entries[k] = entry;
+        Ok(self.nat_entries_changed(gateway))
+    }
+
+    /// Every rule of ModifyForwardEntry, changing nothing (`DryRun`).
+    pub fn check_modify_forward_entry(
+        &self,
+        region: &str,
+        table: &str,
+        id: &str,
+        spec: &ForwardSpec,
+    ) -> Result<(), CloudError> {
+        self.forward_entry_modified(region, table, id, spec)
+            .map(drop)
+    }
+
+    /// The entry ModifyForwardEntry would make, checked, and where it is.
+    fn forward_entry_modified(
+        &self,
+        region: &str,
+        table: &str,
+        id: &str,
+        spec: &ForwardSpec,
+    ) -> Result<(usize, ForwardEntry), CloudError> {
         let gateway = self.forward_table(region, table)?.id.clone();
         let k = self.forward_entry_at(&gateway, table, id)?;
         let mut entry = self.forward_entries[k].clone();
         Self::apply_forward_spec(&mut entry, spec)?;
         self.check_forward_entry(&entry, Some(id))?;
-        self.forward_entries[k] = entry;
-        Ok(nat_entries(&gateway))
+        Ok((k, entry))
     }
 
     /// DeleteForwardEntry.
@@ -813,7 +915,7 @@ impl Cloud {
         let gateway = self.forward_table(region, table)?.id.clone();
         let k = self.forward_entry_at(&gateway, table, id)?;
         self.forward_entries.remove(k);
-        Ok(nat_entries(&gateway))
+        Ok(self.nat_entries_changed(gateway))
     }
 }
 

@@ -681,6 +681,73 @@ fn batch_is_all_or_nothing() {
 }
 
 #[test]
+fn batch_checks_each_eip_against_the_ones_before_it_and_records_what_it_makes() {
+    let mut c = lab();
+    with_gateways(&mut c);
+    c.take_changes();
+    let ids = |v: &[&str]| v.iter().map(|s| s.to_string()).collect::<Vec<String>>();
+    let nat = (BindType::Nat, AssociationMode::Nat);
+    // ngw-new gives each EIP a private IP of vsw-tiny, which has four: the fifth finds none.
+    let before = c.clone();
+    let five = ids(&["eip-1", "eip-2", "eip-3", "eip-4", "eip-5"]);
+    err(
+        c.associate_batch(NOW, &five, "ngw-new", nat.0, nat.1),
+        "OperationDenied.NoAvailablePrivateIp",
+        400,
+    );
+    // Listed twice: the second finds it Associating, or InUse when transitions take no time.
+    let twice = ids(&["eip-1", "eip-1"]);
+    err(
+        c.associate_batch(NOW, &twice, "ngw-old", nat.0, nat.1),
+        "TaskConflict",
+        400,
+    );
+    c.set_transition_ns(0);
+    err(
+        c.associate_batch(NOW, &twice, "ngw-old", nat.0, nat.1),
+        "IncorrectEipStatus",
+        400,
+    );
+    c.set_transition_ns(100 * MS);
+    // BINDED: one per ENI, the batch's own counted.
+    err(
+        c.associate_batch(
+            NOW,
+            &ids(&["eip-5", "eip-6"]),
+            "eni-spare",
+            BindType::NetworkInterface,
+            AssociationMode::Binded,
+        ),
+        "InvalidAssociation.Duplicated",
+        400,
+    );
+    assert!(c == before, "a refused batch changed the state");
+    assert_eq!(
+        c.take_changes(),
+        vec![Change::Settings, Change::Settings],
+        "only the settings were recorded"
+    );
+    let four = ids(&["eip-1", "eip-2", "eip-3", "eip-4"]);
+    let changes = c
+        .associate_batch(NOW, &four, "ngw-new", nat.0, nat.1)
+        .unwrap();
+    let taken: std::collections::BTreeSet<Ipv4Addr> = four
+        .iter()
+        .map(|id| c.eips[id].binding.as_ref().unwrap().private_ip.unwrap())
+        .collect();
+    assert_eq!(taken.len(), 4, "each its own private IP: {taken:?}");
+    let started: Vec<Change> = four
+        .iter()
+        .map(|id| Change::EipTransition {
+            allocation_id: id.clone(),
+        })
+        .collect();
+    assert_eq!(changes, started);
+    assert_eq!(c.take_changes(), started, "returned what it recorded");
+    assert!(c.handle_timeout(NOW).is_empty() && c.take_changes().is_empty());
+}
+
+#[test]
 fn release_and_recover_within_seven_days() {
     let mut c = lab();
     bind(&mut c, &ecs("eip-1", "i-web"));

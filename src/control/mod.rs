@@ -2,12 +2,13 @@
 //! engine table the state implies, published into a [`TableCell`] after every change.
 //!
 //! Every change goes through [`ControlPlane::transact`]: due transitions end first, the change
-//! runs on the model, a refused change is rolled back, and a state that moved is committed to
-//! the store before the caller hears of it, then published. The API (`crate::api`) runs its
-//! actions this way without this module knowing HTTP; the lab (`crate::lab`) reads the cloud
-//! and the table cell. Transitions (EIP Associating/Unassociating, instance Starting/Stopping)
-//! end on time by [`ControlPlane::run_timers`], which sleeps until the model's next deadline
-//! or until a change wakes it: an idle control plane does not wake at all.
+//! runs on the model (which refuses a change without changing anything, and records every
+//! change it makes), and a state that moved is committed to the store before the caller hears
+//! of it, then published. The API (`crate::api`) runs its actions this way without this module
+//! knowing HTTP; the lab (`crate::lab`) reads the cloud and the table cell. Transitions (EIP
+//! Associating/Unassociating, instance Starting/Stopping) end on time by
+//! [`ControlPlane::run_timers`], which sleeps until the model's next deadline or until a change
+//! wakes it: an idle control plane does not wake at all.
 //!
 //! A shell module: it imports [`crate::telemetry`] and the pure core, nothing else of the shell.
 
@@ -26,7 +27,8 @@ use std::time::{Duration, SystemTime, UNIX_EPOCH};
 use store::Store;
 use tokio::sync::Notify;
 
-/// The state could not be written to `--state`: the change it belonged to was undone.
+/// The state could not be written to `--state`: the change it belonged to was undone (see
+/// [`ControlPlane::transact`]).
 #[derive(Debug, thiserror::Error)]
 #[error("{0}")]
 pub struct StoreError(String);
@@ -70,6 +72,20 @@ struct Inner {
     extras: TableExtras,
     /// Every NAT gateway's NAPT, by gateway id.
     napts: BTreeMap<String, GatewayNapt>,
+    /// The state in memory is ahead of the store: a save failed and its state was kept (the
+    /// timer's, which has no caller to refuse, or a change the store could not undo). The
+    /// next call saves whether or not it changes anything.
+    unsaved: bool,
+    /// Test hooks: how many of the next saves, and of the next restores, fail.
+    #[cfg(test)]
+    faults: Faults,
+}
+
+#[cfg(test)]
+#[derive(Default)]
+struct Faults {
+    saves: u32,
+    restores: u32,
 }
 
 /// The running control plane, shared by the API, the lab and the timer task.
@@ -96,17 +112,48 @@ impl Inner {
         (real_ns() as i64).saturating_add(self.offset_ns).max(0) as u64
     }
 
+    /// Writes the whole state to the store (if any); clears [`Inner::unsaved`] when it did.
     fn save(&mut self) -> Result<(), StoreError> {
         let Some(store) = self.store.as_mut() else {
+            self.unsaved = false;
             return Ok(());
         };
+        #[cfg(test)]
+        if self.faults.saves > 0 {
+            self.faults.saves -= 1;
+            return Err(StoreError("a save made to fail (test)".into()));
+        }
         let cloud = serde_json::to_string(&self.cloud).map_err(|e| StoreError(e.to_string()))?;
         store
             .put(&[
                 ("cloud", cloud),
                 ("clock_offset_ns", self.offset_ns.to_string()),
             ])
-            .map_err(StoreError)
+            .map_err(StoreError)?;
+        self.unsaved = false;
+        Ok(())
+    }
+
+    /// Puts back the state the store holds (the last one saved), clock offset included.
+    fn restore(&mut self) -> Result<(), String> {
+        let Some(store) = self.store.as_ref() else {
+            return Err("no --state to restore from".into());
+        };
+        #[cfg(test)]
+        if self.faults.restores > 0 {
+            self.faults.restores -= 1;
+            return Err("a restore made to fail (test)".into());
+        }
+        let saved = store.get("cloud")?.ok_or("no saved cloud")?;
+        let cloud: Cloud = serde_json::from_str(&saved).map_err(|e| e.to_string())?;
+        let offset_ns = match store.get("clock_offset_ns")? {
+            Some(o) => o.parse().map_err(|e| format!("clock_offset_ns: {e}"))?,
+            None => 0,
+        };
+        self.cloud = cloud;
+        self.offset_ns = offset_ns;
+        self.unsaved = false;
+        Ok(())
     }
 }
 
@@ -143,6 +190,9 @@ impl ControlPlane {
                 store,
                 extras: opts.table.clone(),
                 napts,
+                unsaved: false,
+                #[cfg(test)]
+                faults: Faults::default(),
             }),
             cell: Arc::new(TableCell::new(table)),
             live: OnceLock::new(),
@@ -153,6 +203,8 @@ impl ControlPlane {
             let mut g = cp.lock();
             let now = g.lab_now();
             g.cloud.handle_timeout(now);
+            // Saved and published whole: what built it (the lab file, the store) needs no record.
+            g.cloud.take_changes();
             g.save().map_err(|e| e.to_string())?;
             cp.publish(&mut g);
         }
@@ -177,10 +229,24 @@ impl ControlPlane {
     }
 
     /// Runs one change (or query) on the cloud: `f` gets the model and the lab time (ns),
-    /// after the transitions due by then have ended. If `f` fails, the model is put back as it
-    /// was before `f` (the ended transitions stay). If the state moved at all, it is committed
-    /// to the store before this returns (a failed commit undoes everything and returns its
-    /// error), published to the engines, and the timer task is woken.
+    /// after the transitions due by then have ended. If the state moved at all (the model's
+    /// record, [`Cloud::take_changes`], is not empty), it is committed to the store before
+    /// this returns, published to the engines, and the timer task is woken; a query that ends
+    /// no transition costs no copy, comparison, save or publication of the state.
+    ///
+    /// `f` must change nothing when it fails: the model's methods check every rule before they
+    /// change anything, and the API's handlers call one of them after checking their
+    /// parameters, so nothing is ever undone here. A failed `f` that changed the model anyway
+    /// is a bug: it is logged, the state it left is saved and published like any other (a
+    /// change is never kept unsaved, nor lost silently), and debug builds then panic.
+    ///
+    /// A failed commit undoes the whole call, the ended transitions included, and returns its
+    /// error: the state goes back to the one the store holds (read back and parsed, which
+    /// costs as much as a save but only when a save failed), so a caller told of an error
+    /// never sees its change live, in the model or the table. The ended transitions end again
+    /// at the next call. Should the store not even read back, the change stays (the model
+    /// cannot undo it): it is published so that the table agrees with the model, marked
+    /// unsaved, and saved by the next call, whatever that call does; the error is returned.
     pub fn transact<R, E: From<StoreError>>(
         &self,
         f: impl FnOnce(&mut Cloud, u64) -> Result<R, E>,
@@ -189,22 +255,68 @@ impl ControlPlane {
         let now = g.lab_now();
         // Transitions due now end first; they count as a change to save and publish even when
         // `f` itself is a query.
-        let before = g.cloud.clone();
         g.cloud.handle_timeout(now);
-        let settled = g.cloud.clone();
+        let ended = g.cloud.take_changes();
         let result = f(&mut g.cloud, now);
-        if result.is_err() {
-            g.cloud = settled;
+        let made = g.cloud.take_changes();
+        let refused_yet_changed = result.is_err() && !made.is_empty();
+        if refused_yet_changed {
+            tracing::error!(
+                changes = ?made,
+                "a refused call changed the model (a bug): its state is saved and published"
+            );
         }
-        if g.cloud != before {
-            if let Err(e) = g.save() {
-                g.cloud = before;
-                return Err(e.into());
+        let committed = if !ended.is_empty() || !made.is_empty() {
+            tracing::trace!(?ended, ?made, "the state moved");
+            self.commit(&mut g)
+        } else {
+            if g.unsaved {
+                // An earlier save failed and its state was kept: this call saves it, or
+                // leaves it for the next (a query is not refused for an earlier save).
+                if let Err(e) = g.save() {
+                    tracing::error!("saving state (still unsaved): {e}");
+                }
             }
-            self.publish(&mut g);
-            self.changed.notify_one();
-        }
+            Ok(())
+        };
+        debug_assert!(
+            !refused_yet_changed,
+            "a refused call changed the model: {made:?}"
+        );
+        committed?;
         result
+    }
+
+    /// Saves the state a change left, then publishes it and wakes the timer. A failed save
+    /// puts back the state the store holds (see [`ControlPlane::transact`]) and returns its
+    /// error.
+    fn commit(&self, g: &mut Inner) -> Result<(), StoreError> {
+        let ahead = g.unsaved;
+        let Err(e) = g.save() else {
+            self.publish(g);
+            self.changed.notify_one();
+            return Ok(());
+        };
+        match g.restore() {
+            Ok(()) => {
+                tracing::error!("saving state: {e}; the change is undone");
+                // The table showed a state the store did not hold: it follows the store back.
+                if ahead {
+                    self.publish(g);
+                }
+            }
+            Err(r) => {
+                tracing::error!(
+                    "saving state: {e}; the state cannot be read back ({r}): the change stays, \
+                     unsaved, until a save succeeds"
+                );
+                g.unsaved = true;
+                self.publish(g);
+            }
+        }
+        // Deadlines may have moved (transitions ended and put back, or started).
+        self.changed.notify_one();
+        Err(e)
     }
 
     /// Makes a request's signature nonce survive a restart (with `--state`): written before
@@ -260,6 +372,9 @@ impl ControlPlane {
 
     /// Moves the lab clock forward (the 7-day recovery window), ends what is due by the new
     /// time, saves and publishes; returns the new lab time (ns).
+    ///
+    /// The clock offset is part of the saved state, so this always commits; a failed commit
+    /// puts the clock back with the rest, as [`ControlPlane::transact`] does.
     pub fn advance_clock(&self, seconds: u64) -> Result<u64, StoreError> {
         let mut g = self.lock();
         g.offset_ns = g
@@ -267,9 +382,8 @@ impl ControlPlane {
             .saturating_add((seconds as i64).saturating_mul(1_000_000_000));
         let now = g.lab_now();
         g.cloud.handle_timeout(now);
-        g.save()?;
-        self.publish(&mut g);
-        self.changed.notify_one();
+        g.cloud.take_changes();
+        self.commit(&mut g)?;
         Ok(now)
     }
 
@@ -334,14 +448,18 @@ impl ControlPlane {
     }
 
     /// Ends the transitions due now (saving and publishing if any did); returns the time to
-    /// the next deadline (ns), if any.
+    /// the next deadline (ns), if any. A failed save keeps the state (nobody called, so nobody
+    /// is told; undoing would only make the transitions due again) and leaves it unsaved for
+    /// the next call.
     fn end_due_transitions(&self) -> Option<u64> {
         let mut g = self.lock();
         let now = g.lab_now();
         if g.cloud.poll_timeout().is_some_and(|t| t <= now) {
             g.cloud.handle_timeout(now);
+            g.cloud.take_changes();
             if let Err(e) = g.save() {
-                tracing::error!("saving state: {e}");
+                tracing::error!("saving state: {e}; kept unsaved until the next call");
+                g.unsaved = true;
             }
             self.publish(&mut g);
         }

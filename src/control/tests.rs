@@ -75,19 +75,260 @@ fn runtime() -> tokio::runtime::Runtime {
 }
 
 #[test]
-fn a_refused_change_is_rolled_back_and_nothing_is_published() {
-    let cp = ControlPlane::new(cloud(), &Options::default()).unwrap();
+fn a_refused_change_changes_nothing_and_nothing_is_published() {
+    let dir = temp_dir("refused");
+    let opts = Options {
+        state_dir: Some(dir.clone()),
+        table: TableExtras::default(),
+    };
+    let cp = ControlPlane::new(cloud(), &opts).unwrap();
+    cp.transact(|c, _| {
+        c.add_eni(crate::cloud::fixture::eni(
+            "eni-x",
+            "10.0.1.30",
+            false,
+            None,
+        ));
+        Ok::<_, Refused>(())
+    })
+    .unwrap();
     let before = cp.with_cloud(Cloud::clone);
     let generation = cp.cell().generation();
+    let saved = || Store::open(&dir).unwrap().get("cloud").unwrap().unwrap();
+    let saved_before = saved();
+    // Refusals found late, after every other rule passed: a second EIP of a batch (the
+    // first one passes, and its private IP is taken by then), an ECS instance in BINDED mode.
+    let api = |action: &str, params: &[(&str, &str)]| {
+        let p: crate::api::actions::Params = params
+            .iter()
+            .map(|(k, v)| (k.to_string(), v.to_string()))
+            .collect();
+        let action = crate::api::actions::Action::find(action).unwrap();
+        let r: Result<_, crate::api::server::ApiError> =
+            cp.transact(|c, now| action.run(c, now, &p));
+        r.unwrap_err().code
+    };
+    cp.transact(|c, now| {
+        c.allocate(now, "cn-shanghai", 5, None, 7)?;
+        Ok::<_, Refused>(())
+    })
+    .unwrap();
+    let second = cp.with_cloud(|c| c.eips.keys().find(|k| *k != "eip-web").unwrap().clone());
+    let before_batch = cp.with_cloud(Cloud::clone);
+    let generation_batch = cp.cell().generation();
+    assert_eq!(
+        api(
+            "AssociateEipAddressBatch",
+            &[
+                ("InstanceIds.1", "eip-web"),
+                ("InstanceIds.2", &second),
+                ("BindedInstanceId", "eni-x"),
+                ("BindedInstanceType", "NetworkInterface"),
+            ],
+        ),
+        "InvalidEip.EipQuotaExceeded"
+    );
+    assert_eq!(cp.with_cloud(Cloud::clone), before_batch);
+    assert_eq!(cp.cell().generation(), generation_batch);
     let r: Result<(), Refused> = cp.transact(|c, now| {
-        associate(c, now)?;
-        // A second rule fails after the model already changed.
-        c.release(now, "eip-nope")?;
+        c.associate(
+            now,
+            &Associate {
+                allocation_id: "eip-web".into(),
+                instance_id: "i-web".into(),
+                bind_type: BindType::EcsInstance,
+                mode: AssociationMode::Binded,
+                private_ip: None,
+            },
+        )?;
         Ok(())
     });
     assert!(matches!(r, Err(Refused::Cloud(_))), "{r:?}");
-    assert_eq!(cp.with_cloud(Cloud::clone), before);
-    assert_eq!(cp.cell().generation(), generation);
+    assert_ne!(saved(), saved_before, "the allocation was saved");
+    let saved_before = saved();
+    assert_eq!(cp.with_cloud(Cloud::clone), before_batch);
+    assert_eq!(cp.cell().generation(), generation_batch);
+    assert_eq!(saved(), saved_before, "nothing saved");
+    assert_ne!(before, before_batch);
+    assert!(generation_batch > generation);
+    drop(cp);
+    let _ = std::fs::remove_dir_all(&dir);
+}
+
+#[test]
+fn a_refused_call_that_changed_the_model_is_a_bug_saved_published_then_asserted() {
+    let dir = temp_dir("bug");
+    let opts = Options {
+        state_dir: Some(dir.clone()),
+        table: TableExtras::default(),
+    };
+    let cp = ControlPlane::new(cloud(), &opts).unwrap();
+    let generation = cp.cell().generation();
+    let outcome = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
+        let r: Result<(), Refused> = cp.transact(|c, now| {
+            associate(c, now)?;
+            // A second step fails after the model already changed: no handler may do this.
+            c.release(now, "eip-nope")?;
+            Ok(())
+        });
+        r
+    }));
+    // The change is not lost: saved and published before debug builds stop on it.
+    let saved = Store::open(&dir).unwrap().get("cloud").unwrap().unwrap();
+    let saved: Cloud = serde_json::from_str(&saved).unwrap();
+    assert_eq!(saved.eips["eip-web"].status, EipStatus::Associating);
+    assert!(cp.cell().generation() > generation);
+    if cfg!(debug_assertions) {
+        assert!(outcome.is_err(), "debug builds assert on it");
+    } else {
+        assert!(matches!(outcome, Ok(Err(Refused::Cloud(_)))));
+    }
+    drop(cp);
+    let _ = std::fs::remove_dir_all(&dir);
+}
+
+#[test]
+fn a_failed_save_undoes_the_call_and_returns_the_stores_error() {
+    let dir = temp_dir("failsave");
+    let opts = Options {
+        state_dir: Some(dir.clone()),
+        table: TableExtras::default(),
+    };
+    let cp = ControlPlane::new(cloud(), &opts).unwrap();
+    let r: Result<(), Refused> = cp.transact(associate);
+    r.unwrap();
+    let before = cp.with_cloud(Cloud::clone);
+    let generation = cp.cell().generation();
+    let saved = || -> Cloud {
+        let s = Store::open(&dir).unwrap().get("cloud").unwrap().unwrap();
+        serde_json::from_str(&s).unwrap()
+    };
+    assert_eq!(saved(), before);
+    // Past the deadline: the call ends Associating, then changes the bandwidth; the save
+    // fails, and both are undone.
+    std::thread::sleep(TRANSITION + Duration::from_millis(20));
+    cp.lock().faults.saves = 1;
+    let r: Result<(), Refused> = cp.transact(|c, _| {
+        c.set_bandwidth("eip-web", 50)?;
+        Ok(())
+    });
+    assert!(matches!(r, Err(Refused::Store(_))), "{r:?}");
+    assert_eq!(
+        cp.with_cloud(Cloud::clone),
+        before,
+        "back to the saved state"
+    );
+    assert_eq!(status(&cp), EipStatus::Associating);
+    assert_eq!(cp.cell().generation(), generation, "nothing published");
+    assert_eq!(mapped(&cp), None);
+    assert_eq!(saved(), before);
+    // The next call ends the transition again, and its change is saved.
+    let r: Result<(), Refused> = cp.transact(|c, _| {
+        c.set_bandwidth("eip-web", 50)?;
+        Ok(())
+    });
+    r.unwrap();
+    cp.with_cloud(|c| {
+        assert_eq!(
+            (c.eips["eip-web"].status, c.eips["eip-web"].bandwidth),
+            (EipStatus::InUse, 50)
+        )
+    });
+    assert_eq!(saved(), cp.with_cloud(Cloud::clone));
+    assert_eq!(mapped(&cp), Some(ip("198.51.100.10")));
+    // A failed save of the clock's move puts the clock back too.
+    let clock = cp.lock().offset_ns;
+    cp.lock().faults.saves = 1;
+    assert!(cp.advance_clock(3600).is_err());
+    assert_eq!(cp.lock().offset_ns, clock);
+    drop(cp);
+    let _ = std::fs::remove_dir_all(&dir);
+}
+
+#[test]
+fn a_state_the_store_cannot_undo_stays_published_and_the_next_call_saves_it() {
+    let dir = temp_dir("failrestore");
+    let opts = Options {
+        state_dir: Some(dir.clone()),
+        table: TableExtras::default(),
+    };
+    let cp = ControlPlane::new(cloud(), &opts).unwrap();
+    let saved = || -> Cloud {
+        let s = Store::open(&dir).unwrap().get("cloud").unwrap().unwrap();
+        serde_json::from_str(&s).unwrap()
+    };
+    let first = saved();
+    let generation = cp.cell().generation();
+    {
+        let mut g = cp.lock();
+        g.faults.saves = 1;
+        g.faults.restores = 1;
+    }
+    let r: Result<(), Refused> = cp.transact(associate);
+    assert!(matches!(r, Err(Refused::Store(_))), "{r:?}");
+    // Not undone (the store could not say to what): live, published, unsaved.
+    assert_eq!(status(&cp), EipStatus::Associating);
+    assert!(cp.cell().generation() > generation);
+    assert_eq!(saved(), first);
+    assert!(cp.lock().unsaved);
+    // A query that changes nothing saves it.
+    let _: Result<usize, Refused> = cp.transact(|c, _| Ok(c.eips.len()));
+    assert!(!cp.lock().unsaved);
+    assert_eq!(saved().eips["eip-web"].status, EipStatus::Associating);
+    drop(cp);
+    let _ = std::fs::remove_dir_all(&dir);
+}
+
+#[test]
+fn a_transition_the_timer_could_not_save_is_saved_by_the_next_call() {
+    let dir = temp_dir("failtimer");
+    let opts = Options {
+        state_dir: Some(dir.clone()),
+        table: TableExtras::default(),
+    };
+    let cp = ControlPlane::new(cloud(), &opts).unwrap();
+    let saved_status = || -> EipStatus {
+        let s = Store::open(&dir).unwrap().get("cloud").unwrap().unwrap();
+        let c: Cloud = serde_json::from_str(&s).unwrap();
+        c.eips["eip-web"].status
+    };
+    let r: Result<(), Refused> = cp.transact(associate);
+    r.unwrap();
+    std::thread::sleep(TRANSITION + Duration::from_millis(20));
+    cp.lock().faults.saves = 1;
+    assert_eq!(cp.end_due_transitions(), None);
+    // Kept and published (nobody to refuse), not saved.
+    assert_eq!(status(&cp), EipStatus::InUse);
+    assert_eq!(mapped(&cp), Some(ip("198.51.100.10")));
+    assert_eq!(saved_status(), EipStatus::Associating);
+    let generation = cp.cell().generation();
+    let _: Result<usize, Refused> = cp.transact(|c, _| Ok(c.eips.len()));
+    assert_eq!(saved_status(), EipStatus::InUse);
+    assert_eq!(cp.cell().generation(), generation, "saved, not republished");
+    // Had that save failed too, a later change whose save fails goes back to the store's
+    // state, and the table with it.
+    let r: Result<(), Refused> = cp.transact(|c, now| {
+        c.unassociate(now, "eip-web", false)?;
+        Ok(())
+    });
+    r.unwrap();
+    std::thread::sleep(TRANSITION + Duration::from_millis(20));
+    cp.lock().faults.saves = 2;
+    cp.end_due_transitions();
+    assert_eq!(mapped(&cp), None, "Available, published, unsaved");
+    let r: Result<(), Refused> = cp.transact(|c, _| {
+        c.set_bandwidth("eip-web", 9)?;
+        Ok(())
+    });
+    assert!(matches!(r, Err(Refused::Store(_))), "{r:?}");
+    assert_eq!(status(&cp), EipStatus::Unassociating, "the store's state");
+    assert_eq!(
+        mapped(&cp),
+        Some(ip("198.51.100.10")),
+        "the table follows the store back"
+    );
+    drop(cp);
+    let _ = std::fs::remove_dir_all(&dir);
 }
 
 #[test]
@@ -244,7 +485,7 @@ fn a_change_brings_a_nearer_deadline_forward() {
         r.unwrap();
         tokio::time::sleep(Duration::from_millis(50)).await;
         let r: Result<(), Refused> = cp.transact(|c, now| {
-            c.settings.transition_ns = TRANSITION.as_nanos() as u64;
+            c.set_transition_ns(TRANSITION.as_nanos() as u64);
             associate(c, now)
         });
         r.unwrap();
