@@ -21,6 +21,7 @@ mod common;
 use common::cases;
 use eiplab::alg::{AlgAction, AlgPolicy, AlgProtocol};
 use eiplab::api::actions::{Action, Params};
+use eiplab::cloud::havip::HaVipSpec;
 use eiplab::cloud::nat::{ForwardSpec, SnatSpec};
 use eiplab::cloud::{
     Associate, BindType, Change, Cloud, CloudError, Eni, HaVip, Instance, InstanceStatus,
@@ -2088,6 +2089,10 @@ fn p9_cloud(transition_ns: u64, now: u64) -> Cloud {
             vswitch: "vsw-a".into(),
             ip: ip(10, 0, 1, 9),
             status: "Available".into(),
+            associated_instances: Vec::new(),
+            name: String::new(),
+            description: String::new(),
+            created: 0,
         },
     );
     c.load_balancers.insert(
@@ -2164,6 +2169,17 @@ const P9_TARGETS: &[(&str, &str)] = &[
 const P9_INSTANCES: &[&str] = &["i-web", "i-stopped", "i-classic"];
 const P9_ENIS: &[&str] = &["eni-web0", "eni-st0", "eni-cl0", "eni-a", "eni-b"];
 const P9_GATEWAYS: &[&str] = &["ngw-0", "ngw-1"];
+/// AssociateHaVip's targets: instances in each state, ENIs attached or not, and an ENI named
+/// as an instance.
+const P9_HAVIP_TARGETS: &[(&str, &str)] = &[
+    ("i-web", "EcsInstance"),
+    ("i-stopped", "EcsInstance"),
+    ("i-classic", "EcsInstance"),
+    ("eni-a", "NetworkInterface"),
+    ("eni-b", "NetworkInterface"),
+    ("eni-web0", "NetworkInterface"),
+    ("eni-a", "EcsInstance"),
+];
 const P9_BIND_TYPES: &[&str] = &[
     "EcsInstance",
     "NetworkInterface",
@@ -2195,6 +2211,7 @@ const P9_DESCRIBE: &[&str] = &[
     "DescribeSnatTableEntries",
     "DescribeForwardTableEntries",
     "DescribeEipGatewayInfo",
+    "DescribeHaVips",
 ];
 
 /// One operation of p9; `Index`es pick among what the state has when it runs.
@@ -2270,6 +2287,12 @@ enum CloudOp {
         external: Option<Index>,
     },
     DeleteForward(Index),
+    /// CreateHaVip on vsw-a: an address (`10.0.1.<host>`, any, taken or reserved) or none.
+    CreateHaVip(Option<u8>),
+    /// AssociateHaVip / UnassociateHaVip (`Force`): a HaVip and one of `P9_HAVIP_TARGETS`.
+    AssociateHaVip(Index, Index),
+    UnassociateHaVip(Index, Index, bool),
+    DeleteHaVip(Index),
     /// A query of the API.
     Describe(Index, Index),
 }
@@ -2373,6 +2396,10 @@ fn cloud_op() -> impl Strategy<Value = CloudOp> {
                 }
             }),
         1 => i().prop_map(CloudOp::DeleteForward),
+        2 => proptest::option::of(p9_host()).prop_map(CloudOp::CreateHaVip),
+        3 => (i(), i()).prop_map(|(h, t)| CloudOp::AssociateHaVip(h, t)),
+        2 => (i(), i(), any::<bool>()).prop_map(|(h, t, f)| CloudOp::UnassociateHaVip(h, t, f)),
+        1 => i().prop_map(CloudOp::DeleteHaVip),
         2 => (i(), i()).prop_map(|(a, t)| CloudOp::Describe(a, t)),
     ]
 }
@@ -2415,6 +2442,7 @@ struct Resolved {
     attached: Vec<(String, String)>,
     snat_entries: Vec<(String, String)>,
     forward_entries: Vec<(String, String)>,
+    havips: Vec<String>,
 }
 
 impl Resolved {
@@ -2445,6 +2473,7 @@ impl Resolved {
                 .iter()
                 .map(|f| (f.id.clone(), f.nat_gateway.clone()))
                 .collect(),
+            havips: c.havips.keys().cloned().collect(),
         }
     }
 
@@ -2839,6 +2868,53 @@ fn p9_step(c: &mut Cloud, now: &mut u64, s: &CloudStep) -> Result<Option<Vec<Cha
             param("ForwardTableId", table);
             param("ForwardEntryId", id);
             "DeleteForwardEntry"
+        }
+        CloudOp::CreateHaVip(host) => {
+            let spec = HaVipSpec {
+                vswitch: "vsw-a".into(),
+                ip_address: host.map(|h| private(h).to_string()),
+                ..HaVipSpec::default()
+            };
+            if !s.api {
+                return model(c.create_havip(t, P9_REGION, &spec).map(|(_, ch)| ch));
+            }
+            param("VSwitchId", spec.vswitch);
+            if let Some(a) = spec.ip_address {
+                param("IpAddress", a);
+            }
+            "CreateHaVip"
+        }
+        CloudOp::AssociateHaVip(h, target) | CloudOp::UnassociateHaVip(h, target, _) => {
+            let havip = pick_or(&r.havips, *h, "havip-none".into());
+            let (inst, kind) = P9_HAVIP_TARGETS[target.index(P9_HAVIP_TARGETS.len())];
+            let force = match &s.op {
+                CloudOp::UnassociateHaVip(_, _, f) => Some(*f),
+                _ => None,
+            };
+            if !s.api {
+                return model(match force {
+                    None => c.associate_havip(P9_REGION, &havip, inst, Some(kind)),
+                    Some(f) => c.unassociate_havip(P9_REGION, &havip, inst, f),
+                });
+            }
+            param("HaVipId", havip);
+            param("InstanceId", inst.into());
+            param("InstanceType", kind.into());
+            match force {
+                None => "AssociateHaVip",
+                Some(f) => {
+                    param("Force", f.to_string());
+                    "UnassociateHaVip"
+                }
+            }
+        }
+        CloudOp::DeleteHaVip(h) => {
+            let havip = pick_or(&r.havips, *h, "havip-none".into());
+            if !s.api {
+                return model(c.delete_havip(P9_REGION, &havip));
+            }
+            param("HaVipId", havip);
+            "DeleteHaVip"
         }
         CloudOp::Describe(a, target) => {
             param("InstanceId", pick_or(P9_ENIS, *target, "eni-none").into());

@@ -7,6 +7,7 @@
 //! model records.
 
 use super::server::{invalid, missing, ApiError};
+use crate::cloud::havip::HaVipSpec;
 use crate::cloud::nat::{forward_table_id, snat_table_id, ForwardSpec, SnatSpec};
 use crate::cloud::{self, Associate, Cloud, CloudError, EipStatus, Mode};
 use serde_json::{json, Map, Value};
@@ -197,6 +198,31 @@ pub static ACTIONS: &[Action] = &[
         name: "DeleteForwardEntry",
         version: VPC,
         run: delete_forward_entry,
+    },
+    Action {
+        name: "CreateHaVip",
+        version: VPC,
+        run: create_havip,
+    },
+    Action {
+        name: "DeleteHaVip",
+        version: VPC,
+        run: delete_havip,
+    },
+    Action {
+        name: "AssociateHaVip",
+        version: VPC,
+        run: associate_havip,
+    },
+    Action {
+        name: "UnassociateHaVip",
+        version: VPC,
+        run: unassociate_havip,
+    },
+    Action {
+        name: "DescribeHaVips",
+        version: VPC,
+        run: describe_havips,
     },
 ];
 
@@ -922,6 +948,137 @@ fn delete_snat_entry(c: &mut Cloud, x: &mut Call<'_>) -> Result<(), ApiError> {
     let table = need(p, "SnatTableId")?;
     let id = need(p, "SnatEntryId")?;
     c.delete_snat_entry(&x.region, table, id)?;
+    Ok(())
+}
+
+// The HaVip actions: the model ([`cloud::havip`]) checks every rule; HaVips reach their end
+// state (Available, InUse) as the call returns.
+
+fn create_havip(c: &mut Cloud, x: &mut Call<'_>) -> Result<(), ApiError> {
+    let p = x.p;
+    let spec = HaVipSpec {
+        vswitch: need(p, "VSwitchId")?.to_string(),
+        ip_address: given(p, "IpAddress"),
+        name: given(p, "Name"),
+        description: given(p, "Description"),
+    };
+    let (id, _) = c.create_havip(x.now, &x.region, &spec)?;
+    x.out
+        .insert("IpAddress".into(), json!(c.havips[&id].ip.to_string()));
+    x.out.insert("HaVipId".into(), json!(id));
+    Ok(())
+}
+
+fn delete_havip(c: &mut Cloud, x: &mut Call<'_>) -> Result<(), ApiError> {
+    let id = need(x.p, "HaVipId")?;
+    c.delete_havip(&x.region, id)?;
+    Ok(())
+}
+
+fn associate_havip(c: &mut Cloud, x: &mut Call<'_>) -> Result<(), ApiError> {
+    let p = x.p;
+    let id = need(p, "HaVipId")?;
+    let instance = need(p, "InstanceId")?;
+    c.associate_havip(&x.region, id, instance, get(p, "InstanceType"))?;
+    Ok(())
+}
+
+fn unassociate_havip(c: &mut Cloud, x: &mut Call<'_>) -> Result<(), ApiError> {
+    let p = x.p;
+    let id = need(p, "HaVipId")?;
+    let instance = need(p, "InstanceId")?;
+    if let Some(t) = get(p, "InstanceType") {
+        if t != "EcsInstance" && t != "NetworkInterface" {
+            return Err(invalid(
+                "InstanceType",
+                t,
+                "EcsInstance or NetworkInterface",
+            ));
+        }
+    }
+    c.unassociate_havip(&x.region, id, instance, truthy(p, "Force"))?;
+    Ok(())
+}
+
+/// DescribeHaVips' `Filter.N.Key` / `Filter.N.Value.M` (or `Filter.N.Value`): key and values.
+fn havip_filters(p: &Params) -> Vec<(String, Vec<String>)> {
+    let mut out = Vec::new();
+    for n in 1..=5 {
+        let Some(key) = get(p, &format!("Filter.{n}.Key")) else {
+            continue;
+        };
+        let mut values: Vec<String> = (1..=5)
+            .filter_map(|m| get(p, &format!("Filter.{n}.Value.{m}")).map(str::to_string))
+            .collect();
+        values.extend(given(p, &format!("Filter.{n}.Value")));
+        out.push((key.to_string(), values));
+    }
+    out
+}
+
+fn describe_havips(c: &mut Cloud, x: &mut Call<'_>) -> Result<(), ApiError> {
+    let p = x.p;
+    let page = num(p, "PageNumber", 1, u32::MAX)?;
+    let size = num(p, "PageSize", 10, 50)?;
+    let filters = havip_filters(p);
+    for (k, _) in &filters {
+        if !["HaVipId", "HaVipAddress", "VpcId", "VSwitchId", "Status"].contains(&k.as_str()) {
+            return Err(invalid(
+                "Filter.N.Key",
+                k,
+                "HaVipId, HaVipAddress, VpcId, VSwitchId or Status",
+            ));
+        }
+    }
+    let c: &Cloud = c;
+    let all: Vec<&cloud::HaVip> = c
+        .havips
+        .values()
+        .filter(|h| h.region == x.region)
+        .filter(|h| {
+            filters.iter().all(|(k, vs)| {
+                let have = match k.as_str() {
+                    "HaVipId" => h.id.clone(),
+                    "HaVipAddress" => h.ip.to_string(),
+                    "VpcId" => c.settings.vpc_id.clone(),
+                    "VSwitchId" => h.vswitch.clone(),
+                    _ => h.status.clone(),
+                };
+                vs.is_empty() || vs.contains(&have)
+            })
+        })
+        .collect();
+    let items = paged(&mut x.out, &all, page, size, |h| {
+        let eips: Vec<String> = c
+            .eips
+            .values()
+            .filter(|e| {
+                e.binding
+                    .as_ref()
+                    .is_some_and(|b| b.bind_type == cloud::BindType::HaVip && b.instance_id == h.id)
+            })
+            .map(|e| e.address.to_string())
+            .collect();
+        json!({
+            "HaVipId": h.id,
+            "IpAddress": h.ip.to_string(),
+            "VSwitchId": h.vswitch,
+            "VpcId": c.settings.vpc_id,
+            "RegionId": h.region,
+            "Status": h.status,
+            "MasterInstanceId": h.associated_instances.first().cloned().unwrap_or_default(),
+            "AssociatedInstanceType": c.havip_instance_type(h),
+            "AssociatedInstances": {"associatedInstance": h.associated_instances},
+            "AssociatedEipAddresses": {"associatedEipAddresse": eips},
+            "Name": h.name,
+            "Description": h.description,
+            "CreateTime": ts(h.created),
+            "ChargeType": "PostPaid",
+            "ResourceGroupId": "rg-lab",
+            "Tags": {"Tag": []},
+        })
+    });
+    x.out.insert("HaVips".into(), json!({"HaVip": items}));
     Ok(())
 }
 

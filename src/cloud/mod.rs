@@ -21,6 +21,7 @@ use std::collections::BTreeMap;
 
 #[cfg(test)]
 pub(crate) mod fixture;
+pub mod havip;
 pub mod nat;
 #[cfg(test)]
 mod tests;
@@ -409,6 +410,18 @@ pub struct HaVip {
     pub ip: Ipv4Addr,
     /// `Available`, `InUse` (the seeds' "Assigned") or another state that refuses EIPs.
     pub status: String,
+    /// The ECS instances (or ENIs) it is associated with (AssociateHaVip); the first holds it
+    /// (DescribeHaVips' `MasterInstanceId`). A state saved before it was kept has none.
+    #[serde(default)]
+    pub associated_instances: Vec<String>,
+    /// `Name` and `Description` (CreateHaVip).
+    #[serde(default)]
+    pub name: String,
+    #[serde(default)]
+    pub description: String,
+    /// When the API created it (lab time, ns); 0 for the lab file's.
+    #[serde(default)]
+    pub created: u64,
 }
 
 /// A load balancer: only an internal (intranet) CLB in a VPC takes an EIP this way.
@@ -473,6 +486,11 @@ pub enum Change {
     },
     NatEntries {
         nat_gateway: String,
+    },
+    /// A HaVip was created, associated, unassociated or deleted ([`havip`]): its dataplane is
+    /// not built yet, but the saved state changes.
+    HaVip {
+        havip_id: String,
     },
     /// The lab added a vSwitch, an instance or an ENI ([`Cloud::add_vswitch`],
     /// [`Cloud::add_instance`], [`Cloud::add_eni`]): the API creates none, so no other
@@ -549,7 +567,7 @@ pub struct Cloud {
     next_eni_index: u16,
     next_instance_index: u32,
     next_eip_serial: u64,
-    /// Numbers the SNAT/DNAT entries the API creates (a state saved before it was kept
+    /// Numbers the SNAT/DNAT entries and the HaVips the API creates (a state saved before it was kept
     /// starts from 0; a number whose id is taken is skipped).
     #[serde(default)]
     next_entry_serial: u64,

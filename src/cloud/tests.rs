@@ -443,6 +443,10 @@ fn with_gateways(c: &mut Cloud) {
                     "10.0.1.101"
                 }),
                 status: status.into(),
+                associated_instances: Vec::new(),
+                name: String::new(),
+                description: String::new(),
+                created: 0,
             },
         );
     }

@@ -141,6 +141,10 @@ pub fn build(lab: &LabFile, now: u64) -> Result<Cloud, String> {
                 vswitch: h.vswitch.clone(),
                 ip,
                 status: h.status.as_str().to_string(),
+                associated_instances: h.associated_instances.clone(),
+                name: String::new(),
+                description: String::new(),
+                created: 0,
             },
         );
     }
