@@ -120,6 +120,14 @@ enum Command {
         #[arg(long)]
         json: bool,
     },
+    /// Move a HaVip to another instance (or ENI) associated with it, as the cloud does when
+    /// that guest announces the HaVip's address: `eiplab failover havip-a i-backup`.
+    Failover {
+        havip: String,
+        instance: String,
+        #[arg(long, default_value = "127.0.0.1:8700")]
+        endpoint: String,
+    },
     /// List the engine's drop reasons with the rule each stands for.
     Reasons,
     /// Which protocols survive each way an EIP reaches a guest: real servers and clients
@@ -304,6 +312,36 @@ fn run(cmd: Command) -> Result<ExitCode> {
             } else {
                 print!("{}", eiplab::telemetry::status_text(&v));
             }
+            Ok(ExitCode::SUCCESS)
+        }
+        Command::Failover {
+            havip,
+            instance,
+            endpoint,
+        } => {
+            let url = format!("http://{endpoint}/_eiplab/havip/failover");
+            let resp = ureq::post(&url)
+                .query("HaVipId", &havip)
+                .query("InstanceId", &instance)
+                .config()
+                .http_status_as_error(false)
+                .build()
+                .send_empty()
+                .with_context(|| format!("{url}: is `eiplab up` running there?"))?;
+            let status = resp.status();
+            let v: serde_json::Value = serde_json::from_str(&resp.into_body().read_to_string()?)?;
+            if !status.is_success() {
+                anyhow::bail!(
+                    "{}: {}",
+                    v["Code"].as_str().unwrap_or("error"),
+                    v["Message"].as_str().unwrap_or("")
+                );
+            }
+            println!(
+                "{} is held by {}",
+                havip,
+                v["MasterInstanceId"].as_str().unwrap_or("?")
+            );
             Ok(ExitCode::SUCCESS)
         }
         Command::Compat(args) => compat(args),

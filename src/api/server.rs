@@ -142,6 +142,16 @@ impl Api {
                 "LabTime": ts(now),
                 "TableGeneration": generation,
                 "Eips": c.eips.values().map(|e| describe_eip(c, e)).collect::<Vec<_>>(),
+                "HaVips": c.havips.values().map(|h| json!({
+                    "HaVipId": h.id,
+                    "IpAddress": h.ip.to_string(),
+                    "Status": h.status,
+                    "MasterInstanceId": h.associated_instances.first().cloned().unwrap_or_default(),
+                    "AssociatedInstances": h.associated_instances,
+                    "EipAddresses": c.eips.values()
+                        .filter(|e| e.binding.as_ref().is_some_and(|b| b.bind_type == crate::cloud::BindType::HaVip && b.instance_id == h.id))
+                        .map(|e| e.address.to_string()).collect::<Vec<_>>(),
+                })).collect::<Vec<_>>(),
                 "Released": c.released.iter().map(|r| json!({
                     "AllocationId": r.allocation_id, "IpAddress": r.address.to_string(),
                     "ReleasedAt": ts(r.released_at),
@@ -187,6 +197,19 @@ impl Api {
     pub fn advance_clock(&self, seconds: u64) -> Result<Value, ApiError> {
         let now = self.cp.advance_clock(seconds)?;
         Ok(json!({"LabTime": ts(now)}))
+    }
+
+    /// The lab's explicit HaVip failover: `to` (associated with the HaVip) holds it from now
+    /// on, as if its guest had announced the address (SPEC D12).
+    pub fn fail_over_havip(&self, havip_id: &str, to: &str) -> Result<Value, ApiError> {
+        self.cp.transact(|c, _| -> Result<(), ApiError> {
+            c.fail_over_havip(havip_id, to)?;
+            Ok(())
+        })?;
+        Ok(self.cp.with_cloud(|c| {
+            json!({"HaVipId": havip_id, "MasterInstanceId": c.havips.get(havip_id)
+                .and_then(|h| h.associated_instances.first().cloned()).unwrap_or_default()})
+        }))
     }
 }
 
@@ -273,6 +296,28 @@ async fn dataplane(State(api): State<Arc<Api>>) -> Response {
     axum::Json(api.dataplane()).into_response()
 }
 
+async fn havip_failover(
+    State(api): State<Arc<Api>>,
+    Query(q): Query<HashMap<String, String>>,
+) -> Response {
+    let (Some(havip), Some(to)) = (q.get("HaVipId"), q.get("InstanceId")) else {
+        let which = if q.contains_key("HaVipId") {
+            "InstanceId"
+        } else {
+            "HaVipId"
+        };
+        return error_response(missing(which), "");
+    };
+    let (havip, to) = (havip.clone(), to.clone());
+    let r = tokio::task::spawn_blocking(move || api.fail_over_havip(&havip, &to))
+        .await
+        .unwrap_or_else(|e| Err(internal(&format!("the call's task failed: {e}"))));
+    match r {
+        Ok(v) => axum::Json(v).into_response(),
+        Err(e) => error_response(e, ""),
+    }
+}
+
 async fn clock(State(api): State<Arc<Api>>, Query(q): Query<HashMap<String, String>>) -> Response {
     let secs = q.get("advance_seconds").and_then(|s| s.parse::<u64>().ok());
     match secs {
@@ -312,6 +357,7 @@ pub async fn serve_on(
         .route("/_eiplab/status", routing::get(status))
         .route("/_eiplab/dataplane", routing::get(dataplane))
         .route("/_eiplab/clock", post(clock))
+        .route("/_eiplab/havip/failover", post(havip_failover))
         .route("/metrics", routing::get(metrics_text))
         .fallback(any(rpc))
         .with_state(api);

@@ -28,7 +28,13 @@
 //!
 //! Every call checks everything before it changes anything, so a refused call leaves the state
 //! as it was. The cloud's HaVips pass through Creating / Associating / Unassociating; the lab's
-//! reach their end state as the call returns (their dataplane is not built yet).
+//! reach their end state as the call returns.
+//!
+//! Who holds a HaVip (SPEC D12): the first associated instance, until a guest of another
+//! associated instance configures the HaVip's address ([`Cloud::claim_havip`], which the lab
+//! calls when it sees the address appear: keepalived adds it on becoming master) or the lab's
+//! failover call moves it ([`Cloud::fail_over_havip`]). The holder's ENI carries the HaVip's
+//! address as one more private IP in the dataplane, and an EIP on the HaVip maps to it.
 
 use super::{
     in_cidr, not_found_instance, usable_in, Change, Cloud, CloudError, HaVip, InstanceStatus,
@@ -400,6 +406,90 @@ impl Cloud {
             ));
         }
         Ok(())
+    }
+
+    /// The ENI that carries a HaVip's traffic: its holder's. An ECS instance holds it on its
+    /// ENI in the HaVip's vSwitch (the primary one first); an associated ENI holds it itself.
+    /// `None` while nobody holds it or the holder's ENI is detached.
+    pub fn havip_eni(&self, h: &HaVip) -> Option<&super::Eni> {
+        let holder = h.associated_instances.first()?;
+        if let Some(e) = self
+            .enis
+            .get(holder)
+            .filter(|_| !self.instances.contains_key(holder))
+        {
+            return e.instance.as_ref().map(|_| e);
+        }
+        self.enis
+            .values()
+            .filter(|e| e.instance.as_deref() == Some(holder.as_str()) && e.vswitch == h.vswitch)
+            .min_by_key(|e| (!e.primary, e.index))
+    }
+
+    /// The instance a HaVip's holder entry stands for (itself, or the instance its ENI is on).
+    fn havip_member_instance<'a>(&'a self, entry: &'a str) -> Option<&'a str> {
+        if self.instances.contains_key(entry) {
+            return Some(entry);
+        }
+        self.enis.get(entry).and_then(|e| e.instance.as_deref())
+    }
+
+    /// A guest of `instance` configured `ip` on one of its interfaces: every HaVip with that
+    /// address that the instance (or one of its ENIs) is associated with moves to it, as the
+    /// cloud moves a HaVip to the instance that announces its address (keepalived does on
+    /// becoming master). Addresses of no such HaVip change nothing.
+    pub fn claim_havip(&mut self, instance: &str, ip: Ipv4Addr) -> Vec<Change> {
+        let mut moves = Vec::new();
+        for h in self.havips.values() {
+            if h.ip != ip {
+                continue;
+            }
+            let k = h
+                .associated_instances
+                .iter()
+                .position(|a| self.havip_member_instance(a) == Some(instance));
+            if let Some(k) = k.filter(|&k| k > 0) {
+                moves.push((h.id.clone(), k));
+            }
+        }
+        let mut changes = Vec::new();
+        for (id, k) in moves {
+            let h = self.havips.get_mut(&id).expect("found above");
+            let entry = h.associated_instances.remove(k);
+            h.associated_instances.insert(0, entry);
+            changes.extend(self.havip_changed(id));
+        }
+        changes
+    }
+
+    /// The lab's explicit failover: `to` (an instance or ENI associated with the HaVip) holds
+    /// it from now on. Nothing changes when it holds it already.
+    pub fn fail_over_havip(&mut self, havip_id: &str, to: &str) -> Result<Vec<Change>, CloudError> {
+        let h = self
+            .havips
+            .get(havip_id)
+            .ok_or_else(|| not_found_havip(havip_id))?;
+        let Some(k) = h.associated_instances.iter().position(|a| a == to) else {
+            return Err(CloudError::bad(
+                "ResourceNotAssociated",
+                format!(
+                    "{to} is not associated with {havip_id}: it holds nothing until \
+                     AssociateHaVip adds it (associated: {})",
+                    if h.associated_instances.is_empty() {
+                        "none".to_string()
+                    } else {
+                        h.associated_instances.join(", ")
+                    }
+                ),
+            ));
+        };
+        if k == 0 {
+            return Ok(Vec::new());
+        }
+        let h = self.havips.get_mut(havip_id).expect("found above");
+        let entry = h.associated_instances.remove(k);
+        h.associated_instances.insert(0, entry);
+        Ok(self.havip_changed(havip_id.to_string()))
     }
 
     /// DeleteHaVip: only an Available HaVip (no instances) without an EIP.
@@ -806,5 +896,139 @@ mod tests {
         let old = r#"{"id":"havip-a","region":"cn-shanghai","vswitch":"vsw-a","ip":"10.0.1.9","status":"Available"}"#;
         let h: HaVip = serde_json::from_str(old).unwrap();
         assert!(h.associated_instances.is_empty() && h.name.is_empty());
+    }
+
+    /// i-a and i-b on a HaVip at 10.0.1.100 (i-a holds it), an EIP on the HaVip. Returns the
+    /// HaVip id and the EIP's address.
+    fn held(c: &mut Cloud) -> (String, Ipv4Addr) {
+        let id = create(c, Some("10.0.1.100"));
+        c.associate_havip(R, &id, "i-a", None).unwrap();
+        c.associate_havip(R, &id, "i-b", None).unwrap();
+        let (eip, _) = c.allocate(0, R, 5, None, 3).unwrap();
+        c.associate(
+            0,
+            &Associate {
+                allocation_id: eip.clone(),
+                instance_id: id.clone(),
+                bind_type: BindType::HaVip,
+                mode: Mode::Nat,
+                private_ip: None,
+            },
+        )
+        .unwrap();
+        c.handle_timeout(u64::MAX / 2);
+        c.take_changes();
+        let address = c.eips[&eip].address;
+        (id, address)
+    }
+
+    /// Where the dataplane sends `eip`: the ENI's id and the private IP it is translated to;
+    /// and whether that ENI carries the HaVip's address.
+    fn reaches(c: &Cloud, eip: Ipv4Addr) -> Option<(String, Ipv4Addr, bool)> {
+        let (enis, eips) = c.dataplane();
+        let a = eips.iter().find(|e| e.address == eip)?.association?;
+        let eni = c.enis.values().find(|e| e.index == a.eni)?;
+        let ip = a.private_ip?;
+        let carries = enis
+            .iter()
+            .find(|e| e.id == a.eni)
+            .is_some_and(|e| e.private_ips.contains(&ip));
+        Some((eni.id.clone(), ip, carries))
+    }
+
+    #[test]
+    fn an_eip_on_a_havip_reaches_its_holder_on_the_havip_address() {
+        let mut c = lab();
+        let (_, eip) = held(&mut c);
+        let ip: Ipv4Addr = "10.0.1.100".parse().unwrap();
+        assert_eq!(reaches(&c, eip), Some(("eni-i-a0".into(), ip, true)));
+        // Only the holder carries the address, and the table accepts it.
+        let (enis, _) = c.dataplane();
+        let b = c.enis["eni-i-b0"].index;
+        assert!(!enis
+            .iter()
+            .find(|e| e.id == b)
+            .unwrap()
+            .private_ips
+            .contains(&ip));
+        let t = c.table().build().expect("a table with a HaVip");
+        assert_eq!(t.nat_eip_of(ip), Some(eip));
+    }
+
+    #[test]
+    fn a_guest_claiming_the_address_moves_the_havip_and_its_eip() {
+        let mut c = lab();
+        let (id, eip) = held(&mut c);
+        let ip: Ipv4Addr = "10.0.1.100".parse().unwrap();
+        // Another address, or an instance not associated: nothing.
+        assert!(c
+            .claim_havip("i-b", "10.0.1.101".parse().unwrap())
+            .is_empty());
+        assert!(c.claim_havip("i-web", ip).is_empty());
+        // The holder claiming again: nothing.
+        assert!(c.claim_havip("i-a", ip).is_empty());
+        assert!(c.take_changes().is_empty());
+        let ch = c.claim_havip("i-b", ip);
+        assert_eq!(
+            ch,
+            vec![Change::HaVip {
+                havip_id: id.clone()
+            }]
+        );
+        assert_eq!(c.take_changes(), ch);
+        assert_eq!(c.havips[&id].associated_instances, ["i-b", "i-a"]);
+        assert_eq!(reaches(&c, eip), Some(("eni-i-b0".into(), ip, true)));
+        let (enis, _) = c.dataplane();
+        let a = c.enis["eni-i-a0"].index;
+        assert!(!enis
+            .iter()
+            .find(|e| e.id == a)
+            .unwrap()
+            .private_ips
+            .contains(&ip));
+        // And back by the lab's failover call.
+        assert_eq!(
+            c.fail_over_havip(&id, "i-a").unwrap(),
+            vec![Change::HaVip {
+                havip_id: id.clone()
+            }]
+        );
+        assert_eq!(reaches(&c, eip), Some(("eni-i-a0".into(), ip, true)));
+        assert!(c.fail_over_havip(&id, "i-a").unwrap().is_empty());
+    }
+
+    #[test]
+    fn failover_refuses_an_instance_not_associated_or_an_unknown_havip() {
+        let mut c = lab();
+        let (id, _) = held(&mut c);
+        refused(&c, "ResourceNotAssociated", 400, |c| {
+            c.fail_over_havip(&id, "i-web")
+        });
+        refused(&c, "InvalidHaVipId.NotFound", 404, |c| {
+            c.fail_over_havip("havip-none", "i-a")
+        });
+    }
+
+    #[test]
+    fn a_havip_on_an_eni_is_held_by_that_eni_while_attached() {
+        let mut c = lab();
+        let id = create(&mut c, Some("10.0.1.100"));
+        c.associate_havip(R, &id, "eni-x", Some("NetworkInterface"))
+            .unwrap();
+        // eni-x is detached: nobody carries the address.
+        assert!(c.havip_eni(&c.havips[&id]).is_none());
+        c.enis.get_mut("eni-x").unwrap().instance = Some("i-b".into());
+        assert_eq!(
+            c.havip_eni(&c.havips[&id]).map(|e| e.id.as_str()),
+            Some("eni-x")
+        );
+        // A guest of the instance the ENI is on claims it like its own.
+        let id2 = create(&mut c, Some("10.0.1.101"));
+        c.associate_havip(R, &id2, "eni-i-a0", Some("NetworkInterface"))
+            .unwrap();
+        c.associate_havip(R, &id2, "eni-x", Some("NetworkInterface"))
+            .unwrap();
+        assert_eq!(c.claim_havip("i-b", "10.0.1.101".parse().unwrap()).len(), 1);
+        assert_eq!(c.havips[&id2].associated_instances, ["eni-x", "eni-i-a0"]);
     }
 }

@@ -7,17 +7,17 @@
 //! mode, and batch association; the ECS actions the seeds' procedures need (attach/detach,
 //! private IPs, start/stop); Associating/Unassociating and Starting/Stopping as timed states;
 //! the engine table derived from the state ([`Cloud::table`]).
-//! NAT gateways, HaVips and CLBs: their association rules (their dataplane comes later).
+//! NAT gateways, HaVips and CLBs: their association rules; what they carry is in [`Cloud::dataplane`].
 //! SNAT/DNAT entries: from the lab file, and created, modified and deleted by the API with the
 //! cloud's rules ([`nat`]).
 
 use crate::engine::table::{
-    AssociationMode, EipAssociation, EipConfig, EniConfig, InstanceRef, TableBuilder,
+    AssociationMode, EipAssociation, EipConfig, EniConfig, EniId, InstanceRef, TableBuilder,
 };
 use core::fmt;
 use core::net::Ipv4Addr;
 use serde::{Deserialize, Serialize};
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, HashMap};
 
 #[cfg(test)]
 pub(crate) mod fixture;
@@ -487,8 +487,8 @@ pub enum Change {
     NatEntries {
         nat_gateway: String,
     },
-    /// A HaVip was created, associated, unassociated or deleted ([`havip`]): its dataplane is
-    /// not built yet, but the saved state changes.
+    /// A HaVip was created, associated, unassociated, deleted or moved to another holder
+    /// ([`havip`]): the ENI its address and EIP reach may have changed.
     HaVip {
         havip_id: String,
     },
@@ -1985,8 +1985,21 @@ impl Cloud {
     /// The dataplane this state implies: every ENI, and every EIP, mapped where InUse or
     /// Unassociating (the mapping goes when the EIP is Available again).
     pub fn dataplane(&self) -> (Vec<EniConfig>, Vec<EipConfig>) {
+        // D12: each HaVip's address is one more private IP of its holder's ENI.
+        let mut havip_on: HashMap<&str, Vec<Ipv4Addr>> = HashMap::new();
+        let mut havip_eni: HashMap<&str, (EniId, Ipv4Addr)> = HashMap::new();
+        for h in self.havips.values() {
+            if let Some(e) = self.havip_eni(h) {
+                havip_on.entry(e.id.as_str()).or_default().push(h.ip);
+                havip_eni.insert(h.id.as_str(), (e.index, h.ip));
+            }
+        }
         let mut enis = Vec::with_capacity(self.enis.len());
         for eni in self.enis.values() {
+            let mut private_ips = eni.private_ips.clone();
+            if let Some(extra) = havip_on.get(eni.id.as_str()) {
+                private_ips.extend_from_slice(extra);
+            }
             let instance = eni.instance.as_ref().and_then(|i| self.instances.get(i));
             enis.push(EniConfig {
                 id: eni.index,
@@ -1995,7 +2008,7 @@ impl Cloud {
                     running: i.status == InstanceStatus::Running,
                 }),
                 gateway: self.vswitches.get(&eni.vswitch).map(|v| v.gateway),
-                private_ips: eni.private_ips.clone(),
+                private_ips,
             });
         }
         let mut eips = Vec::with_capacity(self.eips.len());
@@ -2003,6 +2016,15 @@ impl Cloud {
         for e in self.eips.values() {
             let mapped = matches!(e.status, EipStatus::InUse | EipStatus::Unassociating);
             let association = e.binding.as_ref().filter(|_| mapped).and_then(|bd| {
+                if bd.bind_type == BindType::HaVip {
+                    // To whichever ENI holds the HaVip, translated to the HaVip's address.
+                    let &(eni, ip) = havip_eni.get(bd.instance_id.as_str())?;
+                    return Some(EipAssociation {
+                        mode: Mode::Nat,
+                        eni,
+                        private_ip: Some(ip),
+                    });
+                }
                 let eni = resolve.bound_eni(bd)?;
                 Some(EipAssociation {
                     mode: bd.mode,

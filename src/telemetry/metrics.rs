@@ -250,6 +250,22 @@ fn encode(e: &mut DescriptorEncoder, cloud: &Cloud, snap: &Snapshot) -> fmt::Res
         )?;
     }
 
+    // Who holds each HaVip (SPEC D12): 1 for the holder, 0 for its standbys.
+    family(
+        e,
+        "eiplab_havip_holder",
+        "Whether an instance (or ENI) associated with a HaVip holds it: 1 the holder, 0 a standby.",
+        MetricType::Gauge,
+        cloud.havips.values().flat_map(|h| {
+            h.associated_instances.iter().enumerate().map(|(k, i)| {
+                (
+                    [("havip", h.id.as_str()), ("instance", i.as_str())],
+                    u64::from(k == 0),
+                )
+            })
+        }),
+    )?;
+
     family(
         e,
         "eiplab_eips",

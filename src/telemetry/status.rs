@@ -246,6 +246,41 @@ pub fn status_text(status: &Value) -> String {
         rows.push(row);
     }
     table(&mut out, &headers, &right, &rows);
+    for h in status["HaVips"].as_array().into_iter().flatten() {
+        let standby: Vec<String> = h["AssociatedInstances"]
+            .as_array()
+            .into_iter()
+            .flatten()
+            .skip(1)
+            .map(text)
+            .collect();
+        let eips: Vec<String> = h["EipAddresses"]
+            .as_array()
+            .into_iter()
+            .flatten()
+            .map(text)
+            .collect();
+        let _ = writeln!(
+            out,
+            "havip {} {}: {}{}{}",
+            text(&h["HaVipId"]),
+            text(&h["IpAddress"]),
+            match text(&h["MasterInstanceId"]) {
+                m if m.is_empty() => "held by nobody".to_string(),
+                m => format!("held by {m}"),
+            },
+            if standby.is_empty() {
+                String::new()
+            } else {
+                format!(", standby {}", standby.join(" "))
+            },
+            if eips.is_empty() {
+                String::new()
+            } else {
+                format!(", EIP {}", eips.join(" "))
+            },
+        );
+    }
 
     let Some(c) = counters else {
         out.push_str("counters: no dataplane running (backend none)\n");
