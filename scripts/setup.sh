@@ -38,6 +38,8 @@ command -v python3 >/dev/null || need_apt+=(python3)
 # RFC 5780 NAT behaviour discovery through the NAT gateway (tests/lab.rs): coturn's STUN server
 # and its turnutils_natdiscovery client.
 { [ -x /usr/bin/turnserver ] && [ -x /usr/bin/turnutils_natdiscovery ]; } || need_apt+=(coturn)
+# HaVip failover (tests/lab.rs): keepalived's VRRP in unicast mode moves the HaVip's address.
+[ -x /usr/sbin/keepalived ] || need_apt+=(keepalived)
 if [ ${#need_apt[@]} -gt 0 ]; then
   echo "setup: apt-get install ${need_apt[*]}" >&2
   as_root apt-get update -qq

@@ -4,6 +4,7 @@
 //! runtime, no libc, no sockets, no clock. Time is passed in as nanoseconds.
 
 pub mod alg;
+pub mod clb;
 pub mod cloud;
 pub mod engine;
 pub mod napt;

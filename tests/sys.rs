@@ -7,17 +7,23 @@
 //! deletes them when the test ends, passed or failed. Nothing is added to the root namespace
 //! (it is only read, to check that it was left alone). Addresses are in 10.0.0.0/8,
 //! 198.51.100.0/24 and 203.0.113.0/24; the only traffic is one ping between two test
-//! namespaces.
+//! namespaces and health checks over one test namespace's loopback.
 #![cfg(feature = "runtime")]
 
 mod common;
 
-use std::net::Ipv4Addr;
+use std::collections::HashMap;
+use std::net::{Ipv4Addr, SocketAddrV4, UdpSocket};
 use std::panic::AssertUnwindSafe;
 use std::process::Command;
+use std::sync::mpsc;
 
+use std::time::{Duration, Instant};
+
+use eiplab::lab::health::{ProbeKind, ProbeTarget, Prober};
+use eiplab::lab::services::listen_in;
 use eiplab::sys::netlink::{
-    Address, Applied, Batch, Ipv4Cidr, Mode, Netlink, Request, Route, Rule,
+    AddrEvent, AddrWatch, Address, Applied, Batch, Ipv4Cidr, Mode, Netlink, Request, Route, Rule,
 };
 use eiplab::sys::netns::{self, NetnsHandle};
 
@@ -895,5 +901,197 @@ fn a_veth_between_two_namespaces_carries_a_ping() {
         "no ping reply: {}{}",
         String::from_utf8_lossy(&out.stdout),
         String::from_utf8_lossy(&out.stderr)
+    );
+}
+
+// ---------------------------------------------------------------------------------------------
+// Watching addresses
+
+/// Waits up to `within` for an event on `addr`; returns it (panics if none came).
+fn next_event_for(watch: &mut AddrWatch, addr: Ipv4Addr, within: Duration) -> AddrEvent {
+    let deadline = Instant::now() + within;
+    loop {
+        let left = deadline.saturating_duration_since(Instant::now());
+        assert!(!left.is_zero(), "no event for {addr} within {within:?}");
+        let started = Instant::now();
+        let events = watch.wait(left).unwrap();
+        assert!(
+            started.elapsed() < left + Duration::from_millis(100),
+            "wait overran its timeout"
+        );
+        if let Some(e) = events.into_iter().find(|e| e.addr == addr) {
+            return e;
+        }
+    }
+}
+
+#[test]
+fn an_address_watch_sees_addresses_added_and_removed_in_its_namespace_only() {
+    if !privileged("an_address_watch_sees_addresses_added_and_removed_in_its_namespace_only") {
+        return;
+    }
+    let mut t = Namespaces::new("watch");
+    let a = t.create("a");
+    let b = t.create("b");
+    let mut watch = AddrWatch::open_in(&NetnsHandle::open(&a).unwrap()).unwrap();
+    let mut other = AddrWatch::open_in(&NetnsHandle::open(&b).unwrap()).unwrap();
+    assert!(watch.namespace().contains(&a));
+
+    // Nothing happened yet: a wait times out, on time, with nothing.
+    let started = Instant::now();
+    assert_eq!(watch.wait(Duration::from_millis(150)).unwrap(), []);
+    let took = started.elapsed();
+    assert!(
+        took >= Duration::from_millis(140) && took < Duration::from_millis(400),
+        "{took:?}"
+    );
+    assert_eq!(watch.read_ready().unwrap(), []);
+
+    // Added by `ip`, as keepalived would.
+    let vip = v4("10.9.9.9");
+    ip_in(&a, &["addr", "add", "10.9.9.9/32", "dev", "lo"]);
+    let e = next_event_for(&mut watch, vip, Duration::from_secs(2));
+    assert_eq!(
+        e,
+        AddrEvent {
+            added: true,
+            ifindex: 1,
+            addr: vip,
+            prefix_len: 32
+        }
+    );
+    ip_in(&a, &["addr", "del", "10.9.9.9/32", "dev", "lo"]);
+    let e = next_event_for(&mut watch, vip, Duration::from_secs(2));
+    assert!(!e.added && e.prefix_len == 32 && e.ifindex == 1, "{e:?}");
+
+    // Added by this crate on a veth, seen with its prefix and the device's index.
+    veth_by_ip(&a);
+    let mut nl = Netlink::open_in(&NetnsHandle::open(&a).unwrap()).unwrap();
+    let d0 = nl.link_index("d0").unwrap();
+    nl.apply(Batch::new().addr_add("d0", cidr("198.51.100.9/24")))
+        .unwrap();
+    let e = next_event_for(&mut watch, v4("198.51.100.9"), Duration::from_secs(2));
+    assert_eq!((e.added, e.ifindex, e.prefix_len), (true, d0, 24));
+    nl.apply(Batch::new().addr_delete("d0", cidr("198.51.100.9/24")))
+        .unwrap();
+    let e = next_event_for(&mut watch, v4("198.51.100.9"), Duration::from_secs(2));
+    assert!(!e.added, "{e:?}");
+
+    // The other namespace's watch heard none of it.
+    assert_eq!(other.read_ready().unwrap(), []);
+    assert!(!watch.take_overrun() && !other.take_overrun());
+}
+
+// ---------------------------------------------------------------------------------------------
+// Health checks (`eiplab::lab::health`), sent inside a test namespace
+
+#[test]
+fn health_checks_see_a_listener_closed_ports_and_a_listener_going_away() {
+    if !privileged("health_checks_see_a_listener_closed_ports_and_a_listener_going_away") {
+        return;
+    }
+    let mut t = Namespaces::new("health");
+    let a = t.create("a");
+    let mut nl = Netlink::open_in(&NetnsHandle::open(&a).unwrap()).unwrap();
+    nl.apply(Batch::new().addr_add("lo", cidr("10.9.0.1/32")))
+        .unwrap();
+    let host = v4("10.9.0.1");
+    let listener = listen_in(&a, SocketAddrV4::new(host, 8080).into()).unwrap();
+    // A UDP service that never answers: silence is up.
+    let quiet = netns::enter(&a, move || UdpSocket::bind(SocketAddrV4::new(host, 9998)))
+        .unwrap()
+        .unwrap();
+
+    let e = Prober::start(&t.name("missing"), None, Box::new(|_, _| {})).unwrap_err();
+    assert!(e.contains("does not exist"), "{e}");
+
+    let (tx, rx) = mpsc::channel::<(u64, bool)>();
+    let prober = Prober::start(
+        &a,
+        Some(host),
+        Box::new(move |key, up| {
+            let _ = tx.send((key, up));
+        }),
+    )
+    .unwrap();
+    let target = |key, kind, port| ProbeTarget {
+        key,
+        kind,
+        addr: SocketAddrV4::new(host, port),
+        interval: Duration::from_millis(200),
+        timeout: Duration::from_millis(500),
+    };
+    prober.set_targets(vec![
+        target(1, ProbeKind::Tcp, 8080),
+        target(2, ProbeKind::Tcp, 8081),
+        target(3, ProbeKind::Udp, 9999),
+        target(4, ProbeKind::Udp, 9998),
+    ]);
+
+    // Every target reported, each the way it should, within 3 s.
+    let want = [(1, true), (2, false), (3, false), (4, true)];
+    let mut seen: HashMap<u64, Vec<bool>> = HashMap::new();
+    let deadline = Instant::now() + Duration::from_secs(3);
+    while want.iter().any(|(k, _)| !seen.contains_key(k)) {
+        let left = deadline.saturating_duration_since(Instant::now());
+        match rx.recv_timeout(left) {
+            Ok((key, up)) => seen.entry(key).or_default().push(up),
+            Err(_) => panic!("not every target reported within 3 s: {seen:?}"),
+        }
+    }
+    for (key, up) in want {
+        assert!(
+            seen[&key].iter().all(|u| *u == up),
+            "target {key}: {:?}",
+            seen[&key]
+        );
+    }
+
+    // The service goes away: its check turns down.
+    drop(listener);
+    let deadline = Instant::now() + Duration::from_secs(3);
+    loop {
+        let left = deadline.saturating_duration_since(Instant::now());
+        match rx.recv_timeout(left) {
+            Ok((1, false)) => break,
+            Ok((2 | 3, true)) => panic!("a closed port reported up"),
+            Ok(_) => {}
+            Err(_) => panic!("target 1 did not turn down within 3 s of closing its listener"),
+        }
+    }
+
+    let mut buf = [0u8; 64];
+    quiet.set_nonblocking(true).unwrap();
+    let (n, from) = quiet
+        .recv_from(&mut buf)
+        .expect("the UDP check sent nothing");
+    assert_eq!(
+        from.ip(),
+        std::net::IpAddr::V4(host),
+        "checks come from the source given"
+    );
+    assert!(n > 0);
+
+    // A new target set: the targets that went are no longer probed.
+    prober.set_targets(vec![target(1, ProbeKind::Tcp, 8080)]);
+    std::thread::sleep(Duration::from_millis(300)); // what was in flight may still report
+    while rx.try_recv().is_ok() {}
+    let until = Instant::now() + Duration::from_millis(700);
+    let mut ones = 0;
+    while let Ok((key, up)) = rx.recv_timeout(until.saturating_duration_since(Instant::now())) {
+        assert_eq!((key, up), (1, false), "only target 1 is left, and down");
+        ones += 1;
+    }
+    assert!(ones >= 2, "target 1 reported {ones} times in 700 ms");
+
+    // Dropping stops the thread at once; its report closure goes with it.
+    let started = Instant::now();
+    drop(prober);
+    let took = started.elapsed();
+    assert!(took < Duration::from_millis(300), "drop took {took:?}");
+    while rx.try_recv().is_ok() {}
+    assert_eq!(
+        rx.recv_timeout(Duration::from_millis(200)),
+        Err(mpsc::RecvTimeoutError::Disconnected)
     );
 }

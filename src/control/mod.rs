@@ -14,8 +14,9 @@
 
 pub mod store;
 
+use crate::clb::{Clb, ClbConfig};
 use crate::cloud::Cloud;
-use crate::engine::table::{NatGatewayConfig, SharedNapt, Table};
+use crate::engine::table::{ClbTableConfig, NatGatewayConfig, SharedClb, SharedNapt, Table};
 use crate::engine::TableCell;
 use crate::napt::{DnatRule, Napt, NaptConfig, SnatRule};
 use crate::telemetry::{CounterSource, Snapshot};
@@ -50,6 +51,35 @@ pub struct TableExtras {
     pub internet_gateway: Option<std::net::Ipv4Addr>,
     /// Each NAT gateway's NAPT behaviour, by gateway id (the cloud's defaults for the rest).
     pub napt: BTreeMap<String, NaptConfig>,
+    /// Each CLB's listeners and backends, by load balancer id (a CLB without one carries
+    /// nothing).
+    pub clb: BTreeMap<String, ClbSpec>,
+}
+
+/// A CLB as the lab file declares it: its configuration with each backend's address left
+/// unspecified, and the instance each backend is (the same for every listener).
+#[derive(Clone, Debug, PartialEq)]
+pub struct ClbSpec {
+    pub config: ClbConfig,
+    pub backends: Vec<String>,
+}
+
+/// One CLB's shared state, kept for the life of the control plane so that its connections
+/// and its backends' health outlive every table, with the configuration it was last given
+/// and its backends' instance ids.
+struct ClbState {
+    clb: SharedClb,
+    config: ClbConfig,
+    backends: Vec<String>,
+}
+
+/// A CLB for the lab's health checker and status: its id, its shared state, and the
+/// instance id of each backend (in the order of its listeners' backends).
+#[derive(Clone, Debug)]
+pub struct LoadBalancerHandle {
+    pub id: String,
+    pub clb: SharedClb,
+    pub backends: Vec<String>,
 }
 
 /// One NAT gateway's NAPT, kept for the life of the control plane so that its sessions
@@ -72,6 +102,8 @@ struct Inner {
     extras: TableExtras,
     /// Every NAT gateway's NAPT, by gateway id.
     napts: BTreeMap<String, GatewayNapt>,
+    /// Every CLB's connections and health, by load balancer id.
+    clbs: BTreeMap<String, ClbState>,
     /// The state in memory is ahead of the store: a save failed and its state was kept (the
     /// timer's, which has no caller to refuse, or a change the store could not undo). The
     /// next call saves whether or not it changes anything.
@@ -181,7 +213,8 @@ impl ControlPlane {
             }
         }
         let mut napts = BTreeMap::new();
-        let table = build_table(&cloud, &opts.table, &mut napts)
+        let mut clbs = BTreeMap::new();
+        let table = build_table(&cloud, &opts.table, &mut napts, &mut clbs)
             .map_err(|e| format!("the lab's table: {e}"))?;
         let cp = Arc::new(ControlPlane {
             inner: Mutex::new(Inner {
@@ -190,6 +223,7 @@ impl ControlPlane {
                 store,
                 extras: opts.table.clone(),
                 napts,
+                clbs,
                 unsaved: false,
                 #[cfg(test)]
                 faults: Faults::default(),
@@ -219,7 +253,7 @@ impl ControlPlane {
     }
 
     fn publish(&self, g: &mut Inner) {
-        match build_table(&g.cloud, &g.extras, &mut g.napts) {
+        match build_table(&g.cloud, &g.extras, &mut g.napts, &mut g.clbs) {
             Ok(t) => {
                 let generation = self.cell.publish(t);
                 tracing::debug!(generation, "engine table published");
@@ -415,7 +449,33 @@ impl ControlPlane {
                 (id.clone(), stats)
             })
             .collect();
+        snap.load_balancers = g
+            .clbs
+            .iter()
+            .map(|(id, c)| {
+                let stats = c.clb.lock().unwrap_or_else(|p| p.into_inner()).stats();
+                let lb = crate::telemetry::LoadBalancerStats {
+                    stats,
+                    backends: c.backends.clone(),
+                };
+                (id.clone(), lb)
+            })
+            .collect();
         Some(snap)
+    }
+
+    /// The CLBs the lab file declares listeners for: their shared state (which the lab's
+    /// health checker reports into) and their backends' instance ids.
+    pub fn load_balancers(&self) -> Vec<LoadBalancerHandle> {
+        self.lock()
+            .clbs
+            .iter()
+            .map(|(id, c)| LoadBalancerHandle {
+                id: id.clone(),
+                clb: c.clb.clone(),
+                backends: c.backends.clone(),
+            })
+            .collect()
     }
 
     /// Ends every transition on time, forever: sleeps until the model's next deadline, or
@@ -482,8 +542,10 @@ fn build_table(
     cloud: &Cloud,
     x: &TableExtras,
     napts: &mut BTreeMap<String, GatewayNapt>,
+    clbs: &mut BTreeMap<String, ClbState>,
 ) -> Result<Table, String> {
     let mut b = cloud.table();
+    b = add_clbs(b, cloud, x, clbs);
     let gateways = cloud.nat_gateway_rules();
     napts.retain(|id, _| gateways.iter().any(|g| &g.id == id));
     for g in gateways {
@@ -535,6 +597,71 @@ fn build_table(
         b = b.internet_gateway(g);
     }
     b.build().map_err(|e| e.to_string())
+}
+
+/// Each CLB of `x`: its state (made on first sight, given a changed configuration in place,
+/// so its connections and backends' health carry on), and in the table when an EIP maps to it.
+/// Backends are the instances' primary private IPs.
+fn add_clbs(
+    mut b: crate::engine::table::TableBuilder,
+    cloud: &Cloud,
+    x: &TableExtras,
+    clbs: &mut BTreeMap<String, ClbState>,
+) -> crate::engine::table::TableBuilder {
+    clbs.retain(|id, _| x.clb.contains_key(id));
+    for (id, spec) in &x.clb {
+        let primary = |inst: &str| {
+            cloud
+                .enis
+                .values()
+                .find(|e| e.primary && e.instance.as_deref() == Some(inst))
+        };
+        let mut config = spec.config.clone();
+        for l in &mut config.listeners {
+            for (k, be) in l.backends.iter_mut().enumerate() {
+                if let Some(e) = spec.backends.get(k).and_then(|i| primary(i)) {
+                    be.addr = e.private_ips[0];
+                }
+            }
+        }
+        let state = clbs.entry(id.clone()).or_insert_with(|| ClbState {
+            clb: Arc::new(Mutex::new(Clb::new(config.clone()))),
+            config: config.clone(),
+            backends: spec.backends.clone(),
+        });
+        if state.config != config {
+            state
+                .clb
+                .lock()
+                .unwrap_or_else(|p| p.into_inner())
+                .set_config(config.clone());
+            state.config = config;
+            state.backends = spec.backends.clone();
+        }
+        let eip = cloud.eips.values().find(|e| {
+            matches!(
+                e.status,
+                crate::cloud::EipStatus::InUse | crate::cloud::EipStatus::Unassociating
+            ) && e.binding.as_ref().is_some_and(|bd| {
+                bd.bind_type == crate::cloud::BindType::SlbInstance && &bd.instance_id == id
+            })
+        });
+        if let Some(e) = eip {
+            let backend_enis = spec
+                .backends
+                .iter()
+                .filter_map(|i| primary(i))
+                .map(|e| e.index)
+                .collect();
+            b = b.clb(ClbTableConfig {
+                id: id.clone(),
+                clb: state.clb.clone(),
+                eip: (e.address, e.slot),
+                backend_enis,
+            });
+        }
+    }
+    b
 }
 
 #[cfg(test)]

@@ -515,6 +515,7 @@ fn set_alg_policy_publishes_a_table_with_the_new_policy_and_keeps_the_rest() {
             source_check: Some(false),
             internet_gateway: None,
             napt: Default::default(),
+            clb: Default::default(),
         },
     };
     let cp = ControlPlane::new(cloud(), &opts).unwrap();

@@ -12,6 +12,7 @@
 //! carry over, because their slots and ids are stable.
 
 mod cell;
+mod clb;
 mod frag;
 mod natgw;
 mod records;
@@ -727,6 +728,10 @@ impl Engine {
                 (false, i)
             }
             Side::Eni(e) => {
+                // A CLB backend's replies leave from the CLB's EIP: the general way.
+                if !t.clbs.is_empty() && !t.clbs_of_eni(e).is_empty() {
+                    return None;
+                }
                 let found = st.outbound.find(src);
                 let foreign = match found {
                     None => true,
@@ -837,10 +842,21 @@ impl Engine {
             Err(r) => return st.drop(r, ingress, NOBODY),
         };
 
-        if ingress == Side::Internet {
-            if let Some((gw, slot)) = table.gateway_eip(h.dst) {
-                return st.gateway_from_internet(table, now, gw, slot, buf, len, flags, &h);
+        match ingress {
+            Side::Internet => {
+                if let Some((gw, slot)) = table.gateway_eip(h.dst) {
+                    return st.gateway_from_internet(table, now, gw, slot, buf, len, flags, &h);
+                }
+                if let Some((clb, slot)) = table.clb_eip(h.dst) {
+                    return st.clb_from_internet(table, now, clb, slot, buf, len, flags, &h);
+                }
             }
+            Side::Eni(eni) if !table.clbs.is_empty() => {
+                if let Some(v) = st.clb_from_backend(table, now, eni, buf, len, flags, &h) {
+                    return v;
+                }
+            }
+            _ => {}
         }
         let decision = match ingress {
             Side::Internet => from_internet(st, table, h.src, h.dst),

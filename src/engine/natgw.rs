@@ -53,7 +53,7 @@ fn napt_reason(d: NaptDrop) -> DropReason {
     }
 }
 
-fn sock(a: u32, port: u16) -> SocketAddrV4 {
+pub(super) fn sock(a: u32, port: u16) -> SocketAddrV4 {
     SocketAddrV4::new(Ipv4Addr::from(a), port)
 }
 
@@ -242,7 +242,7 @@ fn set_addresses(pkt: &mut [u8], h: &Headers, src: Ipv4Addr, dst: Ipv4Addr) -> D
 /// Writes new endpoints into a TCP, UDP or ICMP query packet (an ICMP query's identifier is
 /// the port of whichever side is inside: the source's going out, the destination's coming
 /// in), and fixes every checksum that covers them. Takes one from the TTL.
-fn rewrite_query(
+pub(super) fn rewrite_query(
     pkt: &mut [u8],
     h: &Headers,
     src: SocketAddrV4,
@@ -376,7 +376,7 @@ fn rewrite_error(
 impl State {
     /// Counts a packet the gateway forwarded: against the gateway EIP it used (`slot`,
     /// internet -> guest when `to_guest`), and the ENIs it came from and went to.
-    fn count_gateway_forward(
+    pub(super) fn count_gateway_forward(
         &mut self,
         slot: EipSlot,
         to_guest: bool,
@@ -401,7 +401,11 @@ impl State {
     }
 
     /// Where a private address inside the VPC is delivered, or why not.
-    fn gateway_delivery(t: &Table, addr: u32, blame: Blame) -> Result<EniId, (DropReason, Blame)> {
+    pub(super) fn gateway_delivery(
+        t: &Table,
+        addr: u32,
+        blame: Blame,
+    ) -> Result<EniId, (DropReason, Blame)> {
         match t.map.get(addr) {
             Some(d) if d.kind == super::Kind::Private => {
                 let b = Blame {
@@ -485,6 +489,28 @@ impl State {
         let int = match answer {
             Ok(a) => a,
             Err(d) => return self.drop(napt_reason(d), Side::Internet, blame),
+        };
+        self.deliver_inside(t, slot, buf, len, flags, h, src, int)
+    }
+
+    /// Internet -> an EIP in `slot` whose NAT gateway or CLB sends the packet from `src` on
+    /// to `int` inside the VPC: delivered to `int`'s ENI with its destination rewritten, or
+    /// dropped when nobody may take it.
+    #[allow(clippy::too_many_arguments)]
+    pub(super) fn deliver_inside(
+        &mut self,
+        t: &Table,
+        slot: EipSlot,
+        buf: &mut [u8],
+        len: usize,
+        flags: PacketFlags,
+        h: &Headers,
+        src: SocketAddrV4,
+        int: SocketAddrV4,
+    ) -> Verdict {
+        let blame = Blame {
+            eip: slot,
+            eni: NONE,
         };
         let eni = match Self::gateway_delivery(t, u32::from(*int.ip()), blame) {
             Ok(e) => e,
@@ -845,6 +871,10 @@ impl State {
             Side::Eni(e) => {
                 let r = self.outbound.get(self.outbound.find(h.src)?);
                 if r.eni != e || r.slot != NONE || r.refuse.is_some() {
+                    return None;
+                }
+                // A CLB backend's replies may be the CLB's: the general way decides.
+                if !t.clbs_of_eni(e).is_empty() {
                     return None;
                 }
                 let d = h.dst;

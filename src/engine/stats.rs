@@ -106,6 +106,21 @@ reasons! {
     /// A fragmented datagram: the gateway does not reassemble, so it carries whole
     /// datagrams only.
     NatGatewayFragment = "nat_gateway_fragment",
+    // D13: an internal-facing CLB behind an EIP.
+    /// To a CLB's EIP on a protocol and port none of its listeners serves.
+    ClbNoListener = "clb_no_listener",
+    /// A new connection to a listener whose backends are all failing their health check
+    /// (or weigh 0).
+    ClbNoHealthyBackend = "clb_no_healthy_backend",
+    /// The CLB's connection table is full (`max_connections`): a new connection is refused
+    /// while the live ones carry on.
+    ClbConnectionTableFull = "clb_connection_table_full",
+    /// A new connection whose client address and port already have a connection to every
+    /// eligible backend's port through another listener: the replies could not be told apart.
+    ClbConflict = "clb_conflict",
+    /// A fragmented datagram to or from a CLB: it carries whole datagrams only (it would have
+    /// to reassemble them to find their ports).
+    ClbFragment = "clb_fragment",
 }
 
 impl DropReason {

@@ -5,6 +5,7 @@
 //! never takes a lock and never sees a half-applied association.
 
 use crate::alg::AlgPolicy;
+use crate::clb::Clb;
 use crate::napt::Napt;
 use core::fmt;
 use core::net::Ipv4Addr;
@@ -125,6 +126,9 @@ pub enum TableError {
     /// A NAT gateway's EIP that is not programmed as an unassociated EIP with its slot, or
     /// that two gateways claim.
     GatewayEip(Ipv4Addr),
+    /// A CLB's EIP that is not programmed as an unassociated EIP with its slot, or that a NAT
+    /// gateway or another CLB claims too.
+    ClbEip(Ipv4Addr),
 }
 
 impl fmt::Display for TableError {
@@ -137,6 +141,10 @@ impl fmt::Display for TableError {
             GatewayEip(a) => write!(
                 f,
                 "NAT gateway EIP {a} must be one EIP of the table with no other association"
+            ),
+            ClbEip(a) => write!(
+                f,
+                "CLB EIP {a} must be one EIP of the table with no other association"
             ),
             UnspecifiedAddress => write!(f, "0.0.0.0 cannot be programmed"),
             UnknownEni { eip, eni } => write!(f, "EIP {eip} is associated with unknown ENI {eni}"),
@@ -179,7 +187,8 @@ pub(crate) enum Kind {
 ///
 /// - [`Kind::Eip`]: `slot` = the EIP's slot, `mode` = its association mode (or none), `eni` =
 ///   its ENI, `other` = the mapped private IP (NAT mode), or for an EIP of a NAT gateway (no
-///   mode) the gateway's index + 1.
+///   mode) the gateway's index + 1, or for an EIP of a CLB (no mode) its index with
+///   [`CLB_MARK`] set.
 /// - [`Kind::Private`]: `eni` = the owner, `other` = its NAT EIP (0 if none), `slot` = that
 ///   EIP's slot.
 /// - gateways: the address the gateway itself answers on.
@@ -332,6 +341,34 @@ pub(crate) struct GatewayEntry {
     pub napt: SharedNapt,
 }
 
+/// A CLB's connection table, scheduler and backend health: one per CLB for the life of the
+/// lab, shared like [`SharedNapt`] (the health checker writes into it too).
+pub type SharedClb = Arc<Mutex<Clb>>;
+
+/// Marks a CLB EIP's `other` in the address map (a gateway's is its index + 1, far below).
+pub(crate) const CLB_MARK: u32 = 1 << 31;
+
+/// An internal-facing CLB with an EIP, as the table knows it (SPEC D13).
+#[derive(Clone, Debug)]
+pub struct ClbTableConfig {
+    pub id: String,
+    pub clb: SharedClb,
+    /// Its EIP and the EIP's slot (programmed with [`TableBuilder::eip`] too, unassociated).
+    pub eip: (Ipv4Addr, EipSlot),
+    /// The ENIs of its backends: their replies go back out through it.
+    pub backend_enis: Vec<EniId>,
+}
+
+/// A CLB in a built table.
+#[derive(Clone, Debug)]
+pub(crate) struct ClbEntry {
+    pub id: String,
+    pub clb: SharedClb,
+    /// Its EIP, which its backends' replies leave from.
+    pub eip: u32,
+    pub slot: EipSlot,
+}
+
 /// The programmed gateway. Build with [`TableBuilder`].
 #[derive(Clone, Debug)]
 pub struct Table {
@@ -355,6 +392,10 @@ pub struct Table {
     /// (network, mask, gateway index), the most specific first: which gateway carries a
     /// private source's internet traffic.
     pub(crate) gateway_sources: Vec<(u32, u32, u32)>,
+    /// CLBs with an EIP, by index.
+    pub(crate) clbs: Vec<ClbEntry>,
+    /// By ENI id: the CLBs (indexes) the ENI is a backend of.
+    pub(crate) clb_of_eni: Vec<Vec<u32>>,
 }
 
 impl Table {
@@ -408,7 +449,30 @@ impl Table {
             return None;
         }
         let e = self.map.get(addr)?;
-        (e.kind == Kind::Eip && e.mode.is_none() && e.other != 0).then(|| (e.other - 1, e.slot))
+        (e.kind == Kind::Eip && e.mode.is_none() && e.other != 0 && e.other & CLB_MARK == 0)
+            .then(|| (e.other - 1, e.slot))
+    }
+
+    /// The CLB and slot of a CLB's EIP.
+    #[inline]
+    pub(crate) fn clb_eip(&self, addr: u32) -> Option<(u32, EipSlot)> {
+        if self.clbs.is_empty() {
+            return None;
+        }
+        let e = self.map.get(addr)?;
+        (e.kind == Kind::Eip && e.mode.is_none() && e.other & CLB_MARK != 0)
+            .then_some((e.other & !CLB_MARK, e.slot))
+    }
+
+    /// The CLBs whose backend `eni` is (none when the lab has no CLB).
+    #[inline]
+    pub(crate) fn clbs_of_eni(&self, eni: EniId) -> &[u32] {
+        self.clb_of_eni.get(eni as usize).map_or(&[], Vec::as_slice)
+    }
+
+    /// The CLBs: their ids and shared state.
+    pub fn load_balancers(&self) -> impl Iterator<Item = (&str, &SharedClb)> + '_ {
+        self.clbs.iter().map(|c| (c.id.as_str(), &c.clb))
     }
 
     /// The NAT gateway that carries `src`'s internet traffic, if any.
@@ -444,6 +508,7 @@ pub struct TableBuilder {
     other_protocols: OtherProtocols,
     internet_gateway: Option<Ipv4Addr>,
     nat_gateways: Vec<NatGatewayConfig>,
+    clbs: Vec<ClbTableConfig>,
 }
 
 impl TableBuilder {
@@ -495,6 +560,13 @@ impl TableBuilder {
     /// (for their slots), with no association.
     pub fn nat_gateway(mut self, g: NatGatewayConfig) -> Self {
         self.nat_gateways.push(g);
+        self
+    }
+
+    /// An internal-facing CLB with an EIP: the EIP must be programmed with
+    /// [`TableBuilder::eip`] too (for its slot), with no association.
+    pub fn clb(mut self, c: ClbTableConfig) -> Self {
+        self.clbs.push(c);
         self
     }
 
@@ -728,6 +800,39 @@ impl TableBuilder {
         // Most specific first; among equals, the order given (a stable sort).
         gateway_sources.sort_by_key(|&(_, m, _)| core::cmp::Reverse(m.count_ones()));
 
+        let mut clbs = Vec::with_capacity(self.clbs.len());
+        let mut clb_of_eni: Vec<Vec<u32>> = Vec::new();
+        for (i, c) in self.clbs.into_iter().enumerate() {
+            let i = i as u32;
+            let (a, slot) = c.eip;
+            match map.get_mut(u32::from(a)) {
+                Some(e)
+                    if e.kind == Kind::Eip
+                        && e.mode.is_none()
+                        && e.slot == slot
+                        && e.other == 0 =>
+                {
+                    e.other = CLB_MARK | i
+                }
+                _ => return Err(TableError::ClbEip(a)),
+            }
+            for &eni in &c.backend_enis {
+                let k = eni as usize;
+                if clb_of_eni.len() <= k {
+                    clb_of_eni.resize_with(k + 1, Vec::new);
+                }
+                if !clb_of_eni[k].contains(&i) {
+                    clb_of_eni[k].push(i);
+                }
+            }
+            clbs.push(ClbEntry {
+                id: c.id,
+                clb: c.clb,
+                eip: u32::from(a),
+                slot,
+            });
+        }
+
         Ok(Table {
             map,
             enis,
@@ -742,6 +847,8 @@ impl TableBuilder {
             max_slot,
             gateways,
             gateway_sources,
+            clbs,
+            clb_of_eni,
         })
     }
 }

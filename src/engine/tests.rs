@@ -1766,5 +1766,7 @@ fn the_fast_path_agrees_with_the_general_path_on_every_packet() {
     assert_eq!(fast.all_eni_counters(), general.all_eni_counters());
 }
 
+/// D13: a CLB behind an EIP.
+mod clb;
 /// D9–D11: the NAT gateway path.
 mod natgw;

@@ -31,6 +31,12 @@ pub fn table_extras(lab: &LabFile) -> crate::control::TableExtras {
             .iter()
             .map(|g| (g.id.clone(), g.napt_config()))
             .collect(),
+        clb: lab
+            .load_balancer
+            .iter()
+            .filter(|l| !l.listener.is_empty())
+            .map(|l| (l.id.clone(), l.clb_spec()))
+            .collect(),
     }
 }
 

@@ -651,12 +651,162 @@ pub struct LoadBalancer {
     pub vswitch: Option<String>,
     #[serde(default, deserialize_with = "de_opt_ip")]
     pub address: Option<Ipv4Addr>,
-    /// Instance ids.
+    /// Instance ids, each with weight 100.
     #[serde(default)]
     pub backends: Vec<String>,
+    /// Backends with a weight (`[[load_balancer.backend]]`).
+    #[serde(default)]
+    pub backend: Vec<LbBackend>,
+    /// What it serves (`[[load_balancer.listener]]`): without a listener it carries nothing.
+    #[serde(default)]
+    pub listener: Vec<LbListener>,
+    /// The connection table's bound: a new connection beyond it is refused.
+    #[serde(default = "default_max_connections")]
+    pub max_connections: u64,
     /// Default: the top-level region.
     #[serde(default)]
     pub region: String,
+}
+
+fn default_max_connections() -> u64 {
+    1_000_000
+}
+fn default_weight() -> u16 {
+    100
+}
+
+/// `[[load_balancer.backend]]`: a backend server with its weight.
+#[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct LbBackend {
+    pub instance: String,
+    /// 0–100 (the CLB console's range); 0 takes no new connections.
+    #[serde(default = "default_weight")]
+    pub weight: u16,
+}
+
+/// `[[load_balancer.listener]]`: a layer-4 listener.
+#[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct LbListener {
+    pub protocol: LbProtocol,
+    pub port: u16,
+    /// Default: `port`.
+    #[serde(default)]
+    pub backend_port: Option<u16>,
+    #[serde(default)]
+    pub scheduler: LbScheduler,
+    /// Seconds a connection lives without packets (default: TCP 900, UDP 90).
+    #[serde(default)]
+    pub idle_timeout: Option<u64>,
+    #[serde(default)]
+    pub health_check: LbHealthCheck,
+}
+
+/// A listener's health check (the CLB's defaults: on, the backend port, every 2 s, 5 s to
+/// answer, 3 failures down, 3 successes up).
+#[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct LbHealthCheck {
+    #[serde(default = "yes")]
+    pub enabled: bool,
+    /// Default: the listener's backend port.
+    #[serde(default)]
+    pub port: Option<u16>,
+    /// Seconds between checks, 1–50.
+    #[serde(default = "default_hc_interval")]
+    pub interval: u32,
+    /// Seconds a check waits for its answer, 1–300.
+    #[serde(default = "default_hc_timeout")]
+    pub timeout: u32,
+    /// Successes in a row that bring a failed backend back, 2–10.
+    #[serde(default = "default_hc_threshold")]
+    pub healthy_threshold: u8,
+    /// Failures in a row that take a backend out, 2–10.
+    #[serde(default = "default_hc_threshold")]
+    pub unhealthy_threshold: u8,
+}
+
+impl Default for LbHealthCheck {
+    fn default() -> Self {
+        LbHealthCheck {
+            enabled: true,
+            port: None,
+            interval: default_hc_interval(),
+            timeout: default_hc_timeout(),
+            healthy_threshold: default_hc_threshold(),
+            unhealthy_threshold: default_hc_threshold(),
+        }
+    }
+}
+
+fn default_hc_interval() -> u32 {
+    2
+}
+fn default_hc_timeout() -> u32 {
+    5
+}
+fn default_hc_threshold() -> u8 {
+    3
+}
+
+impl LoadBalancer {
+    /// Every backend with its weight: `backends` (100 each), then `backend`.
+    pub fn weighted_backends(&self) -> Vec<(String, u16)> {
+        let mut v: Vec<(String, u16)> = self.backends.iter().map(|b| (b.clone(), 100)).collect();
+        v.extend(self.backend.iter().map(|b| (b.instance.clone(), b.weight)));
+        v
+    }
+
+    /// The CLB's configuration with every backend at 0.0.0.0: the control plane puts in
+    /// each instance's primary private IP (it knows them once the lab is built). The second
+    /// value names each listener's backends, in order.
+    pub fn clb_spec(&self) -> crate::control::ClbSpec {
+        use crate::clb::{BackendConfig, ClbConfig, HealthCheckConfig, ListenerConfig};
+        let backends = self.weighted_backends();
+        let listeners = self
+            .listener
+            .iter()
+            .map(|l| {
+                let mut c = match l.protocol {
+                    LbProtocol::Tcp => ListenerConfig::tcp(l.port),
+                    LbProtocol::Udp => ListenerConfig::udp(l.port),
+                };
+                c.backend_port = l.backend_port.unwrap_or(l.port);
+                c.scheduler = match l.scheduler {
+                    LbScheduler::Wrr => crate::clb::Scheduler::WeightedRoundRobin,
+                    LbScheduler::Rr => crate::clb::Scheduler::RoundRobin,
+                };
+                if let Some(t) = l.idle_timeout {
+                    c.idle_timeout_ns = t.saturating_mul(1_000_000_000);
+                }
+                let h = &l.health_check;
+                c.health = HealthCheckConfig {
+                    enabled: h.enabled,
+                    port: h.port.unwrap_or(c.backend_port),
+                    interval_ms: h.interval.saturating_mul(1000),
+                    timeout_ms: h.timeout.saturating_mul(1000),
+                    healthy_threshold: h.healthy_threshold,
+                    unhealthy_threshold: h.unhealthy_threshold,
+                };
+                c.backends = backends
+                    .iter()
+                    .map(|&(_, weight)| BackendConfig {
+                        addr: Ipv4Addr::UNSPECIFIED,
+                        weight,
+                    })
+                    .collect();
+                c
+            })
+            .collect();
+        crate::control::ClbSpec {
+            config: ClbConfig {
+                listeners,
+                max_connections: usize::try_from(self.max_connections).unwrap_or(usize::MAX),
+            },
+            backends: backends.into_iter().map(|(id, _)| id).collect(),
+        }
+    }
 }
 
 fn yes() -> bool {
@@ -914,6 +1064,24 @@ choice! {
         Clb = "clb",
         Alb = "alb",
         Nlb = "nlb",
+    }
+}
+
+choice! {
+    /// A CLB listener's protocol (layer 4).
+    pub enum LbProtocol ("listener protocol") {
+        Tcp = "tcp",
+        Udp = "udp",
+    }
+}
+
+choice! {
+    /// A CLB listener's scheduler: weighted round robin (the cloud's default) or round robin.
+    #[derive(Default)]
+    pub enum LbScheduler ("scheduler") {
+        #[default]
+        Wrr = "wrr",
+        Rr = "rr",
     }
 }
 
@@ -1570,8 +1738,10 @@ fn locate(value: &Spanned<DeValue<'_>>, at: usize, path: &mut Path) {
     let holds = |r: Range<usize>| r.contains(&at) || (r.is_empty() && r.start == at);
     match value.get_ref() {
         DeValue::Table(t) => {
+            // A nested array of tables (`[[a.b]]`) lies outside its parent's span: look
+            // inside each value too.
             for (k, v) in t.iter() {
-                if holds(k.span()) || holds(v.span()) {
+                if holds(k.span()) || within(v, at) {
                     path.0.push(Seg::Key(k.get_ref().to_string()));
                     locate(v, at, path);
                     return;
@@ -1580,7 +1750,7 @@ fn locate(value: &Spanned<DeValue<'_>>, at: usize, path: &mut Path) {
         }
         DeValue::Array(a) => {
             for (i, v) in a.iter().enumerate() {
-                if holds(v.span()) {
+                if within(v, at) {
                     path.0.push(Seg::Index(i));
                     locate(v, at, path);
                     return;
@@ -1588,6 +1758,21 @@ fn locate(value: &Spanned<DeValue<'_>>, at: usize, path: &mut Path) {
             }
         }
         _ => {}
+    }
+}
+
+/// Whether `at` lies in `value`'s span or in one of its parts' (see [`locate`]).
+fn within(value: &Spanned<DeValue<'_>>, at: usize) -> bool {
+    let r = value.span();
+    if r.contains(&at) || (r.is_empty() && r.start == at) {
+        return true;
+    }
+    match value.get_ref() {
+        DeValue::Table(t) => t
+            .iter()
+            .any(|(k, v)| k.span().contains(&at) || within(v, at)),
+        DeValue::Array(a) => a.iter().any(|v| within(v, at)),
+        _ => false,
     }
 }
 
@@ -2141,6 +2326,102 @@ fn host_in(
 }
 
 /// A NAT gateway's NAPT numbers (the shape stage checked the words and the port range).
+/// A load balancer's weighted backends, listeners and health checks: ranges as the CLB
+/// console takes them, one listener per protocol and port, each backend once.
+fn validate_clb(c: &mut Check<'_, '_>, p: &Path, lb: &LoadBalancer, inst_known: &[&str]) {
+    let mut seen: std::collections::HashSet<&str> =
+        lb.backends.iter().map(String::as_str).collect();
+    for (j, b) in lb.backend.iter().enumerate() {
+        let pj = p.k("backend").i(j);
+        refer(
+            c,
+            &pj.k("instance"),
+            &b.instance,
+            "instance",
+            inst_known,
+            &format!("[[instance]] id = \"{}\"", b.instance),
+        );
+        if !seen.insert(b.instance.as_str()) {
+            c.err(
+                &pj.k("instance"),
+                format!(
+                    "{} is a backend twice: list it once, in `backends` (weight 100) or as a \
+                     [[load_balancer.backend]] with its weight",
+                    b.instance
+                ),
+            );
+        }
+        if b.weight > 100 {
+            c.err(
+                &pj.k("weight"),
+                format!(
+                    "weight {} is above 100: use 0 to 100 (0 takes no new connections)",
+                    b.weight
+                ),
+            );
+        }
+    }
+    if !lb.listener.is_empty() && lb.r#type != LoadBalancerType::Clb {
+        c.err(
+            &p.k("listener"),
+            format!("listeners are emulated for CLBs only: set type = \"clb\" or remove the listeners of {}", lb.id),
+        );
+    }
+    let mut ports: std::collections::HashSet<(LbProtocol, u16)> = Default::default();
+    for (j, l) in lb.listener.iter().enumerate() {
+        let pl = p.k("listener").i(j);
+        if l.port == 0 {
+            c.err(&pl.k("port"), "port 0: use 1 to 65535".to_string());
+        }
+        if l.backend_port == Some(0) {
+            c.err(
+                &pl.k("backend_port"),
+                "backend_port 0: use 1 to 65535, or remove it for the listener's port".to_string(),
+            );
+        }
+        if !ports.insert((l.protocol, l.port)) {
+            c.err(
+                &pl.k("port"),
+                format!(
+                    "a second {} listener on port {}: one listener per protocol and port",
+                    l.protocol, l.port
+                ),
+            );
+        }
+        if l.idle_timeout == Some(0) {
+            c.err(&pl.k("idle_timeout"), "idle_timeout 0 s: use at least 1 second, or remove it for the default (TCP 900, UDP 90)".to_string());
+        }
+        let h = &l.health_check;
+        let ph = pl.k("health_check");
+        if h.port == Some(0) {
+            c.err(
+                &ph.k("port"),
+                "port 0: use 1 to 65535, or remove it for the backend port".to_string(),
+            );
+        }
+        for (key, v, lo, hi) in [
+            ("interval", h.interval, 1, 50),
+            ("timeout", h.timeout, 1, 300),
+            ("healthy_threshold", u32::from(h.healthy_threshold), 2, 10),
+            (
+                "unhealthy_threshold",
+                u32::from(h.unhealthy_threshold),
+                2,
+                10,
+            ),
+        ] {
+            if v < lo || v > hi {
+                c.err(
+                    &ph.k(key),
+                    format!(
+                        "{key} = {v} is out of range: use {lo} to {hi}, as the CLB console does"
+                    ),
+                );
+            }
+        }
+    }
+}
+
 fn validate_napt(c: &mut Check<'_, '_>, p: &Path, g: &NatGateway) {
     let preset = match g.timeouts {
         NatTimeouts::Cloud => crate::napt::NaptConfig::cloud(),
@@ -2493,6 +2774,7 @@ fn validate(lab: &LabFile, c: &mut Check<'_, '_>) {
                 &declare_inst(id),
             );
         }
+        validate_clb(c, &p, lb, &inst_known);
     }
 
     // Associations.
@@ -3937,6 +4219,85 @@ enis = [{ id = "eni-10", private_ips = [
                 "put the HaVip on another vswitch",
             ],
         );
+    }
+
+    #[test]
+    fn clb_listeners_backends_and_health_checks_take_the_clouds_defaults() {
+        let text = with_base(
+            "[[load_balancer]]\nid = \"lb-a\"\nvswitch = \"vsw-a\"\nbackends = [\"i-web\"]\n\
+             [[load_balancer.listener]]\nprotocol = \"tcp\"\nport = 80\n\
+             [[load_balancer.listener]]\nprotocol = \"udp\"\nport = 53\nbackend_port = 5353\n\
+             scheduler = \"rr\"\nidle_timeout = 30\n\
+             health_check = { port = 9000, interval = 1, healthy_threshold = 2 }\n",
+        );
+        let lab = parse(&text).expect("parses");
+        let spec = lab.load_balancer[0].clb_spec();
+        assert_eq!(spec.backends, ["i-web"]);
+        let [tcp, udp] = &spec.config.listeners[..] else {
+            panic!("two listeners: {spec:?}")
+        };
+        use crate::clb::{ListenerProtocol, Scheduler};
+        assert_eq!(
+            (tcp.protocol, tcp.port, tcp.backend_port, tcp.scheduler),
+            (ListenerProtocol::Tcp, 80, 80, Scheduler::WeightedRoundRobin)
+        );
+        assert_eq!(tcp.idle_timeout_ns, 900_000_000_000);
+        let h = tcp.health;
+        assert_eq!(
+            (h.enabled, h.port, h.interval_ms, h.timeout_ms),
+            (true, 80, 2000, 5000)
+        );
+        assert_eq!((h.healthy_threshold, h.unhealthy_threshold), (3, 3));
+        assert_eq!(tcp.backends[0].weight, 100);
+        assert_eq!(
+            (udp.protocol, udp.backend_port, udp.scheduler),
+            (ListenerProtocol::Udp, 5353, Scheduler::RoundRobin)
+        );
+        assert_eq!(udp.idle_timeout_ns, 30_000_000_000);
+        let h = udp.health;
+        assert_eq!(
+            (h.port, h.interval_ms, h.healthy_threshold),
+            (9000, 1000, 2)
+        );
+    }
+
+    #[test]
+    fn clb_entries_out_of_range_or_twice_are_refused_by_path() {
+        let text = format!(
+            "{BASE}[[instance]]\nid = \"i-b\"\nvswitch = \"vsw-a\"\n\
+             enis = [{{ id = \"eni-b0\", private_ips = [\"10.0.1.11\"] }}]\n\
+             [[load_balancer]]\nid = \"lb-a\"\nvswitch = \"vsw-a\"\nbackends = [\"i-web\"]\n\
+             backend = [{{ instance = \"i-web\", weight = 5 }}, {{ instance = \"i-b\", weight = 101 }},\
+             {{ instance = \"i-none\" }}]\n\
+             [[load_balancer.listener]]\nprotocol = \"tcp\"\nport = 80\n\
+             health_check = {{ interval = 51, unhealthy_threshold = 1 }}\n\
+             [[load_balancer.listener]]\nprotocol = \"tcp\"\nport = 80\nidle_timeout = 0\n"
+        );
+        let i = at(&text, "load_balancer[0].backend[0].instance");
+        assert_mentions(&i, &["i-web is a backend twice"]);
+        let i = at(&text, "load_balancer[0].backend[1].weight");
+        assert_mentions(&i, &["weight 101", "0 to 100"]);
+        let i = at(&text, "load_balancer[0].backend[2].instance");
+        assert_mentions(&i, &["i-none"]);
+        let i = at(&text, "load_balancer[0].listener[0].health_check.interval");
+        assert_mentions(&i, &["interval = 51", "1 to 50"]);
+        let i = at(
+            &text,
+            "load_balancer[0].listener[0].health_check.unhealthy_threshold",
+        );
+        assert_mentions(&i, &["2 to 10"]);
+        let i = at(&text, "load_balancer[0].listener[1].port");
+        assert_mentions(&i, &["a second tcp listener on port 80"]);
+        let i = at(&text, "load_balancer[0].listener[1].idle_timeout");
+        assert_mentions(&i, &["at least 1 second"]);
+        // A shape error inside a nested [[load_balancer.listener]] names its own path.
+        let text = with_base(
+            "[[load_balancer]]\nid = \"lb-a\"\nvswitch = \"vsw-a\"\n\
+             [[load_balancer.listener]]\nprotocol = \"tcp\"\nport = 80\n\
+             [[load_balancer.listener]]\nprotocol = \"sctp\"\nport = 1\n",
+        );
+        let i = at(&text, "load_balancer[0].listener[1].protocol");
+        assert_mentions(&i, &["`sctp` is not a valid listener protocol", "tcp, udp"]);
     }
 
     #[test]

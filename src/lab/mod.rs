@@ -5,6 +5,7 @@
 
 pub mod cloud;
 pub mod config;
+pub mod health;
 pub mod plan;
 pub mod run;
 pub mod services;

@@ -21,7 +21,7 @@ use crate::engine::Side;
 use crate::io::pcap::{Capture, Tap};
 use crate::io::tun::open_tun;
 use crate::io::{Dataplane, Device};
-use crate::sys::netlink::{Batch, Ipv4Cidr, Netlink, Route, Rule};
+use crate::sys::netlink::{AddrWatch, Batch, Ipv4Cidr, Netlink, Route, Rule};
 use crate::sys::netns::{self, NetnsHandle};
 use std::collections::{BTreeMap, BTreeSet, HashMap};
 use std::net::{Ipv4Addr, SocketAddr};
@@ -32,6 +32,10 @@ use std::thread::JoinHandle;
 
 /// The metadata service's address (SPEC §5).
 pub const METADATA: Ipv4Addr = Ipv4Addr::new(100, 100, 100, 200);
+
+/// Where CLB health checks come from: an address of the cloud's own range (100.64.0.0/10), as
+/// the cloud's checks do, in the `cloud` namespace.
+pub const HEALTH_CHECK_SOURCE: Ipv4Addr = Ipv4Addr::new(100, 64, 0, 2);
 
 #[derive(Clone, Debug)]
 pub struct Options {
@@ -364,6 +368,10 @@ pub struct Lab {
     cp: Arc<ControlPlane>,
     wake: Option<(mpsc::Sender<Wake>, crate::engine::WatchId)>,
     reconciler: Option<JoinHandle<()>>,
+    /// Moves HaVips to the guests that take their addresses (see [`watch_addresses`]).
+    watcher: Option<JoinHandle<()>>,
+    /// The CLBs' health checks (none without a CLB listener).
+    prober: Option<super::health::Prober>,
     /// Set at teardown: the TUN devices are left to the namespaces' removal.
     leaving: Arc<AtomicBool>,
     torn_down: bool,
@@ -439,6 +447,8 @@ impl Lab {
             cp: cp.clone(),
             wake: None,
             reconciler: None,
+            watcher: None,
+            prober: None,
             leaving: Arc::new(AtomicBool::new(false)),
             torn_down: false,
         };
@@ -470,6 +480,7 @@ impl Lab {
             let mut b = Batch::new();
             b.link_up("eth0")
                 .addr_add("eth0", Ipv4Cidr::host(METADATA))
+                .addr_add("eth0", Ipv4Cidr::host(HEALTH_CHECK_SOURCE))
                 .route_add(Route::default_route().dev("eth0"));
             nl.apply(&b)?;
             Ok(tun)
@@ -478,12 +489,26 @@ impl Lab {
         lab.add_port(opts, "cloud.eth0", Side::CloudServices, tun?)?;
 
         let mut handles = HashMap::new();
+        let mut watches = Vec::new();
         for i in &file.instance {
             let ns = format!("{}{}", opts.prefix, i.id);
             let settings = [NO_IPV6[0], NO_IPV6[1], LOOSE_RP_FILTER];
             let h = make_namespace(&ns, &settings, |_| NetnsHandle::current());
             lab.made(&ns, &h);
-            handles.insert(ns, h?);
+            let h = h?;
+            if !file.havip.is_empty() {
+                watches.push((i.id.clone(), AddrWatch::open_in(&h)?));
+            }
+            handles.insert(ns, h);
+        }
+        if !watches.is_empty() {
+            let (wcp, l) = (cp.clone(), lab.leaving.clone());
+            lab.watcher = Some(
+                std::thread::Builder::new()
+                    .name("havip-watch".into())
+                    .spawn(move || watch_addresses(&wcp, watches, &l))
+                    .map_err(|e| e.to_string())?,
+            );
         }
 
         let mut unconfigured: BTreeSet<String> = file
@@ -520,6 +545,8 @@ impl Lab {
                 missing.join(", ")
             ));
         }
+        // The checks start once the backends' devices exist.
+        lab.prober = start_health_checks(&cp, &cloud_ns)?;
         let rcp = cp.clone();
         lab.reconciler = Some(
             std::thread::Builder::new()
@@ -586,15 +613,138 @@ impl Lab {
         if let Some(h) = self.reconciler.take() {
             let _ = h.join();
         }
-        // Closing the devices one by one would unregister them one by one; left to their
-        // namespaces, the kernel removes them all in one batch.
+        self.prober.take();
+        // From here on the address watch ends, and the devices are left to their namespaces.
         self.leaving.store(true, Ordering::Release);
+        if let Some(h) = self.watcher.take() {
+            let _ = h.join();
+        }
+        // Closing the devices one by one would unregister them one by one; left to their
+        // namespaces, the kernel removes them all in one batch (`leaving` is set above).
         self.dp.shutdown();
         let names: Vec<String> = self.namespaces.drain(..).rev().collect();
         let r = delete_all(&names);
         let _ = std::fs::remove_file(&self.lock_path);
         r.map(|_| ())
     }
+}
+
+/// The lab's side of SPEC D12: watches the addresses of every instance's interfaces and, when
+/// a guest adds a HaVip's address (keepalived does on becoming master), moves the HaVip to
+/// that instance, as the cloud does when the guest announces it. Runs until `leaving`.
+fn watch_addresses(cp: &ControlPlane, mut watches: Vec<(String, AddrWatch)>, leaving: &AtomicBool) {
+    let mut fds: Vec<libc::pollfd> = watches
+        .iter()
+        .map(|(_, w)| libc::pollfd {
+            fd: w.as_raw_fd(),
+            events: libc::POLLIN,
+            revents: 0,
+        })
+        .collect();
+    while !leaving.load(Ordering::Acquire) {
+        // SAFETY: `fds` is a live array of pollfd whose descriptors `watches` keeps open.
+        let n = unsafe { libc::poll(fds.as_mut_ptr(), fds.len() as libc::nfds_t, 200) };
+        if n <= 0 {
+            continue;
+        }
+        for (k, f) in fds.iter_mut().enumerate() {
+            if f.revents == 0 {
+                continue;
+            }
+            f.revents = 0;
+            let (instance, w) = &mut watches[k];
+            let events = match w.read_ready() {
+                Ok(v) => v,
+                Err(e) => {
+                    tracing::warn!(instance = %instance, "address watch: {e}");
+                    continue;
+                }
+            };
+            if w.take_overrun() {
+                tracing::warn!(
+                    instance = %instance,
+                    "address watch overran: an address added meanwhile moves no HaVip"
+                );
+            }
+            for ev in events.iter().filter(|e| e.added) {
+                let ip = ev.addr;
+                let is_havip = cp.with_cloud(|c| c.havips.values().any(|h| h.ip == ip));
+                if !is_havip {
+                    continue;
+                }
+                let r = cp.transact(|c, _| {
+                    Ok::<_, crate::control::StoreError>(c.claim_havip(instance, ip))
+                });
+                match r {
+                    Ok(ch) if !ch.is_empty() => {
+                        tracing::info!(instance = %instance, address = %ip, "HaVip moved to the guest that took its address")
+                    }
+                    Ok(_) => {}
+                    Err(e) => tracing::error!("moving the HaVip {ip} to {instance}: {e}"),
+                }
+            }
+        }
+    }
+}
+
+/// Starts the CLBs' health checks in the cloud's namespace (from [`HEALTH_CHECK_SOURCE`]);
+/// each result goes into its CLB's state. `None` when no CLB has a listener. The CLBs are the
+/// lab file's, so the set is fixed for the lab's life.
+fn start_health_checks(
+    cp: &ControlPlane,
+    cloud_ns: &str,
+) -> Result<Option<super::health::Prober>, String> {
+    use super::health::{ProbeKind, ProbeTarget, Prober};
+    use std::time::Duration;
+    let lbs = cp.load_balancers();
+    if lbs.is_empty() {
+        return Ok(None);
+    }
+    // A target's key: the CLB's position, the listener's and the backend's.
+    let key = |i: usize, l: usize, b: usize| ((i as u64) << 40) | ((l as u64) << 20) | b as u64;
+    let mut targets = Vec::new();
+    for (i, lb) in lbs.iter().enumerate() {
+        let clb = lb.clb.lock().unwrap_or_else(|p| p.into_inner());
+        for t in clb.health_targets() {
+            if t.addr.ip().is_unspecified() {
+                continue;
+            }
+            targets.push(ProbeTarget {
+                key: key(i, t.listener, t.backend),
+                kind: match t.protocol {
+                    crate::clb::ListenerProtocol::Tcp => ProbeKind::Tcp,
+                    crate::clb::ListenerProtocol::Udp => ProbeKind::Udp,
+                },
+                addr: t.addr,
+                interval: Duration::from_millis(u64::from(t.interval_ms)),
+                timeout: Duration::from_millis(u64::from(t.timeout_ms)),
+            });
+        }
+    }
+    let report = Box::new(move |k: u64, ok: bool| {
+        let (i, l, b) = (
+            (k >> 40) as usize,
+            ((k >> 20) & 0xfffff) as usize,
+            (k & 0xfffff) as usize,
+        );
+        let Some(lb) = lbs.get(i) else { return };
+        let changed = lb
+            .clb
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .report_health(l, b, ok);
+        if let Some(h) = changed {
+            tracing::info!(
+                load_balancer = %lb.id,
+                listener = l,
+                backend = %lb.backends.get(b).map_or("?", String::as_str),
+                "health check: backend is {h:?}"
+            );
+        }
+    });
+    let prober = Prober::start(cloud_ns, Some(HEALTH_CHECK_SOURCE), report)?;
+    prober.set_targets(targets);
+    Ok(Some(prober))
 }
 
 /// Creates namespace `ns` with `settings` written before anything else, then runs `f` inside it.

@@ -22,8 +22,9 @@ use std::collections::{HashMap, HashSet};
 use std::fmt;
 use std::io;
 use std::net::{IpAddr, Ipv4Addr};
-use std::os::fd::AsRawFd;
+use std::os::fd::{AsRawFd, RawFd};
 use std::str::FromStr;
+use std::time::{Duration, Instant};
 
 use netlink_packet_core::{
     NetlinkHeader, NetlinkMessage, NetlinkPayload, Parseable, NLM_F_ACK, NLM_F_ACK_TLVS,
@@ -1493,6 +1494,222 @@ fn extack_message(kind: u16, flags: u16, payload: &[u8]) -> Option<String> {
     None
 }
 
+// ---------------------------------------------------------------------------------------------
+// Watching addresses come and go
+
+/// An IPv4 address added to or removed from an interface, as the kernel announced it.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub struct AddrEvent {
+    /// `RTM_NEWADDR` (true) or `RTM_DELADDR` (false). The kernel also sends `RTM_NEWADDR` when
+    /// an existing address changes (its flags or lifetimes), so an add may repeat.
+    pub added: bool,
+    /// The interface's index in the watched namespace.
+    pub ifindex: u32,
+    /// `IFA_LOCAL`, or `IFA_ADDRESS` when the message has no `IFA_LOCAL`.
+    pub addr: Ipv4Addr,
+    pub prefix_len: u8,
+}
+
+/// Receive buffer of a watch: notifications are small, a burst of them must fit.
+const WATCH_RCVBUF: usize = 1024 * 1024;
+/// One notification datagram is well under this.
+const WATCH_DATAGRAM: usize = 32 * 1024;
+
+/// A route-netlink socket subscribed to `RTNLGRP_IPV4_IFADDR` in one namespace: it hears every
+/// IPv4 address added or removed there (by `ip addr`, keepalived, DHCP, anyone).
+///
+/// # Lost events
+///
+/// If notifications come faster than they are read, the kernel drops some and the next read
+/// fails with `ENOBUFS`. The watch does not report that as an error: it sets a flag that
+/// [`AddrWatch::take_overrun`] returns (and clears), and goes on reading. After an overrun the
+/// events seen are incomplete: re-read the addresses that matter ([`Netlink::addresses`]).
+/// [`AddrWatch::wait`] returns early (possibly with no events) when an overrun happened, so
+/// the caller can resync without waiting out its timeout.
+pub struct AddrWatch {
+    socket: Socket,
+    label: String,
+    overrun: bool,
+    rx: Vec<u8>,
+}
+
+impl fmt::Debug for AddrWatch {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("AddrWatch")
+            .field("namespace", &self.label)
+            .field("overrun", &self.overrun)
+            .finish_non_exhaustive()
+    }
+}
+
+impl AddrWatch {
+    /// Opens a watch in `ns` (entering it on this thread for the moment it takes). It watches
+    /// `ns` for its whole life, whichever thread uses it.
+    pub fn open_in(ns: &NetnsHandle) -> Result<Self, String> {
+        let label = ns.to_string();
+        ns.run(|| Self::open_labelled(&label))?
+    }
+
+    /// Opens a watch in the calling thread's namespace.
+    pub fn open() -> Result<Self, String> {
+        Self::open_labelled("the current namespace")
+    }
+
+    fn open_labelled(label: &str) -> Result<Self, String> {
+        let mut socket = Socket::new(NETLINK_ROUTE)
+            .map_err(|e| format!("cannot open a netlink socket in {label}: {e}"))?;
+        socket
+            .bind_auto()
+            .map_err(|e| format!("cannot bind a netlink socket in {label}: {e}"))?;
+        socket
+            .add_membership(libc::RTNLGRP_IPV4_IFADDR)
+            .map_err(|e| format!("cannot subscribe to IPv4 address changes in {label}: {e}"))?;
+        socket
+            .set_non_blocking(true)
+            .map_err(|e| format!("cannot make a netlink socket in {label} non-blocking: {e}"))?;
+        let fd = socket.as_raw_fd();
+        if setsockopt_int(fd, libc::SOL_SOCKET, libc::SO_RCVBUFFORCE, WATCH_RCVBUF).is_err() {
+            // Not root: capped at net.core.rmem_max, which is still something.
+            let _ = setsockopt_int(fd, libc::SOL_SOCKET, libc::SO_RCVBUF, WATCH_RCVBUF);
+        }
+        Ok(Self {
+            socket,
+            label: label.to_string(),
+            overrun: false,
+            rx: vec![0; WATCH_DATAGRAM],
+        })
+    }
+
+    /// "namespace NAME" or "the current namespace".
+    pub fn namespace(&self) -> &str {
+        &self.label
+    }
+
+    /// The socket, to poll many watches at once (readable: call [`AddrWatch::read_ready`]).
+    pub fn as_raw_fd(&self) -> RawFd {
+        self.socket.as_raw_fd()
+    }
+
+    /// True if notifications were lost since the last call (see the type's documentation);
+    /// clears the flag.
+    pub fn take_overrun(&mut self) -> bool {
+        std::mem::take(&mut self.overrun)
+    }
+
+    /// Waits up to `timeout` for events and returns those that arrived, in order: as soon as
+    /// there are some, or empty when the time is up. Also returns early after an overrun.
+    pub fn wait(&mut self, timeout: Duration) -> Result<Vec<AddrEvent>, String> {
+        let deadline = Instant::now() + timeout;
+        loop {
+            let overrun_before = self.overrun;
+            let events = self.read_ready()?;
+            if !events.is_empty() || (self.overrun && !overrun_before) {
+                return Ok(events);
+            }
+            let left = deadline.saturating_duration_since(Instant::now());
+            if left.is_zero() {
+                return Ok(events);
+            }
+            let mut pfd = libc::pollfd {
+                fd: self.as_raw_fd(),
+                events: libc::POLLIN,
+                revents: 0,
+            };
+            let ts = libc::timespec {
+                tv_sec: libc::time_t::try_from(left.as_secs()).unwrap_or(libc::time_t::MAX),
+                tv_nsec: left.subsec_nanos() as libc::c_long,
+            };
+            // SAFETY: one live pollfd and a live timespec for the duration of the call; a null
+            // signal mask leaves the mask alone.
+            let rc = unsafe { libc::ppoll(&mut pfd, 1, &ts, std::ptr::null()) };
+            if rc < 0 {
+                let e = io::Error::last_os_error();
+                if e.kind() != io::ErrorKind::Interrupted {
+                    return Err(format!(
+                        "waiting for address changes in {}: {e}",
+                        self.label
+                    ));
+                }
+            }
+        }
+    }
+
+    /// Reads what is queued without blocking; an empty list if nothing is.
+    pub fn read_ready(&mut self) -> Result<Vec<AddrEvent>, String> {
+        let mut events = Vec::new();
+        loop {
+            // SAFETY: all-zero bytes are a valid sockaddr_nl.
+            let mut from: libc::sockaddr_nl = unsafe { std::mem::zeroed() };
+            let mut from_len = std::mem::size_of::<libc::sockaddr_nl>() as libc::socklen_t;
+            // SAFETY: `rx` is writable for its length and `from` for `from_len` bytes, both for
+            // the duration of the call.
+            let n = unsafe {
+                libc::recvfrom(
+                    self.socket.as_raw_fd(),
+                    self.rx.as_mut_ptr().cast(),
+                    self.rx.len(),
+                    libc::MSG_DONTWAIT,
+                    (&mut from as *mut libc::sockaddr_nl).cast(),
+                    &mut from_len,
+                )
+            };
+            if n < 0 {
+                let e = io::Error::last_os_error();
+                match e.raw_os_error() {
+                    Some(libc::EAGAIN) => return Ok(events),
+                    Some(libc::EINTR) => continue,
+                    // Dropped notifications; the socket goes on working.
+                    Some(libc::ENOBUFS) => {
+                        self.overrun = true;
+                        continue;
+                    }
+                    _ => return Err(format!("reading address changes in {}: {e}", self.label)),
+                }
+            }
+            // Only the kernel (port 0) announces changes.
+            if from.nl_pid != 0 {
+                continue;
+            }
+            let len = (n as usize).min(self.rx.len());
+            addr_events(&self.rx[..len], &mut events);
+        }
+    }
+}
+
+/// The IPv4 address events of one datagram; anything else (other families, other message
+/// types, malformed messages) is skipped.
+fn addr_events(datagram: &[u8], out: &mut Vec<AddrEvent>) {
+    for msg in Messages(datagram) {
+        let added = match msg.kind {
+            libc::RTM_NEWADDR => true,
+            libc::RTM_DELADDR => false,
+            _ => continue,
+        };
+        let Ok(m) = AddressMessage::parse(msg.payload) else {
+            continue;
+        };
+        if m.header.family != AddressFamily::Inet {
+            continue;
+        }
+        let local = m.attributes.iter().find_map(|a| match a {
+            AddressAttribute::Local(IpAddr::V4(v)) => Some(*v),
+            _ => None,
+        });
+        let address = m.attributes.iter().find_map(|a| match a {
+            AddressAttribute::Address(IpAddr::V4(v)) => Some(*v),
+            _ => None,
+        });
+        if let Some(addr) = local.or(address) {
+            out.push(AddrEvent {
+                added,
+                ifindex: m.header.index,
+                addr,
+                prefix_len: m.header.prefix_len,
+            });
+        }
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -1670,6 +1887,141 @@ mod tests {
         assert_eq!(Messages(&d).count(), 1);
         for cut in 0..d.len() {
             let _ = Messages(&d[..cut]).count();
+        }
+    }
+
+    /// A netlink message as the kernel writes an address notification: the header, an
+    /// `ifaddrmsg`, then (type, value) attributes.
+    fn addr_notification(
+        kind: u16,
+        family: u8,
+        prefix: u8,
+        index: u32,
+        attrs: &[(u16, &[u8])],
+    ) -> Vec<u8> {
+        let mut p = vec![family, prefix, 0, 0];
+        p.extend_from_slice(&index.to_ne_bytes());
+        for (t, v) in attrs {
+            p.extend_from_slice(&((4 + v.len()) as u16).to_ne_bytes());
+            p.extend_from_slice(&t.to_ne_bytes());
+            p.extend_from_slice(v);
+            p.resize(align4(p.len()), 0);
+        }
+        let mut m = ((NLMSG_HDRLEN + p.len()) as u32).to_ne_bytes().to_vec();
+        m.extend_from_slice(&kind.to_ne_bytes());
+        m.extend_from_slice(&0u16.to_ne_bytes());
+        m.extend_from_slice(&0u32.to_ne_bytes()); // seq
+        m.extend_from_slice(&0u32.to_ne_bytes()); // port
+        m.extend_from_slice(&p);
+        m
+    }
+
+    #[test]
+    fn address_notifications_become_events() {
+        const IFA_ADDRESS: u16 = 1;
+        const IFA_LOCAL: u16 = 2;
+        const IFA_LABEL: u16 = 3;
+        let inet = libc::AF_INET as u8;
+        let mut d = Vec::new();
+        // A point-to-point address: IFA_ADDRESS is the peer, IFA_LOCAL ours (whatever order).
+        d.extend(addr_notification(
+            libc::RTM_NEWADDR,
+            inet,
+            24,
+            3,
+            &[
+                (IFA_ADDRESS, &[10, 0, 0, 255]),
+                (IFA_LABEL, b"eth0\0"),
+                (IFA_LOCAL, &[10, 0, 0, 1]),
+            ],
+        ));
+        // Without IFA_LOCAL, IFA_ADDRESS is the address.
+        d.extend(addr_notification(
+            libc::RTM_DELADDR,
+            inet,
+            32,
+            7,
+            &[(IFA_ADDRESS, &[10, 9, 9, 9])],
+        ));
+        // Skipped: IPv6, a link message, an address message without an address.
+        d.extend(addr_notification(
+            libc::RTM_NEWADDR,
+            libc::AF_INET6 as u8,
+            64,
+            3,
+            &[(
+                IFA_ADDRESS,
+                &[0xfe, 0x80, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 1],
+            )],
+        ));
+        d.extend(addr_notification(libc::RTM_NEWLINK, 0, 0, 3, &[]));
+        d.extend(addr_notification(
+            libc::RTM_NEWADDR,
+            inet,
+            8,
+            3,
+            &[(IFA_LABEL, b"x\0")],
+        ));
+        // After the rest: still read.
+        d.extend(addr_notification(
+            libc::RTM_NEWADDR,
+            inet,
+            32,
+            1,
+            &[(IFA_LOCAL, &[203, 0, 113, 7])],
+        ));
+        let mut got = Vec::new();
+        addr_events(&d, &mut got);
+        assert_eq!(
+            got,
+            [
+                AddrEvent {
+                    added: true,
+                    ifindex: 3,
+                    addr: Ipv4Addr::new(10, 0, 0, 1),
+                    prefix_len: 24
+                },
+                AddrEvent {
+                    added: false,
+                    ifindex: 7,
+                    addr: Ipv4Addr::new(10, 9, 9, 9),
+                    prefix_len: 32
+                },
+                AddrEvent {
+                    added: true,
+                    ifindex: 1,
+                    addr: Ipv4Addr::new(203, 0, 113, 7),
+                    prefix_len: 32
+                },
+            ]
+        );
+        // What this crate itself sends for `addr add` reads back the same way.
+        let a = Address::new("e", "198.51.100.4/24".parse().unwrap());
+        let mut packet = NetlinkMessage::new(
+            NetlinkHeader::default(),
+            NetlinkPayload::InnerMessage(RouteNetlinkMessage::NewAddress(address_message(
+                &a, 5, true,
+            ))),
+        );
+        packet.finalize();
+        let mut buf = vec![0; packet.buffer_len()];
+        packet.serialize(&mut buf);
+        got.clear();
+        addr_events(&buf, &mut got);
+        assert_eq!(
+            got,
+            [AddrEvent {
+                added: true,
+                ifindex: 5,
+                addr: Ipv4Addr::new(198, 51, 100, 4),
+                prefix_len: 24
+            }]
+        );
+        // Cut anywhere: no panic, and never an event that was not there.
+        for cut in 0..d.len() {
+            got.clear();
+            addr_events(&d[..cut], &mut got);
+            assert!(got.len() <= 3);
         }
     }
 }

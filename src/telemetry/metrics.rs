@@ -250,6 +250,83 @@ fn encode(e: &mut DescriptorEncoder, cloud: &Cloud, snap: &Snapshot) -> fmt::Res
         )?;
     }
 
+    // Each CLB (SPEC D13): its connections, and each backend's health and connections.
+    family(
+        e,
+        "eiplab_clb_connections",
+        "Live connections of a CLB, all listeners.",
+        MetricType::Gauge,
+        snap.load_balancers.iter().map(|(id, lb)| {
+            (
+                [("load_balancer", id.as_str())],
+                lb.stats.connections as u64,
+            )
+        }),
+    )?;
+    let mut backends = Vec::new();
+    for (id, lb) in &snap.load_balancers {
+        for l in &lb.stats.listeners {
+            let listener = format!("{}:{}", super::status::protocol_name(l.protocol), l.port);
+            for (k, b) in l.backends.iter().enumerate() {
+                let instance = lb.backends.get(k).cloned().unwrap_or_default();
+                backends.push((id.as_str(), listener.clone(), instance, b));
+            }
+        }
+    }
+    let health = ["up", "down", "unknown"];
+    family(
+        e,
+        "eiplab_clb_backend_health",
+        "A CLB backend's health check state: 1 for the state it is in (up, down, unknown).",
+        MetricType::Gauge,
+        backends.iter().flat_map(|(id, l, i, b)| {
+            let now = super::status::health_name(b.health);
+            health.iter().map(move |&st| {
+                (
+                    [
+                        ("load_balancer", *id),
+                        ("listener", l.as_str()),
+                        ("instance", i.as_str()),
+                        ("state", st),
+                    ],
+                    u64::from(st == now),
+                )
+            })
+        }),
+    )?;
+    family(
+        e,
+        "eiplab_clb_backend_connections",
+        "Live connections a CLB backend has from a listener.",
+        MetricType::Gauge,
+        backends.iter().map(|(id, l, i, b)| {
+            (
+                [
+                    ("load_balancer", *id),
+                    ("listener", l.as_str()),
+                    ("instance", i.as_str()),
+                ],
+                b.active as u64,
+            )
+        }),
+    )?;
+    family(
+        e,
+        "eiplab_clb_backend_scheduled",
+        "Connections a CLB listener ever scheduled to a backend.",
+        MetricType::Counter,
+        backends.iter().map(|(id, l, i, b)| {
+            (
+                [
+                    ("load_balancer", *id),
+                    ("listener", l.as_str()),
+                    ("instance", i.as_str()),
+                ],
+                b.total,
+            )
+        }),
+    )?;
+
     // Who holds each HaVip (SPEC D12): 1 for the holder, 0 for its standbys.
     family(
         e,

@@ -31,6 +31,17 @@ pub struct Snapshot {
     /// Each NAT gateway's NAPT, by gateway id (one state shared by the workers: read from
     /// it, not summed).
     pub nat_gateways: BTreeMap<String, NatGatewayStats>,
+    /// Each CLB's connections and backends' health, by load balancer id (one state shared by
+    /// the workers: read from it, not summed).
+    pub load_balancers: BTreeMap<String, LoadBalancerStats>,
+}
+
+/// A CLB at a moment: its listeners' backends (health, connections) and the instance id of
+/// each backend (in listener order).
+#[derive(Clone, Debug)]
+pub struct LoadBalancerStats {
+    pub stats: crate::clb::ClbStats,
+    pub backends: Vec<String>,
 }
 
 /// The size of a NAT gateway's NAPT at a moment.

@@ -109,7 +109,68 @@ pub fn counters_json(cloud: &Cloud, snap: &Snapshot) -> Value {
             })
         })
         .collect();
-    json!({ "global": global, "eips": eips, "enis": enis, "nat_gateways": nat_gateways })
+    let load_balancers: Vec<Value> = snap
+        .load_balancers
+        .iter()
+        .map(|(id, lb)| {
+            let listeners: Vec<Value> = lb
+                .stats
+                .listeners
+                .iter()
+                .map(|l| {
+                    let backends: Vec<Value> = l
+                        .backends
+                        .iter()
+                        .enumerate()
+                        .map(|(k, b)| {
+                            json!({
+                                "instance_id": lb.backends.get(k).cloned().unwrap_or_default(),
+                                "address": b.addr.to_string(),
+                                "weight": b.weight,
+                                "health": health_name(b.health),
+                                "active": b.active,
+                                "total": b.total,
+                            })
+                        })
+                        .collect();
+                    json!({
+                        "protocol": protocol_name(l.protocol),
+                        "port": l.port,
+                        "backends": backends,
+                    })
+                })
+                .collect();
+            json!({
+                "load_balancer_id": id,
+                "connections": lb.stats.connections,
+                "listeners": listeners,
+            })
+        })
+        .collect();
+    json!({
+        "global": global,
+        "eips": eips,
+        "enis": enis,
+        "nat_gateways": nat_gateways,
+        "load_balancers": load_balancers,
+    })
+}
+
+/// A CLB backend's health as `status` and `/metrics` name it.
+pub fn health_name(h: crate::clb::Health) -> &'static str {
+    match h {
+        crate::clb::Health::Unknown => "unknown",
+        crate::clb::Health::Up => "up",
+        crate::clb::Health::Down => "down",
+    }
+}
+
+/// A CLB listener's protocol as the lab file spells it.
+pub fn protocol_name(p: crate::clb::ListenerProtocol) -> &'static str {
+    match p {
+        crate::clb::ListenerProtocol::Tcp => "tcp",
+        crate::clb::ListenerProtocol::Udp => "udp",
+    }
 }
 
 /// A JSON value as table text: strings bare, null empty, anything else as JSON.
@@ -356,6 +417,43 @@ pub fn status_text(status: &Value) -> String {
         let p = pairs(&g[key]);
         if !p.is_empty() {
             let _ = writeln!(out, "{label}: {p}");
+        }
+    }
+    for lb in c["load_balancers"].as_array().into_iter().flatten() {
+        let _ = writeln!(
+            out,
+            "load balancer {}: {} connections",
+            text(&lb["load_balancer_id"]),
+            lb["connections"],
+        );
+        for l in lb["listeners"].as_array().into_iter().flatten() {
+            let backends: Vec<String> = l["backends"]
+                .as_array()
+                .into_iter()
+                .flatten()
+                .map(|b| {
+                    format!(
+                        "{} {} w{} {} ({} active, {} total)",
+                        text(&b["instance_id"]),
+                        text(&b["address"]),
+                        b["weight"],
+                        text(&b["health"]),
+                        b["active"],
+                        b["total"],
+                    )
+                })
+                .collect();
+            let _ = writeln!(
+                out,
+                "  {}:{} -> {}",
+                text(&l["protocol"]),
+                l["port"],
+                if backends.is_empty() {
+                    "no backends".to_string()
+                } else {
+                    backends.join("; ")
+                }
+            );
         }
     }
     for gw in c["nat_gateways"].as_array().into_iter().flatten() {

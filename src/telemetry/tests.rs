@@ -36,6 +36,20 @@ fn cloud() -> Cloud {
     .unwrap();
     c.handle_timeout(NOW + 10_000_000);
     assert_eq!(c.eips["eip-web"].status, EipStatus::InUse);
+    c.havips.insert(
+        "havip-a".into(),
+        crate::cloud::HaVip {
+            id: "havip-a".into(),
+            region: "cn-shanghai".into(),
+            vswitch: "vsw-a".into(),
+            ip: ip("10.0.1.100"),
+            status: "InUse".into(),
+            associated_instances: vec!["i-web".into(), "i-b".into()],
+            name: String::new(),
+            description: String::new(),
+            created: 0,
+        },
+    );
     c
 }
 
@@ -76,6 +90,36 @@ fn snapshot(c: &Cloud) -> Snapshot {
             sessions: 5,
             mappings: 3,
             max_sessions: 1000,
+        },
+    );
+    use crate::clb::{BackendStats, ClbStats, Health, ListenerProtocol, ListenerStats};
+    s.load_balancers.insert(
+        "lb-a".into(),
+        crate::telemetry::LoadBalancerStats {
+            stats: ClbStats {
+                connections: 2,
+                listeners: vec![ListenerStats {
+                    protocol: ListenerProtocol::Tcp,
+                    port: 80,
+                    backends: vec![
+                        BackendStats {
+                            addr: ip("10.0.1.10"),
+                            weight: 3,
+                            health: Health::Up,
+                            active: 2,
+                            total: 5,
+                        },
+                        BackendStats {
+                            addr: ip("10.0.1.11"),
+                            weight: 1,
+                            health: Health::Down,
+                            active: 0,
+                            total: 1,
+                        },
+                    ],
+                }],
+            },
+            backends: vec!["i-web".into(), "i-b".into()],
         },
     );
     // A slot and an ENI index the cloud does not have.
@@ -338,6 +382,7 @@ fn metrics_every_family_and_sample() {
         "eni_packets",
         "eni_bytes",
         "eni_drops",
+        "clb_backend_scheduled",
     ] {
         want_families.insert(format!("eiplab_{name}"), "counter".to_string());
     }
@@ -347,6 +392,10 @@ fn metrics_every_family_and_sample() {
         "nat_gateway_sessions",
         "nat_gateway_mappings",
         "nat_gateway_max_sessions",
+        "clb_connections",
+        "clb_backend_health",
+        "clb_backend_connections",
+        "havip_holder",
     ] {
         want_families.insert(format!("eiplab_{name}"), "gauge".to_string());
     }
@@ -400,6 +449,35 @@ fn metrics_every_family_and_sample() {
         "eiplab_nat_gateway_max_sessions",
         &[("nat_gateway", "ngw-a")],
         1000,
+    );
+    put("eiplab_clb_connections", &[("load_balancer", "lb-a")], 2);
+    for (inst, now, active, total) in [("i-web", "up", 2, 5), ("i-b", "down", 0, 1)] {
+        let l = [
+            ("load_balancer", "lb-a"),
+            ("listener", "tcp:80"),
+            ("instance", inst),
+        ];
+        put("eiplab_clb_backend_connections", &l, active);
+        put("eiplab_clb_backend_scheduled_total", &l, total);
+        for st in ["up", "down", "unknown"] {
+            let l = [
+                ("load_balancer", "lb-a"),
+                ("listener", "tcp:80"),
+                ("instance", inst),
+                ("state", st),
+            ];
+            put("eiplab_clb_backend_health", &l, u64::from(st == now));
+        }
+    }
+    put(
+        "eiplab_havip_holder",
+        &[("havip", "havip-a"), ("instance", "i-web")],
+        1,
+    );
+    put(
+        "eiplab_havip_holder",
+        &[("havip", "havip-a"), ("instance", "i-b")],
+        0,
     );
     for (status, n) in [
         ("Available", 1),
@@ -520,8 +598,22 @@ fn status_text_shows_eips_enis_and_drops() {
              "Mode": "NAT", "InstanceId": "", "PrivateIpAddress": "", "Bandwidth": "5"},
         ],
         "Released": [],
+        "HaVips": [
+            {"HaVipId": "havip-a", "IpAddress": "10.0.1.100", "MasterInstanceId": "i-web",
+             "AssociatedInstances": ["i-web", "i-b"], "EipAddresses": ["198.51.100.60"]},
+            {"HaVipId": "havip-b", "IpAddress": "10.0.1.101", "MasterInstanceId": "",
+             "AssociatedInstances": [], "EipAddresses": []},
+        ],
     });
     let none = status_text(&status);
+    assert!(
+        none.contains("havip havip-a 10.0.1.100: held by i-web, standby i-b, EIP 198.51.100.60\n"),
+        "{none}"
+    );
+    assert!(
+        none.contains("havip havip-b 10.0.1.101: held by nobody\n"),
+        "{none}"
+    );
     assert!(
         none.contains("eip-web") && none.contains("198.51.100.10"),
         "{none}"
@@ -559,6 +651,18 @@ fn status_text_shows_eips_enis_and_drops() {
         t.contains("nat gateway ngw-a: 5 sessions, 3 mappings (at most 1000 sessions)"),
         "{t}"
     );
+    assert!(t.contains("load balancer lb-a: 2 connections\n"), "{t}");
+    assert!(
+        t.contains(
+            "  tcp:80 -> i-web 10.0.1.10 w3 up (2 active, 5 total); \
+             i-b 10.0.1.11 w1 down (0 active, 1 total)\n"
+        ),
+        "{t}"
+    );
+    let lb = &status["counters"]["load_balancers"][0];
+    assert_eq!(lb["load_balancer_id"], "lb-a");
+    assert_eq!(lb["listeners"][0]["backends"][1]["health"], "down");
+    assert_eq!(lb["listeners"][0]["backends"][1]["instance_id"], "i-b");
 }
 
 #[test]
