@@ -13,7 +13,7 @@
 mod common;
 
 use serde_json::Value;
-use std::collections::BTreeSet;
+use std::collections::{BTreeMap, BTreeSet};
 use std::ffi::OsString;
 use std::io::{BufRead, BufReader, Read};
 use std::path::{Path, PathBuf};
@@ -779,12 +779,15 @@ fn global_drops(s: &Value, reason: &str) -> u64 {
 // ---------------------------------------------------------------------------------------------
 // Guest programs
 
-/// argv: ADDR PORT. Answers every GET with the client's address; prints `listening` when bound.
+/// argv: ADDR PORT [NAME]. Answers every GET with `[NAME ]CLIENT-ADDRESS` (HTTP/1.1, so a
+/// client may keep its connection); prints `listening` when bound.
 const HTTP_SERVER: &str = r#"
 import http.server, socketserver, sys
+name = sys.argv[3] + " " if len(sys.argv) > 3 else ""
 class H(http.server.BaseHTTPRequestHandler):
+    protocol_version = "HTTP/1.1"
     def do_GET(self):
-        b = (self.client_address[0] + "\n").encode()
+        b = (name + self.client_address[0] + "\n").encode()
         self.send_response(200)
         self.send_header("Content-Length", str(len(b)))
         self.end_headers()
@@ -2885,4 +2888,441 @@ fn nat_gateway_soak_200k_new_flows_keep_memory_flat_and_established_flow_whole()
     );
     sink.stop();
     echo_server.stop();
+}
+
+// ---------------------------------------------------------------------------------------------
+// D12: an EIP on a HaVip follows keepalived's master (examples/havip.toml)
+
+/// A keepalived configuration: VRRP in unicast mode (the cloud has no multicast) holding
+/// 10.0.1.100 on eth0.
+fn keepalived_conf(name: &str, state: &str, priority: u8, me: &str, peer: &str) -> String {
+    format!(
+        "global_defs {{\n  router_id {name}\n  enable_script_security\n}}\n\
+         vrrp_instance VI_1 {{\n  state {state}\n  interface eth0\n  virtual_router_id 51\n  \
+         priority {priority}\n  advert_int 1\n  unicast_src_ip {me}\n  unicast_peer {{\n    {peer}\n  }}\n  \
+         virtual_ipaddress {{\n    10.0.1.100/32 dev eth0\n  }}\n}}\n"
+    )
+}
+
+impl Lab {
+    /// An HTTP server in `ns` on 0.0.0.0:`port` answering each GET with `NS CLIENT-ADDRESS`;
+    /// returns once it answers locally.
+    #[track_caller]
+    fn named_http_server(&self, ns: &str, port: u16) -> Bg {
+        let mut s = self.bg(
+            ns,
+            &[
+                "python3",
+                "-u",
+                "-c",
+                HTTP_SERVER,
+                "0.0.0.0",
+                &port.to_string(),
+                ns,
+            ],
+        );
+        s.wait_until(Duration::from_secs(10), "HTTP server ready", |o, _| {
+            o.contains("listening")
+        });
+        retry_ok(
+            Duration::from_secs(5),
+            "HTTP server answers locally",
+            || {
+                self.curl(
+                    ns,
+                    &["--max-time", "2"],
+                    &format!("http://127.0.0.1:{port}/"),
+                )
+            },
+        );
+        s
+    }
+
+    /// The instance that holds `havip` in `status`.
+    fn havip_holder(&self, havip: &str) -> String {
+        let s = self.status();
+        s["HaVips"]
+            .as_array()
+            .into_iter()
+            .flatten()
+            .find(|h| h["HaVipId"] == havip)
+            .and_then(|h| h["MasterInstanceId"].as_str())
+            .unwrap_or_default()
+            .to_string()
+    }
+}
+
+#[test]
+fn havip_follows_keepalived_failover_within_5s_and_nothing_reaches_the_old_master() {
+    if !privileged("havip_follows_keepalived_failover_within_5s_and_nothing_reaches_the_old_master")
+    {
+        return;
+    }
+    let lab = Lab::up("havip.toml");
+    let eip_url = "http://198.51.100.60/";
+    // Who answers the EIP ("i-ka1 203.0.113.1"), or the failure.
+    let ask = |limit: &str| lab.curl("internet", &["--max-time", limit], eip_url);
+
+    // The lab's own failover call moves the holder; the API's codes for the wrong instance.
+    assert_eq!(lab.havip_holder("havip-a"), "i-ka1");
+    let fail_over = |to: &str| {
+        run(
+            cmd(
+                BIN,
+                &["failover", "havip-a", to, "--endpoint", &lab.endpoint()],
+            ),
+            CMD_LIMIT,
+        )
+    };
+    let r = fail_over("i-ka2");
+    assert!(r.ok() && r.out().contains("held by i-ka2"), "{r}");
+    assert_eq!(lab.havip_holder("havip-a"), "i-ka2");
+    let (_, metrics) = lab.http_get("/metrics");
+    assert!(
+        metrics.contains("eiplab_havip_holder{havip=\"havip-a\",instance=\"i-ka2\"} 1\n")
+            && metrics.contains("eiplab_havip_holder{havip=\"havip-a\",instance=\"i-ka1\"} 0\n"),
+        "{metrics}"
+    );
+    let r = fail_over("i-nobody");
+    assert!(!r.ok() && r.stderr.contains("ResourceNotAssociated"), "{r}");
+    assert!(fail_over("i-ka1").ok());
+
+    let _web1 = lab.named_http_server("i-ka1", 80);
+    let _web2 = lab.named_http_server("i-ka2", 80);
+    let conf = |name: &str, state: &str, prio: u8, me: &str, peer: &str| {
+        let dir = lab.dir.join(name);
+        std::fs::create_dir_all(&dir).unwrap();
+        let f = dir.join("keepalived.conf");
+        std::fs::write(&f, keepalived_conf(name, state, prio, me, peer)).unwrap();
+        dir
+    };
+    let keepalived = |ns: &str, dir: &Path| {
+        let p = |f: &str| dir.join(f).to_string_lossy().into_owned();
+        lab.bg(
+            ns,
+            &[
+                "keepalived",
+                "--dont-fork",
+                "--log-console",
+                "--log-detail",
+                "-f",
+                &p("keepalived.conf"),
+                "-p",
+                &p("keepalived.pid"),
+                "-r",
+                &p("vrrp.pid"),
+                "-c",
+                &p("checkers.pid"),
+            ],
+        )
+    };
+    // The backup first, so that the master's VRRP packets have somewhere to go.
+    let d2 = conf("ka2", "BACKUP", 100, "10.0.1.12", "10.0.1.11");
+    let mut ka2 = keepalived("i-ka2", &d2);
+    let d1 = conf("ka1", "MASTER", 150, "10.0.1.11", "10.0.1.12");
+    let mut ka1 = keepalived("i-ka1", &d1);
+    ka1.wait_until(Duration::from_secs(15), "i-ka1 becomes MASTER", |o, e| {
+        o.contains("Entering MASTER STATE") || e.contains("Entering MASTER STATE")
+    });
+    let seen = retry_ok(Duration::from_secs(10), "the EIP answered by i-ka1", || {
+        let r = ask("2");
+        if r.out().starts_with("i-ka1 ") {
+            r
+        } else {
+            Run { code: Some(1), ..r }
+        }
+    });
+    assert_eq!(
+        seen.out(),
+        "i-ka1 203.0.113.1",
+        "expected i-ka1 to see the internet client through the EIP (NAT)"
+    );
+    assert_eq!(lab.havip_holder("havip-a"), "i-ka1");
+
+    // Every packet for the HaVip's address that reaches i-ka1 from now on, timestamped.
+    let mut dump = lab.bg(
+        "i-ka1",
+        &[
+            "tcpdump",
+            "-i",
+            "eth0",
+            "-n",
+            "-l",
+            "-tt",
+            "dst",
+            "host",
+            "10.0.1.100",
+        ],
+    );
+    dump.wait_until(Duration::from_secs(10), "tcpdump listening", |_, e| {
+        e.contains("listening on")
+    });
+
+    // Stop the master: the backup takes the address, the lab moves the HaVip, and the EIP
+    // reaches i-ka2 within 5 s.
+    let stopped = Instant::now();
+    ka1.stop();
+    let moved = loop {
+        let r = ask("1");
+        if r.out().starts_with("i-ka2 ") {
+            break std::time::SystemTime::now();
+        }
+        assert!(
+            stopped.elapsed() < Duration::from_secs(5),
+            "expected the EIP to reach i-ka2 within 5 s of stopping i-ka1's keepalived; last \
+             answer {r}; keepalived on i-ka2: {:?}",
+            ka2.out()
+        );
+        std::thread::sleep(Duration::from_millis(50));
+    };
+    let took = stopped.elapsed();
+    assert_eq!(lab.havip_holder("havip-a"), "i-ka2");
+    // Traffic goes on, all of it to the new master.
+    for _ in 0..20 {
+        let r = ask("2");
+        assert!(r.out().starts_with("i-ka2 "), "after the move: {r}");
+    }
+    dump.stop();
+    let after: Vec<String> = dump
+        .out()
+        .lines()
+        .filter(|l| {
+            let ts: f64 = l
+                .split_whitespace()
+                .next()
+                .and_then(|t| t.parse().ok())
+                .unwrap_or(0.0);
+            let moved = moved
+                .duration_since(std::time::UNIX_EPOCH)
+                .unwrap()
+                .as_secs_f64();
+            ts > moved
+        })
+        .map(String::from)
+        .collect();
+    assert!(
+        after.is_empty(),
+        "expected no packet for 10.0.1.100 at the old master after the move ({took:?} after \
+         the stop); tcpdump saw: {after:#?}"
+    );
+    let lines = run(
+        cmd(BIN, &["status", "--endpoint", &lab.endpoint()]),
+        CMD_LIMIT,
+    )
+    .expect_ok("eiplab status")
+    .stdout;
+    assert!(
+        lines.contains("havip havip-a 10.0.1.100: held by i-ka2, standby i-ka1, EIP 198.51.100.60"),
+        "{lines}"
+    );
+    ka2.stop();
+}
+
+// ---------------------------------------------------------------------------------------------
+// D13: an EIP on an internal CLB in front of three web servers (examples/clb.toml)
+
+/// argv: PORT NAME. A UDP server answering each datagram with `NAME CLIENT-ADDRESS`.
+const NAMED_UDP_SERVER: &str = r#"
+import socket, sys
+s = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+s.bind(("0.0.0.0", int(sys.argv[1])))
+print("listening", flush=True)
+while True:
+    data, peer = s.recvfrom(2048)
+    s.sendto((sys.argv[2] + " " + peer[0] + "\n").encode(), peer)
+"#;
+
+/// argv: URL_HOST PORT SECONDS. One HTTP/1.1 connection: a request, SECONDS of quiet, a
+/// second request on the same connection; prints each answer.
+const KEEPALIVE_CLIENT: &str = r#"
+import http.client, sys, time
+c = http.client.HTTPConnection(sys.argv[1], int(sys.argv[2]), timeout=5)
+for k in range(2):
+    c.request("GET", "/")
+    print(c.getresponse().read().decode().strip(), flush=True)
+    if k == 0:
+        time.sleep(float(sys.argv[3]))
+"#;
+
+/// The health of each backend of `lb`'s listener `listener` ("tcp:80") in `status`.
+fn clb_health(s: &Value, lb: &str, listener: &str) -> BTreeMap<String, String> {
+    let mut m = BTreeMap::new();
+    for l in s["counters"]["load_balancers"]
+        .as_array()
+        .into_iter()
+        .flatten()
+    {
+        if l["load_balancer_id"] != lb {
+            continue;
+        }
+        for li in l["listeners"].as_array().into_iter().flatten() {
+            if format!("{}:{}", text_of(&li["protocol"]), li["port"]) != listener {
+                continue;
+            }
+            for b in li["backends"].as_array().into_iter().flatten() {
+                m.insert(text_of(&b["instance_id"]), text_of(&b["health"]));
+            }
+        }
+    }
+    m
+}
+
+fn text_of(v: &Value) -> String {
+    v.as_str().map_or_else(|| v.to_string(), String::from)
+}
+
+#[test]
+fn clb_spreads_by_weight_keeps_connections_and_follows_health_checks() {
+    if !privileged("clb_spreads_by_weight_keeps_connections_and_follows_health_checks") {
+        return;
+    }
+    let lab = Lab::up("clb.toml");
+    let webs = ["i-web1", "i-web2", "i-web3"];
+    let mut servers: BTreeMap<&str, Bg> = webs
+        .iter()
+        .map(|&w| (w, lab.named_http_server(w, 80)))
+        .collect();
+    let _udp: Vec<Bg> = webs
+        .iter()
+        .map(|&w| {
+            let mut s = lab.bg(w, &["python3", "-u", "-c", NAMED_UDP_SERVER, "5353", w]);
+            s.wait_until(Duration::from_secs(10), "UDP server ready", |o, _| {
+                o.contains("listening")
+            });
+            s
+        })
+        .collect();
+    let all = |state: &str| -> BTreeMap<String, String> {
+        webs.iter()
+            .map(|w| (w.to_string(), state.to_string()))
+            .collect()
+    };
+    lab.wait_status(Duration::from_secs(15), "every backend checked up", |s| {
+        clb_health(s, "lb-web", "tcp:80") == all("up")
+            && clb_health(s, "lb-web", "udp:5353") == all("up")
+    });
+
+    // n new connections from the internet: who answered each, counted.
+    let spread = |n: usize| -> BTreeMap<String, usize> {
+        let mut m = BTreeMap::new();
+        for k in 0..n {
+            let r = lab.curl("internet", &["--max-time", "3"], "http://198.51.100.70/");
+            assert!(r.ok(), "connection {k} to the CLB's EIP: {r}");
+            let (who, client) = r.out().split_once(' ').expect("NAME CLIENT");
+            assert_eq!(
+                client, "203.0.113.1",
+                "the backend sees the client's address"
+            );
+            *m.entry(who.to_string()).or_insert(0) += 1;
+        }
+        m
+    };
+    let counts = |v: &[(&str, usize)]| -> BTreeMap<String, usize> {
+        v.iter().map(|&(k, n)| (k.to_string(), n)).collect()
+    };
+    // Weighted round robin, 3:2:1, exactly over 60 connections.
+    assert_eq!(
+        spread(60),
+        counts(&[("i-web1", 30), ("i-web2", 20), ("i-web3", 10)])
+    );
+
+    // UDP: each client port is a flow of its own, spread the same way.
+    let mut udp: BTreeMap<String, usize> = BTreeMap::new();
+    for k in 0..6u16 {
+        let port = (40000 + k).to_string();
+        let r = lab.exec(
+            "internet",
+            &[
+                "python3",
+                "-c",
+                "import socket,sys;s=socket.socket(socket.AF_INET,socket.SOCK_DGRAM);\
+                 s.settimeout(3);s.bind(('0.0.0.0',int(sys.argv[1])));\
+                 s.sendto(b'q',('198.51.100.70',5353));print(s.recv(100).decode().split()[0])",
+                &port,
+            ],
+        );
+        assert!(r.ok(), "UDP flow {k}: {r}");
+        *udp.entry(r.out().to_string()).or_insert(0) += 1;
+    }
+    assert_eq!(udp, counts(&[("i-web1", 3), ("i-web2", 2), ("i-web3", 1)]));
+
+    // A long connection stays on its backend while new ones go round.
+    let mut long = lab.bg(
+        "internet",
+        &[
+            "python3",
+            "-u",
+            "-c",
+            KEEPALIVE_CLIENT,
+            "198.51.100.70",
+            "80",
+            "3",
+        ],
+    );
+    long.wait_until(Duration::from_secs(10), "first answer", |o, _| {
+        o.lines().count() >= 1
+    });
+    let others = spread(12);
+    assert!(
+        others.len() == 3,
+        "new connections meanwhile reach every backend: {others:?}"
+    );
+    long.wait_until(Duration::from_secs(10), "second answer", |o, _| {
+        o.lines().count() >= 2
+    });
+    let answers: Vec<String> = long.out().lines().map(String::from).collect();
+    assert_eq!(
+        answers[0], answers[1],
+        "a connection's requests are answered by one backend"
+    );
+
+    // i-web2's server stops: after its health check fails 3 times it gets no new connection.
+    servers.remove("i-web2").unwrap().stop();
+    let mut down = all("up");
+    down.insert("i-web2".into(), "down".into());
+    lab.wait_status(Duration::from_secs(20), "i-web2 checked down", |s| {
+        clb_health(s, "lb-web", "tcp:80") == down
+    });
+    let (_, metrics) = lab.http_get("/metrics");
+    assert!(
+        metrics.contains(
+            "eiplab_clb_backend_health{load_balancer=\"lb-web\",listener=\"tcp:80\",\
+             instance=\"i-web2\",state=\"down\"} 1\n"
+        ),
+        "{metrics}"
+    );
+    let without = spread(20);
+    assert_eq!(
+        without.get("i-web2"),
+        None,
+        "no connection to a failing backend: {without:?}"
+    );
+    assert!(
+        without.get("i-web1") > without.get("i-web3") && without.contains_key("i-web3"),
+        "the others keep their 3:1: {without:?}"
+    );
+
+    // Its server back, 3 checks pass and it takes connections again, at its weight.
+    servers.insert("i-web2", lab.named_http_server("i-web2", 80));
+    lab.wait_status(Duration::from_secs(20), "i-web2 checked up again", |s| {
+        clb_health(s, "lb-web", "tcp:80") == all("up")
+    });
+    let back = spread(60);
+    let n2 = back.get("i-web2").copied().unwrap_or(0);
+    assert!(
+        (15..=25).contains(&n2),
+        "i-web2 takes about a third of new connections again: {back:?}"
+    );
+    let text = run(
+        cmd(BIN, &["status", "--endpoint", &lab.endpoint()]),
+        CMD_LIMIT,
+    )
+    .expect_ok("eiplab status")
+    .stdout;
+    assert!(
+        text.lines()
+            .any(|l| l.starts_with("  tcp:80 -> i-web1 10.0.1.11 w3 up (")),
+        "{text}"
+    );
+    drop(long);
 }
