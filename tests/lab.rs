@@ -3226,6 +3226,16 @@ fn clb_spreads_by_weight_keeps_connections_and_follows_health_checks() {
         counts(&[("i-web1", 30), ("i-web2", 20), ("i-web3", 10)])
     );
 
+    // A guest of the VPC reaches the same listener on the CLB's intranet address, and the
+    // backend sees the guest's private address.
+    for _ in 0..3 {
+        let r = lab.curl("i-client", &["--max-time", "3"], "http://10.0.1.200/");
+        assert!(r.ok(), "i-client to the CLB's intranet address: {r}");
+        let (who, client) = r.out().split_once(' ').expect("NAME CLIENT");
+        assert!(webs.contains(&who), "{r}");
+        assert_eq!(client, "10.0.1.20", "{r}");
+    }
+
     // UDP: each client port is a flow of its own, spread the same way.
     let mut udp: BTreeMap<String, usize> = BTreeMap::new();
     for k in 0..6u16 {

@@ -2103,6 +2103,7 @@ fn p9_cloud(transition_ns: u64, now: u64) -> Cloud {
             kind: "clb".into(),
             intranet: true,
             vpc: true,
+            address: None,
         },
     );
     for (eip, gateway) in [("eip-5", "ngw-0"), ("eip-6", "ngw-1")] {

@@ -433,6 +433,10 @@ pub struct LoadBalancer {
     pub kind: String,
     pub intranet: bool,
     pub vpc: bool,
+    /// An intranet CLB's address in its vSwitch (taken like an ENI's private IP); `None` for
+    /// an internet-facing one, or in a state saved before it was kept.
+    #[serde(default)]
+    pub address: Option<Ipv4Addr>,
 }
 
 /// One change of the cloud's state, as the model records it ([`Cloud::take_changes`]) and as
@@ -1942,6 +1946,7 @@ impl Cloud {
         let gateway_takes = |b: &Binding| b.bind_type == BindType::Nat && b.private_ip == Some(ip);
         self.enis.values().any(|e| e.private_ips.contains(&ip))
             || self.havips.values().any(|h| h.ip == ip)
+            || self.load_balancers.values().any(|l| l.address == Some(ip))
             || self
                 .eips
                 .values()

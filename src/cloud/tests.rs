@@ -464,6 +464,7 @@ fn with_gateways(c: &mut Cloud) {
                 kind: kind.into(),
                 intranet,
                 vpc,
+                address: (id == "lb-int").then(|| ip("10.0.1.120")),
             },
         );
     }
@@ -1869,4 +1870,24 @@ fn entry_ids_are_counted_in_the_state_and_skip_taken_ones() {
     old["settings"].as_object_mut().unwrap().remove("vpc_cidrs");
     let old: Cloud = serde_json::from_value(old).unwrap();
     assert!(old.settings.vpc_cidrs.is_empty());
+}
+
+#[test]
+fn an_intranet_clbs_address_is_taken() {
+    let mut c = lab();
+    with_gateways(&mut c);
+    refuses(&mut c, "InvalidPrivateIpAddress.Duplicated", 400, |c| {
+        c.assign_private_ips("eni-web0", &[ip("10.0.1.120")], 0)
+    });
+    refuses(&mut c, "InvalidIPAddress.AlreadyUsed", 400, |c| {
+        c.create_havip(
+            NOW,
+            "cn-shanghai",
+            &crate::cloud::havip::HaVipSpec {
+                vswitch: "vsw-a".into(),
+                ip_address: Some("10.0.1.120".into()),
+                ..Default::default()
+            },
+        )
+    });
 }

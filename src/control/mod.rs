@@ -600,7 +600,8 @@ fn build_table(
 }
 
 /// Each CLB of `x`: its state (made on first sight, given a changed configuration in place,
-/// so its connections and backends' health carry on), and in the table when an EIP maps to it.
+/// so its connections and backends' health carry on), and in the table with its intranet
+/// address and, when an EIP maps to it, its EIP.
 /// Backends are the instances' primary private IPs.
 fn add_clbs(
     mut b: crate::engine::table::TableBuilder,
@@ -646,7 +647,12 @@ fn add_clbs(
                 bd.bind_type == crate::cloud::BindType::SlbInstance && &bd.instance_id == id
             })
         });
-        if let Some(e) = eip {
+        let vip = cloud
+            .load_balancers
+            .get(id)
+            .filter(|l| l.intranet && l.vpc)
+            .and_then(|l| l.address);
+        if eip.is_some() || vip.is_some() {
             let backend_enis = spec
                 .backends
                 .iter()
@@ -656,7 +662,8 @@ fn add_clbs(
             b = b.clb(ClbTableConfig {
                 id: id.clone(),
                 clb: state.clb.clone(),
-                eip: (e.address, e.slot),
+                vip,
+                eip: eip.map(|e| (e.address, e.slot)),
                 backend_enis,
             });
         }

@@ -11,9 +11,13 @@
 //!   port. The backend sees the client's own address, as behind the cloud's layer-4 CLB.
 //!   An echo request is answered by the CLB itself; anything else is dropped as
 //!   `clb_no_listener`.
-//! - From a backend, a packet of a connection of the CLB goes back out from the CLB's EIP and
-//!   listener port, whatever EIP the backend has of its own. Other packets of the backend take
-//!   the usual way.
+//! - From a guest in the VPC to the CLB's intranet address, the same, once the sender passed
+//!   the checks of D5 and D6 (attached, running, its own source, not cut-through); the
+//!   backend sees the guest's private address.
+//! - From a backend, a packet of a connection of the CLB goes back the way the connection came:
+//!   to the internet from the CLB's EIP and listener port (whatever EIP the backend has of its
+//!   own), to a guest from the CLB's intranet address. Other packets of the backend take the
+//!   usual way.
 //!
 //! A CLB carries whole datagrams only (`clb_fragment`): it would have to reassemble them to
 //! find the ports of the later fragments.
@@ -55,51 +59,64 @@ fn transport(buf: &[u8], h: &Headers) -> Option<(ListenerProtocol, u8, u16, u16)
 }
 
 impl State {
-    /// A packet from the internet to CLB `i`'s EIP (in `slot`).
+    /// A packet to CLB `i` from `ingress`: from the internet to its EIP (in `slot`), or from
+    /// a guest to its intranet address (`slot` is `NONE`; the guest's checks of D5 and D6 are
+    /// passed already).
     #[allow(clippy::too_many_arguments)]
-    pub(super) fn clb_from_internet(
+    pub(super) fn clb_from_client(
         &mut self,
         t: &Table,
         now: u64,
         i: u32,
+        ingress: Side,
         slot: EipSlot,
         buf: &mut [u8],
         len: usize,
         flags: PacketFlags,
         h: &Headers,
     ) -> Verdict {
+        let from = match ingress {
+            Side::Eni(e) => Some(e),
+            _ => None,
+        };
         let blame = Blame {
             eip: slot,
-            eni: NONE,
+            eni: from.map_or(NONE, u32::from),
         };
         if h.is_fragment {
-            return self.drop(DropReason::ClbFragment, Side::Internet, blame);
+            return self.drop(DropReason::ClbFragment, ingress, blame);
         }
         if h.proto == protocol::ICMP {
-            // The CLB answers pings on its address; it carries no other ICMP.
-            let hl = h.hl;
-            if h.l4.is_some() && buf[hl] == crate::wire::icmp::kind::ECHO_REQUEST {
-                return self.answer_echo(Side::Internet, buf, h.proto, h.l4, blame);
+            // The CLB answers pings on its addresses; it carries no other ICMP.
+            if h.l4.is_some() && buf[h.hl] == crate::wire::icmp::kind::ECHO_REQUEST {
+                return self.answer_echo(ingress, buf, h.proto, h.l4, blame);
             }
-            return self.drop(DropReason::ClbNoListener, Side::Internet, blame);
+            return self.drop(DropReason::ClbNoListener, ingress, blame);
         }
         let Some((proto, tcp, sp, dp)) = transport(buf, h) else {
-            return self.drop(DropReason::ClbNoListener, Side::Internet, blame);
+            return self.drop(DropReason::ClbNoListener, ingress, blame);
         };
         if h.ttl <= 1 {
-            return self.time_exceeded(t, Side::Internet, buf, h.total, h.proto, 0, blame);
+            return self.time_exceeded(t, ingress, buf, h.total, h.proto, 0, blame);
         }
         let client = sock(h.src, sp);
         let answer = take(&t.clbs[i as usize].clb, now).inbound(now, proto, tcp, client, dp);
-        match answer {
-            Ok(backend) => self.deliver_inside(t, slot, buf, len, flags, h, client, backend),
-            Err(d) => self.drop(clb_reason(d), Side::Internet, blame),
-        }
+        let backend = match answer {
+            Ok(b) => b,
+            Err(d) => return self.drop(clb_reason(d), ingress, blame),
+        };
+        let to = match Self::gateway_delivery(t, u32::from(*backend.ip()), blame) {
+            Ok(to) => to,
+            Err((r, b)) => return self.drop(r, ingress, b),
+        };
+        rewrite_query(&mut buf[..h.total], h, client, backend, false, flags);
+        self.count_gateway_forward(slot, true, from, Some(to), len);
+        Verdict::Forward(Side::Eni(to))
     }
 
     /// A packet from `eni`, a backend of some CLB: if it belongs to a connection of one of
-    /// its CLBs, its verdict (out from the CLB's EIP and listener port); else `None`, and it
-    /// takes the usual way.
+    /// its CLBs, its verdict (back the way the connection came); else `None`, and it takes
+    /// the usual way.
     #[allow(clippy::too_many_arguments)]
     pub(super) fn clb_from_backend(
         &mut self,
@@ -125,29 +142,47 @@ impl State {
         }
         let (proto, tcp, sp, dp) = transport(buf, h)?;
         let (backend, client) = (sock(h.src, sp), sock(h.dst, dp));
+        // A client inside the VPC came through the intranet address, any other through the EIP.
+        let inside = t.in_vpc(h.dst);
         for &c in clbs {
             let e = &t.clbs[c as usize];
+            let (front, slot) = if inside {
+                (e.vip, NONE)
+            } else {
+                (e.eip, e.slot)
+            };
+            if front == 0 {
+                continue;
+            }
             let Some(port) = take(&e.clb, now).outbound(now, proto, tcp, backend, client) else {
                 continue;
             };
             let blame = Blame {
-                eip: e.slot,
+                eip: slot,
                 eni: eni as u32,
             };
             if h.ttl <= 1 {
                 let v = self.time_exceeded(t, Side::Eni(eni), buf, h.total, h.proto, 0, blame);
                 return Some(v);
             }
+            let to = if inside {
+                match Self::gateway_delivery(t, h.dst, blame) {
+                    Ok(to) => Some(to),
+                    Err((r, b)) => return Some(self.drop(r, Side::Eni(eni), b)),
+                }
+            } else {
+                None
+            };
             rewrite_query(
                 &mut buf[..h.total],
                 h,
-                sock(e.eip, port),
+                sock(front, port),
                 client,
                 true,
                 flags,
             );
-            self.count_gateway_forward(e.slot, false, Some(eni), None, len);
-            return Some(Verdict::Forward(Side::Internet));
+            self.count_gateway_forward(slot, false, Some(eni), to, len);
+            return Some(Verdict::Forward(to.map_or(Side::Internet, Side::Eni)));
         }
         None
     }

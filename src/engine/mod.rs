@@ -848,7 +848,8 @@ impl Engine {
                     return st.gateway_from_internet(table, now, gw, slot, buf, len, flags, &h);
                 }
                 if let Some((clb, slot)) = table.clb_eip(h.dst) {
-                    return st.clb_from_internet(table, now, clb, slot, buf, len, flags, &h);
+                    let from = Side::Internet;
+                    return st.clb_from_client(table, now, clb, from, slot, buf, len, flags, &h);
                 }
             }
             Side::Eni(eni) if !table.clbs.is_empty() => {
@@ -867,6 +868,15 @@ impl Engine {
             Ok(p) => p,
             Err((r, b)) => {
                 if let Side::Eni(eni) = ingress {
+                    // D13 from inside: the sender passed every check of D5 and D6, and its
+                    // destination is a CLB's intranet address.
+                    if r == DropReason::VpcUnreachable {
+                        if let Some(i) = table.clb_vip(h.dst) {
+                            let from = Side::Eni(eni);
+                            return st
+                                .clb_from_client(table, now, i, from, NONE, buf, len, flags, &h);
+                        }
+                    }
                     if !table.gateways.is_empty() {
                         let v = st.gateway_from_eni(table, now, eni, r, buf, len, flags, &h);
                         if let Some(v) = v {

@@ -490,28 +490,6 @@ impl State {
             Ok(a) => a,
             Err(d) => return self.drop(napt_reason(d), Side::Internet, blame),
         };
-        self.deliver_inside(t, slot, buf, len, flags, h, src, int)
-    }
-
-    /// Internet -> an EIP in `slot` whose NAT gateway or CLB sends the packet from `src` on
-    /// to `int` inside the VPC: delivered to `int`'s ENI with its destination rewritten, or
-    /// dropped when nobody may take it.
-    #[allow(clippy::too_many_arguments)]
-    pub(super) fn deliver_inside(
-        &mut self,
-        t: &Table,
-        slot: EipSlot,
-        buf: &mut [u8],
-        len: usize,
-        flags: PacketFlags,
-        h: &Headers,
-        src: SocketAddrV4,
-        int: SocketAddrV4,
-    ) -> Verdict {
-        let blame = Blame {
-            eip: slot,
-            eni: NONE,
-        };
         let eni = match Self::gateway_delivery(t, u32::from(*int.ip()), blame) {
             Ok(e) => e,
             Err((r, b)) => return self.drop(r, Side::Internet, b),

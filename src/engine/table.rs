@@ -181,6 +181,8 @@ pub(crate) enum Kind {
     Private,
     VpcGateway,
     InternetGateway,
+    /// A CLB's intranet address: `other` = the CLB's index.
+    ClbVip,
 }
 
 /// One address, 16 bytes so four share a cache line.
@@ -348,13 +350,16 @@ pub type SharedClb = Arc<Mutex<Clb>>;
 /// Marks a CLB EIP's `other` in the address map (a gateway's is its index + 1, far below).
 pub(crate) const CLB_MARK: u32 = 1 << 31;
 
-/// An internal-facing CLB with an EIP, as the table knows it (SPEC D13).
+/// An internal-facing CLB, as the table knows it (SPEC D13).
 #[derive(Clone, Debug)]
 pub struct ClbTableConfig {
     pub id: String,
     pub clb: SharedClb,
-    /// Its EIP and the EIP's slot (programmed with [`TableBuilder::eip`] too, unassociated).
-    pub eip: (Ipv4Addr, EipSlot),
+    /// Its intranet address in the VPC, which guests connect to.
+    pub vip: Option<Ipv4Addr>,
+    /// Its EIP and the EIP's slot (programmed with [`TableBuilder::eip`] too, unassociated),
+    /// which the internet connects to.
+    pub eip: Option<(Ipv4Addr, EipSlot)>,
     /// The ENIs of its backends: their replies go back out through it.
     pub backend_enis: Vec<EniId>,
 }
@@ -364,9 +369,12 @@ pub struct ClbTableConfig {
 pub(crate) struct ClbEntry {
     pub id: String,
     pub clb: SharedClb,
-    /// Its EIP, which its backends' replies leave from.
+    /// Its EIP (0: none), which its backends' replies to the internet leave from, and the
+    /// EIP's slot (`NONE`: none).
     pub eip: u32,
     pub slot: EipSlot,
+    /// Its intranet address (0: none), which its backends' replies to guests leave from.
+    pub vip: u32,
 }
 
 /// The programmed gateway. Build with [`TableBuilder`].
@@ -464,6 +472,16 @@ impl Table {
             .then_some((e.other & !CLB_MARK, e.slot))
     }
 
+    /// The CLB whose intranet address `addr` is.
+    #[inline]
+    pub(crate) fn clb_vip(&self, addr: u32) -> Option<u32> {
+        if self.clbs.is_empty() {
+            return None;
+        }
+        let e = self.map.get(addr)?;
+        (e.kind == Kind::ClbVip).then_some(e.other)
+    }
+
     /// The CLBs whose backend `eni` is (none when the lab has no CLB).
     #[inline]
     pub(crate) fn clbs_of_eni(&self, eni: EniId) -> &[u32] {
@@ -495,6 +513,14 @@ impl Table {
             .iter()
             .map(|e| (e.slot, Ipv4Addr::from(e.address), e.bandwidth_mbps))
     }
+}
+
+/// The `other` of `a`'s entry, if `a` is an EIP of `slot` with no association that no NAT
+/// gateway or CLB has claimed yet: the claim goes there.
+fn unclaimed_eip(map: &mut AddrMap, a: Ipv4Addr, slot: EipSlot) -> Option<&mut u32> {
+    map.get_mut(u32::from(a))
+        .filter(|e| e.kind == Kind::Eip && e.mode.is_none() && e.slot == slot && e.other == 0)
+        .map(|e| &mut e.other)
 }
 
 /// Collects ENIs, EIPs and settings, checks them, and builds a [`Table`].
@@ -599,6 +625,7 @@ impl TableBuilder {
         let n_addrs: usize = self.enis.iter().map(|e| e.private_ips.len()).sum::<usize>()
             + self.eips.len()
             + self.enis.len()
+            + self.clbs.len()
             + 1;
         let mut map = AddrMap::with_capacity(n_addrs);
         let put = |map: &mut AddrMap, e: Entry| {
@@ -773,17 +800,7 @@ impl TableBuilder {
             for &(a, slot) in &g.eips {
                 // An unassociated EIP's entry has no mapped address: `other` names its
                 // gateway (index + 1) instead.
-                match map.get_mut(u32::from(a)) {
-                    Some(e)
-                        if e.kind == Kind::Eip
-                            && e.mode.is_none()
-                            && e.slot == slot
-                            && e.other == 0 =>
-                    {
-                        e.other = i + 1
-                    }
-                    _ => return Err(TableError::GatewayEip(a)),
-                }
+                *unclaimed_eip(&mut map, a, slot).ok_or(TableError::GatewayEip(a))? = i + 1;
             }
             for &(net, len) in &g.sources {
                 if len > 32 {
@@ -804,17 +821,20 @@ impl TableBuilder {
         let mut clb_of_eni: Vec<Vec<u32>> = Vec::new();
         for (i, c) in self.clbs.into_iter().enumerate() {
             let i = i as u32;
-            let (a, slot) = c.eip;
-            match map.get_mut(u32::from(a)) {
-                Some(e)
-                    if e.kind == Kind::Eip
-                        && e.mode.is_none()
-                        && e.slot == slot
-                        && e.other == 0 =>
-                {
-                    e.other = CLB_MARK | i
-                }
-                _ => return Err(TableError::ClbEip(a)),
+            if let Some((a, slot)) = c.eip {
+                *unclaimed_eip(&mut map, a, slot).ok_or(TableError::ClbEip(a))? = CLB_MARK | i;
+            }
+            if let Some(v) = c.vip {
+                put(
+                    &mut map,
+                    Entry {
+                        key: u32::from(v),
+                        kind: Kind::ClbVip,
+                        other: i,
+                        slot: NONE,
+                        ..Entry::default()
+                    },
+                )?;
             }
             for &eni in &c.backend_enis {
                 let k = eni as usize;
@@ -825,11 +845,13 @@ impl TableBuilder {
                     clb_of_eni[k].push(i);
                 }
             }
+            let (eip, slot) = c.eip.map_or((0, NONE), |(a, s)| (u32::from(a), s));
             clbs.push(ClbEntry {
                 id: c.id,
                 clb: c.clb,
-                eip: u32::from(a),
+                eip,
                 slot,
+                vip: c.vip.map_or(0, u32::from),
             });
         }
 

@@ -154,15 +154,25 @@ pub fn build(lab: &LabFile, now: u64) -> Result<Cloud, String> {
             },
         );
     }
-    for lb in &lab.load_balancer {
+    for (k, lb) in lab.load_balancer.iter().enumerate() {
+        let intranet = lb.address_type == config::AddressType::Intranet;
+        // An intranet one in a VPC takes an address of its vSwitch.
+        let address = match (&lb.vswitch, intranet, lb.address) {
+            (Some(_), true, Some(a)) => Some(a),
+            (Some(v), true, None) => Some(c.free_ip_of(v).ok_or_else(|| {
+                format!("load_balancer[{k}]: vswitch {v} has no free address for it")
+            })?),
+            _ => None,
+        };
         c.load_balancers.insert(
             lb.id.clone(),
             LoadBalancer {
                 id: lb.id.clone(),
                 region: lb.region.clone(),
                 kind: lb.r#type.as_str().to_string(),
-                intranet: lb.address_type == config::AddressType::Intranet,
+                intranet,
                 vpc: lb.network == config::NetworkType::Vpc,
+                address,
             },
         );
     }

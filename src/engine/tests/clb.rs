@@ -48,7 +48,8 @@ fn lb_engine() -> (Engine, SharedClb) {
         .clb(ClbTableConfig {
             id: "lb-a".into(),
             clb: clb.clone(),
-            eip: (a(LB), 210),
+            vip: Some(a("10.0.2.200")),
+            eip: Some((a(LB), 210)),
             backend_enis: vec![8, 9],
         })
         .build()
@@ -270,4 +271,69 @@ fn d13_a_batch_decides_as_one_at_a_time() {
             assert_eq!(b.packet(), &out[..]);
         }
     }
+}
+
+#[test]
+fn d13_guests_reach_the_clb_on_its_intranet_address() {
+    let (mut e, clb) = lb_engine();
+    let vip = a("10.0.2.200");
+    let guest = a("10.0.2.13");
+    let mut to = Vec::new();
+    for k in 0..3u16 {
+        let syn = build::tcp(guest, 50000 + k, vip, 80, 0x02, b"");
+        let (v, out) = run(&mut e, Side::Eni(10), &syn);
+        let Verdict::Forward(Side::Eni(b)) = v else {
+            panic!("SYN {k} to the intranet address: {v:?}")
+        };
+        let backend = if b == 8 { "10.0.2.11" } else { "10.0.2.12" };
+        assert_eq!((src_of(&out), dst_of(&out)), (guest, a(backend)));
+        assert_eq!(ports(&out), (50000 + k, 8080));
+        assert_valid(&out);
+        to.push(b);
+        // The reply comes back from the intranet address, to the guest's ENI.
+        let reply = build::tcp(a(backend), 8080, guest, 50000 + k, 0x12, b"");
+        let (v, back) = run(&mut e, Side::Eni(b), &reply);
+        assert_eq!(v, Verdict::Forward(Side::Eni(10)), "reply {k}");
+        assert_eq!((src_of(&back), dst_of(&back)), (vip, guest));
+        assert_eq!(ports(&back), (80, 50000 + k));
+        assert_valid(&back);
+    }
+    assert_eq!(to, [8, 9, 8], "smooth 2:1");
+    assert_eq!(clb.lock().unwrap().connections(), 3);
+    assert_eq!(
+        e.eip_counters(210).to_guest.packets,
+        0,
+        "not through the EIP"
+    );
+    assert_eq!(e.eni_counters(10).from_guest.packets, 3);
+    assert_eq!(e.eni_counters(10).to_guest.packets, 3);
+
+    // A ping is answered from the intranet address; a port no listener serves is refused.
+    let (v, out) = run(&mut e, Side::Eni(10), &build::ping(guest, vip, 1, 1, b"x"));
+    assert!(
+        matches!(
+            v,
+            Verdict::Reply {
+                to: Side::Eni(10),
+                ..
+            }
+        ),
+        "{v:?}"
+    );
+    assert_eq!((src_of(&out), dst_of(&out)), (vip, guest));
+    let (v, _) = run(&mut e, Side::Eni(10), &build::udp(guest, 1, vip, 9999, b""));
+    assert_eq!(v, Verdict::Drop(DropReason::ClbNoListener));
+    // The guest's own checks come first: a spoofed source, a cut-through ENI.
+    let (v, _) = run(
+        &mut e,
+        Side::Eni(10),
+        &build::tcp(a("10.0.2.11"), 1, vip, 80, 0x02, b""),
+    );
+    assert_eq!(v, Verdict::Drop(DropReason::SourceCheck));
+    let (v, _) = run(
+        &mut e,
+        Side::Eni(3),
+        &build::tcp(a("198.51.100.30"), 1, vip, 80, 0x02, b""),
+    );
+    assert_eq!(v, Verdict::Drop(DropReason::CutThroughPrivate));
 }
