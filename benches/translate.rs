@@ -5,8 +5,10 @@
 //!
 //! Every group is measured with 1, 1,000 and 100,000 EIPs in the table (`<group>/eips/<n>`),
 //! except the cut-through groups (60,000 at most: see `CUT_THROUGH_SIZES` in
-//! `shared/traffic.rs`, which also describes the tables and the traffic). What keeps the
-//! numbers honest:
+//! `shared/traffic.rs`, which also describes the tables and the traffic), the NAT gateway
+//! groups (`natgw_*`: `<n>` established gateway flows) and the CLB groups (`clb_*`: `<n>`
+//! established TCP connections over 3 backends, each made by one packet through the CLB
+//! before anything is timed), 1,000 and 1,000,000. What keeps the numbers honest:
 //!
 //! - The plain groups send 64-byte packets (UDP or TCP, random payloads);
 //!   `nat_inbound_udp_quic` and `nat_inbound_udp_rtp` send what the ALG classifier will

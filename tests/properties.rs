@@ -2294,6 +2294,17 @@ enum CloudOp {
     AssociateHaVip(Index, Index),
     UnassociateHaVip(Index, Index, bool),
     DeleteHaVip(Index),
+    /// A guest configures an address (a HaVip's, or `10.0.1.<host>`) on an instance: mostly
+    /// one a HaVip is associated with (itself or through an ENI), else any instance, an ENI's
+    /// id or a missing one (`Cloud::claim_havip`; the model only, no API action does it).
+    ClaimHaVip {
+        havip: Index,
+        instance: Index,
+        host: Option<u8>,
+    },
+    /// The lab's failover to an instance or ENI: mostly one associated with the HaVip, else
+    /// any of `P9_HAVIP_TARGETS` or a missing one (`Cloud::fail_over_havip`; the model only).
+    FailOverHaVip(Index, Index),
     /// A query of the API.
     Describe(Index, Index),
 }
@@ -2401,6 +2412,9 @@ fn cloud_op() -> impl Strategy<Value = CloudOp> {
         3 => (i(), i()).prop_map(|(h, t)| CloudOp::AssociateHaVip(h, t)),
         2 => (i(), i(), any::<bool>()).prop_map(|(h, t, f)| CloudOp::UnassociateHaVip(h, t, f)),
         1 => i().prop_map(CloudOp::DeleteHaVip),
+        3 => (i(), i(), proptest::option::weighted(0.3, p9_host()))
+            .prop_map(|(havip, instance, host)| CloudOp::ClaimHaVip { havip, instance, host }),
+        3 => (i(), i()).prop_map(|(h, to)| CloudOp::FailOverHaVip(h, to)),
         2 => (i(), i()).prop_map(|(a, t)| CloudOp::Describe(a, t)),
     ]
 }
@@ -2444,6 +2458,9 @@ struct Resolved {
     snat_entries: Vec<(String, String)>,
     forward_entries: Vec<(String, String)>,
     havips: Vec<String>,
+    /// Per HaVip (in `havips`' order): its address and what is associated with it, the
+    /// holder first.
+    havip_members: Vec<(Ipv4Addr, Vec<String>)>,
 }
 
 impl Resolved {
@@ -2475,6 +2492,11 @@ impl Resolved {
                 .map(|f| (f.id.clone(), f.nat_gateway.clone()))
                 .collect(),
             havips: c.havips.keys().cloned().collect(),
+            havip_members: c
+                .havips
+                .values()
+                .map(|h| (h.ip, h.associated_instances.clone()))
+                .collect(),
         }
     }
 
@@ -2917,6 +2939,48 @@ fn p9_step(c: &mut Cloud, now: &mut u64, s: &CloudStep) -> Result<Option<Vec<Cha
             param("HaVipId", havip);
             "DeleteHaVip"
         }
+        CloudOp::ClaimHaVip {
+            havip,
+            instance,
+            host,
+        } => {
+            // A HaVip's address and members (none when it is missing).
+            let k = r
+                .havips
+                .iter()
+                .position(|h| *h == pick_or(&r.havips, *havip, String::new()));
+            let (addr, members) =
+                k.map_or((private(9), Vec::new()), |k| r.havip_members[k].clone());
+            let addr = host.map_or(addr, private);
+            // Mostly a member's instance (an ENI member stands for its instance).
+            let member = (instance.index(4) != 0 && !members.is_empty())
+                .then(|| members[instance.index(members.len())].clone())
+                .map(|m| c.enis.get(&m).and_then(|e| e.instance.clone()).unwrap_or(m));
+            let inst = member.unwrap_or_else(|| {
+                let others: Vec<&str> = P9_INSTANCES
+                    .iter()
+                    .chain(&["eni-a", "eni-web0"])
+                    .copied()
+                    .collect();
+                pick_or(&others, *instance, "i-none").to_string()
+            });
+            return Ok(Some(c.claim_havip(&inst, addr)));
+        }
+        CloudOp::FailOverHaVip(h, to) => {
+            let havip = pick_or(&r.havips, *h, "havip-none".into());
+            let members = r
+                .havips
+                .iter()
+                .position(|x| *x == havip)
+                .map_or(Vec::new(), |k| r.havip_members[k].1.clone());
+            let to = if to.index(4) != 0 && !members.is_empty() {
+                members[to.index(members.len())].clone()
+            } else {
+                let names: Vec<&str> = P9_HAVIP_TARGETS.iter().map(|t| t.0).collect();
+                pick_or(&names, *to, "i-none").to_string()
+            };
+            return model(c.fail_over_havip(&havip, &to));
+        }
         CloudOp::Describe(a, target) => {
             param("InstanceId", pick_or(P9_ENIS, *target, "eni-none").into());
             P9_DESCRIBE[a.index(P9_DESCRIBE.len())]
@@ -3006,14 +3070,23 @@ proptest! {
     /// p9: random operations on the cloud model, directly and through the API's handlers
     /// (`DryRun` too): a refused one leaves the state as it was (equal to a copy taken before
     /// it) and records nothing; one that changed the state recorded something, one that did
-    /// not recorded nothing; and what a model method returns is what it recorded.
+    /// not recorded nothing; and what a model method returns is what it recorded. Half the
+    /// runs start with hv-1 associated with i-web (its holder) and i-stopped, so that claims
+    /// and failovers have somewhere to move it.
     #[test]
     fn p9_the_model_records_every_change_and_refuses_without_changing(
         transitions in any::<bool>(),
+        paired in any::<bool>(),
         steps in vec(cloud_step(), 1..60),
     ) {
         let mut now = 1_000 * 1_000_000_000;
         let mut c = p9_cloud(if transitions { 100_000_000 } else { 0 }, now);
+        if paired {
+            for i in ["i-web", "i-stopped"] {
+                c.associate_havip(P9_REGION, "hv-1", i, Some("EcsInstance")).unwrap();
+            }
+            c.take_changes();
+        }
         for s in &steps {
             let before = c.clone();
             let r = p9_step(&mut c, &mut now, s);

@@ -18,7 +18,8 @@
 #![allow(dead_code)]
 
 use core::net::{Ipv4Addr, SocketAddrV4};
-use eiplab::engine::table::NatGatewayConfig;
+use eiplab::clb::{BackendConfig, Clb, ClbConfig, ListenerConfig, ListenerProtocol};
+use eiplab::engine::table::{ClbTableConfig, NatGatewayConfig};
 use eiplab::engine::{
     AssociationMode, DropReason, EipAssociation, EipConfig, Engine, EngineConfig, EniConfig, EniId,
     InstanceRef, PacketBuf, Side, Table, TableBuilder, Verdict,
@@ -688,6 +689,112 @@ pub fn natgw_inbound_udp(n: usize) -> Case {
     Case { table, traffic }
 }
 
+// ---- CLB (SPEC D13) ------------------------------------------------------------------------
+
+/// Connections through the CLB (the natgw groups' sizes).
+pub const CLB_SIZES: &[usize] = NATGW_SIZES;
+/// The CLB's backends, one per ENI (ENIs 0, 1, 2), weighted 3 : 2 : 1.
+const CLB_WEIGHTS: [u16; 3] = [3, 2, 1];
+const CLB_PORT: u16 = 80;
+const CLB_BACKEND_PORT: u16 = 8080;
+
+/// One established TCP connection through the CLB: the client, and the backend's ENI and
+/// address (at the backend port) the CLB keeps it on.
+struct ClbConn {
+    client: SocketAddrV4,
+    eni: EniId,
+    backend: SocketAddrV4,
+}
+
+/// A CLB on EIP 0 (TCP 80 -> 8080 on three backends, weighted round robin, the cloud's
+/// defaults otherwise) with `n` TCP connections from distinct internet clients, each made
+/// by one SYN through the CLB before the engine sees a packet, in a shuffled order.
+fn clb_world(n: usize, rng: &mut Rng) -> (Table, Vec<ClbConn>) {
+    let mut tcp = ListenerConfig::tcp(CLB_PORT);
+    tcp.backend_port = CLB_BACKEND_PORT;
+    tcp.backends = CLB_WEIGHTS
+        .iter()
+        .enumerate()
+        .map(|(e, &weight)| BackendConfig {
+            addr: private_ip(e, 0),
+            weight,
+        })
+        .collect();
+    let mut clb = Clb::new(ClbConfig {
+        listeners: vec![tcp],
+        max_connections: n,
+    });
+    const NETS: [u32; 3] = [0xC000_0200, 0xC633_6400, 0xCB00_7100];
+    let mut conns = Vec::with_capacity(n);
+    for k in 0..n {
+        // 762 hosts of the TEST-NETs, from ports 1024 up: every client distinct.
+        let host = Ipv4Addr::from(NETS[k % 3] + 1 + ((k / 3) % 254) as u32);
+        let client = SocketAddrV4::new(host, 1024 + (k / 762) as u16);
+        let backend = clb
+            .inbound(T0, ListenerProtocol::Tcp, 0x02, client, CLB_PORT)
+            .expect("a backend for every connection");
+        let e = (0..CLB_WEIGHTS.len())
+            .find(|&e| private_ip(e, 0) == *backend.ip())
+            .expect("one of the backends");
+        conns.push(ClbConn {
+            client,
+            eni: e as EniId,
+            backend,
+        });
+    }
+    assert_eq!(clb.connections(), n);
+    rng.shuffle(&mut conns);
+    let mut b = base_table();
+    for e in 0..CLB_WEIGHTS.len() {
+        b = b.eni(eni_config(e, vec![private_ip(e, 0)]));
+    }
+    let b = b
+        .eip(EipConfig {
+            slot: 0,
+            address: eip_addr(0),
+            bandwidth_mbps: BANDWIDTH_MBPS,
+            association: None,
+        })
+        .clb(ClbTableConfig {
+            id: "lb-bench".into(),
+            clb: Arc::new(Mutex::new(clb)),
+            vip: None,
+            eip: Some((eip_addr(0), 0)),
+            backend_enis: (0..CLB_WEIGHTS.len() as EniId).collect(),
+        });
+    (b.build().expect("CLB table builds"), conns)
+}
+
+/// Internet -> the CLB's EIP on established connections (PSH|ACK): to the connection's
+/// backend, at its private address and the backend port.
+pub fn clb_inbound_tcp(n: usize) -> Case {
+    let rng = &mut Rng(0xc1b0_0000 + n as u64);
+    let (table, conns) = clb_world(n, rng);
+    let mut traffic = Traffic::default();
+    for c in &conns {
+        let (cl, eip) = (c.client, eip_addr(0));
+        let p = packet(Payload::Tcp, *cl.ip(), cl.port(), eip, CLB_PORT, rng);
+        let v = Verdict::Forward(Side::Eni(c.eni));
+        traffic.push(Side::Internet, &p, v, *cl.ip(), *c.backend.ip());
+    }
+    Case { table, traffic }
+}
+
+/// Backends -> internet on established connections (the replies): out from the CLB's EIP
+/// and listener port.
+pub fn clb_outbound_tcp(n: usize) -> Case {
+    let rng = &mut Rng(0xc1b1_0000 + n as u64);
+    let (table, conns) = clb_world(n, rng);
+    let mut traffic = Traffic::default();
+    for c in &conns {
+        let (b, cl) = (c.backend, c.client);
+        let p = packet(Payload::Tcp, *b.ip(), b.port(), *cl.ip(), cl.port(), rng);
+        let v = Verdict::Forward(Side::Internet);
+        traffic.push(Side::Eni(c.eni), &p, v, eip_addr(0), *cl.ip());
+    }
+    Case { table, traffic }
+}
+
 pub type Build = fn(usize) -> Case;
 
 /// Every case of the translate bench: group name, EIP counts, builder.
@@ -715,6 +822,8 @@ pub const CASES: &[(&str, &[usize], Build)] = &[
     ("drop_malformed", SIZES, drop_malformed),
     ("natgw_outbound_udp", NATGW_SIZES, natgw_outbound_udp),
     ("natgw_inbound_udp", NATGW_SIZES, natgw_inbound_udp),
+    ("clb_inbound_tcp", CLB_SIZES, clb_inbound_tcp),
+    ("clb_outbound_tcp", CLB_SIZES, clb_outbound_tcp),
 ];
 
 /// The builder of a case of [`CASES`] by its group name.

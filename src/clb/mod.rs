@@ -638,6 +638,21 @@ impl Clb {
         Some(self.conns[i as usize].listener_port)
     }
 
+    /// [`Clb::outbound`] without touching the connection: the listener port a backend's
+    /// packet to `client` would leave from, for a packet that will not leave (its TTL ran
+    /// out), so that it neither refreshes nor closes the connection.
+    pub fn peek_outbound(
+        &self,
+        now: u64,
+        proto: ListenerProtocol,
+        backend: SocketAddrV4,
+        client: SocketAddrV4,
+    ) -> Option<u16> {
+        let &i = self.by_backend.get(&(proto, backend, client))?;
+        self.alive(i, now.max(self.clock))
+            .then(|| self.conns[i as usize].listener_port)
+    }
+
     /// The probes to run: every backend of every listener whose check is on.
     pub fn health_targets(&self) -> Vec<HealthTarget> {
         let mut out = Vec::new();
@@ -856,7 +871,7 @@ impl Clb {
 
     /// The indexes, lists and counts agree with the slab (tests only).
     #[cfg(test)]
-    fn check_invariants(&self) {
+    pub(crate) fn check_invariants(&self) {
         let live: Vec<u32> = (0..self.conns.len() as u32)
             .filter(|&i| self.conns[i as usize].live)
             .collect();

@@ -27,11 +27,19 @@ pub(crate) fn web(transition_ns: u64, now: u64) -> Cloud {
         prefix_len: 24,
         gateway: ip("10.0.1.253"),
     });
-    c.add_instance(Instance {
-        id: "i-web".into(),
+    c.add_instance(instance("i-web", InstanceStatus::Running));
+    c.add_eni(eni("eni-web0", "10.0.1.10", true, Some("i-web")));
+    c.add_eip(now, "eip-web", ip("198.51.100.10"), 5);
+    c
+}
+
+/// A VPC instance of `status` in cn-shanghai (ecs.g5.large, DHCP on), with no ENI yet.
+pub(crate) fn instance(id: &str, status: InstanceStatus) -> Instance {
+    Instance {
+        id: id.into(),
         region: "cn-shanghai".into(),
         instance_type: "ecs.g5.large".into(),
-        status: InstanceStatus::Running,
+        status,
         vpc: true,
         public_ip: None,
         dhcp: true,
@@ -39,10 +47,7 @@ pub(crate) fn web(transition_ns: u64, now: u64) -> Cloud {
         max_enis: None,
         max_private_ips_per_eni: None,
         transition_until: None,
-    });
-    c.add_eni(eni("eni-web0", "10.0.1.10", true, Some("i-web")));
-    c.add_eip(now, "eip-web", ip("198.51.100.10"), 5);
-    c
+    }
 }
 
 /// An ENI on vsw-a with one private IP.

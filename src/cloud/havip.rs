@@ -538,7 +538,7 @@ impl Cloud {
 mod tests {
     use super::*;
     use crate::cloud::fixture::{eni, web};
-    use crate::cloud::{Associate, BindType, Eni, Instance, Mode, VSwitch};
+    use crate::cloud::{Associate, BindType, Eni, Mode, VSwitch};
 
     const R: &str = "cn-shanghai";
 
@@ -579,19 +579,7 @@ mod tests {
     }
 
     fn add(c: &mut Cloud, id: &str, status: InstanceStatus, addr: &str) {
-        c.add_instance(Instance {
-            id: id.into(),
-            region: R.into(),
-            instance_type: "ecs.g5.large".into(),
-            status,
-            vpc: true,
-            public_ip: None,
-            dhcp: true,
-            index: 0,
-            max_enis: None,
-            max_private_ips_per_eni: None,
-            transition_until: None,
-        });
+        c.add_instance(crate::cloud::fixture::instance(id, status));
         let e: Eni = eni(&format!("eni-{id}0"), addr, true, Some(id));
         c.add_eni(e);
     }

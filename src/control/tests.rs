@@ -1,5 +1,5 @@
 use super::*;
-use crate::cloud::{Associate, BindType, CloudError, EipStatus, Instance, InstanceStatus};
+use crate::cloud::{Associate, BindType, CloudError, EipStatus, InstanceStatus};
 use crate::engine::AssociationMode;
 use std::net::Ipv4Addr;
 use std::time::Instant;
@@ -458,19 +458,10 @@ fn a_change_brings_a_nearer_deadline_forward() {
     // A long transition is under way when a short one starts: the timer, asleep until the
     // long one ends, must wake for the short one.
     let mut c = cloud();
-    c.add_instance(Instance {
-        id: "i-db".into(),
-        region: "cn-shanghai".into(),
-        instance_type: "ecs.g5.large".into(),
-        status: InstanceStatus::Running,
-        vpc: true,
-        public_ip: None,
-        dhcp: true,
-        index: 0,
-        max_enis: None,
-        max_private_ips_per_eni: None,
-        transition_until: None,
-    });
+    c.add_instance(crate::cloud::fixture::instance(
+        "i-db",
+        InstanceStatus::Running,
+    ));
     c.settings.transition_ns = Duration::from_secs(3600).as_nanos() as u64;
     let cp = ControlPlane::new(c, &Options::default()).unwrap();
     runtime().block_on(async {
@@ -655,6 +646,112 @@ fn an_entry_made_through_the_api_is_saved_republished_and_restored() {
         Ok(())
     });
     r.unwrap();
+    drop(cp);
+    let _ = std::fs::remove_dir_all(&dir);
+}
+
+/// Where the table `cp` published sends a UDP packet from the internet to `eip`: the verdict
+/// and the destination it leaves with.
+fn reached(cp: &ControlPlane, eip: Ipv4Addr) -> (crate::engine::Verdict, Ipv4Addr) {
+    use crate::engine::{Engine, PacketFlags, Side};
+    let mut e = Engine::new(cp.cell().load().1);
+    let pkt = crate::wire::build::udp(ip("203.0.113.7"), 40000, eip, 80, b"x");
+    let mut buf = vec![0u8; 640];
+    buf[..pkt.len()].copy_from_slice(&pkt);
+    let v = e.process(
+        real_ns(),
+        Side::Internet,
+        &mut buf,
+        pkt.len(),
+        PacketFlags::default(),
+    );
+    (v, Ipv4Addr::new(buf[16], buf[17], buf[18], buf[19]))
+}
+
+#[test]
+fn a_havip_a_guest_claimed_stays_with_it_after_a_restart() {
+    use crate::cloud::havip::HaVipSpec;
+    use crate::engine::{Side, Verdict};
+    let dir = temp_dir("havip");
+    let opts = Options {
+        state_dir: Some(dir.clone()),
+        table: TableExtras::default(),
+    };
+    // i-web (eni-web0) and i-b (eni-b0, 10.0.1.11) on a HaVip at 10.0.1.100, i-web holding
+    // it; eip-web on the HaVip. No transition: settled at once.
+    let now = real_ns();
+    let mut initial = crate::cloud::fixture::web(0, now);
+    initial.add_instance(crate::cloud::fixture::instance(
+        "i-b",
+        InstanceStatus::Running,
+    ));
+    initial.add_eni(crate::cloud::fixture::eni(
+        "eni-b0",
+        "10.0.1.11",
+        true,
+        Some("i-b"),
+    ));
+    let spec = HaVipSpec {
+        vswitch: "vsw-a".into(),
+        ip_address: Some("10.0.1.100".into()),
+        ..HaVipSpec::default()
+    };
+    let (hv, _) = initial.create_havip(now, "cn-shanghai", &spec).unwrap();
+    for i in ["i-web", "i-b"] {
+        initial
+            .associate_havip("cn-shanghai", &hv, i, None)
+            .unwrap();
+    }
+    initial
+        .associate(
+            now,
+            &Associate {
+                allocation_id: "eip-web".into(),
+                instance_id: hv.clone(),
+                bind_type: BindType::HaVip,
+                mode: AssociationMode::Nat,
+                private_ip: None,
+            },
+        )
+        .unwrap();
+    initial.handle_timeout(now);
+    let (vip, eip) = (ip("10.0.1.100"), ip("198.51.100.10"));
+    let (web0, b0) = (initial.enis["eni-web0"].index, initial.enis["eni-b0"].index);
+
+    let cp = ControlPlane::new(initial.clone(), &opts).unwrap();
+    assert_eq!(reached(&cp, eip), (Verdict::Forward(Side::Eni(web0)), vip));
+    // i-b's guest configures the address (keepalived becoming master).
+    let generation = cp.cell().generation();
+    let r: Result<usize, Refused> = cp.transact(|c, _| Ok(c.claim_havip("i-b", vip).len()));
+    assert_eq!(r.unwrap(), 1, "one HaVip moved");
+    assert!(cp.cell().generation() > generation, "republished");
+    assert_eq!(reached(&cp, eip), (Verdict::Forward(Side::Eni(b0)), vip));
+    drop(cp);
+
+    // A restart on the same directory: i-b still holds it, and the first table says so.
+    let cp = ControlPlane::new(initial, &opts).unwrap();
+    cp.with_cloud(|c| {
+        assert_eq!(c.havips[&hv].associated_instances, ["i-b", "i-web"]);
+        let (enis, eips) = c.dataplane();
+        let on_eip = eips.iter().find(|e| e.address == eip).unwrap();
+        let a = on_eip.association.unwrap();
+        assert_eq!((a.eni, a.private_ip), (b0, Some(vip)));
+        let carries = |id| {
+            enis.iter()
+                .find(|e| e.id == id)
+                .is_some_and(|e| e.private_ips.contains(&vip))
+        };
+        assert!(carries(b0) && !carries(web0), "only the holder carries it");
+    });
+    assert_eq!(cp.cell().load().1.nat_eip_of(vip), Some(eip));
+    assert_eq!(reached(&cp, eip), (Verdict::Forward(Side::Eni(b0)), vip));
+    // And the lab's failover moves it back, saved as well.
+    let r: Result<Vec<_>, Refused> = cp.transact(|c, _| Ok(c.fail_over_havip(&hv, "i-web")?));
+    assert_eq!(r.unwrap().len(), 1);
+    assert_eq!(reached(&cp, eip), (Verdict::Forward(Side::Eni(web0)), vip));
+    let saved = Store::open(&dir).unwrap().get("cloud").unwrap().unwrap();
+    let saved: Cloud = serde_json::from_str(&saved).unwrap();
+    assert_eq!(saved.havips[&hv].associated_instances, ["i-web", "i-b"]);
     drop(cp);
     let _ = std::fs::remove_dir_all(&dir);
 }

@@ -132,6 +132,11 @@ impl State {
         if clbs.is_empty() || h.is_fragment {
             return None;
         }
+        // D7 first: a stopped instance or a detached ENI sends nothing, through a CLB or not
+        // (the usual way drops it and says why).
+        if super::refusal(t.eni(eni as u32)).is_some() {
+            return None;
+        }
         // D6 first: only the ENI's own address speaks for its connections.
         let own = t
             .map
@@ -154,25 +159,33 @@ impl State {
             if front == 0 {
                 continue;
             }
-            let Some(port) = take(&e.clb, now).outbound(now, proto, tcp, backend, client) else {
+            let mut clb = take(&e.clb, now);
+            let Some(port) = clb.peek_outbound(now, proto, backend, client) else {
                 continue;
             };
             let blame = Blame {
                 eip: slot,
                 eni: eni as u32,
             };
+            // A packet that does not leave neither refreshes nor closes its connection.
             if h.ttl <= 1 {
+                drop(clb);
                 let v = self.time_exceeded(t, Side::Eni(eni), buf, h.total, h.proto, 0, blame);
                 return Some(v);
             }
             let to = if inside {
                 match Self::gateway_delivery(t, h.dst, blame) {
                     Ok(to) => Some(to),
-                    Err((r, b)) => return Some(self.drop(r, Side::Eni(eni), b)),
+                    Err((r, b)) => {
+                        drop(clb);
+                        return Some(self.drop(r, Side::Eni(eni), b));
+                    }
                 }
             } else {
                 None
             };
+            clb.outbound(now, proto, tcp, backend, client);
+            drop(clb);
             rewrite_query(
                 &mut buf[..h.total],
                 h,

@@ -153,6 +153,22 @@ fn dst_of(p: &[u8]) -> Ipv4Addr {
     Ipv4Addr::new(p[16], p[17], p[18], p[19])
 }
 
+/// For the property tests: sets a packet's TTL (fixing its header checksum) unless it is
+/// 64, the builders' own, then flips the bits `mask` of byte `at` (modulo the length), if any.
+fn mangle(b: &mut [u8], ttl: u8, flip: Option<(usize, u8)>) {
+    if ttl != 64 {
+        b[8] = ttl;
+        b[10] = 0;
+        b[11] = 0;
+        let c = checksum::checksum(&b[..20]);
+        b[10..12].copy_from_slice(&c.to_be_bytes());
+    }
+    if let Some((at, mask)) = flip {
+        let i = at % b.len();
+        b[i] ^= mask;
+    }
+}
+
 fn client() -> Ipv4Addr {
     a("203.0.113.7")
 }

@@ -642,17 +642,7 @@ mod properties {
             // An ICMP error quoting the previous packet (whatever it was).
             _ => build::icmp(s, d, 3, 3, 0, &prev[..prev.len().min(48)]),
         };
-        if p.ttl != 64 {
-            b[8] = p.ttl;
-            b[10] = 0;
-            b[11] = 0;
-            let c = checksum::checksum(&b[..20]);
-            b[10..12].copy_from_slice(&c.to_be_bytes());
-        }
-        if let Some((i, m)) = p.flip {
-            let i = i % b.len();
-            b[i] ^= m;
-        }
+        mangle(&mut b, p.ttl, p.flip);
         let side = match p.side {
             0 => Side::Internet,
             1 => Side::Eni(8),
