@@ -27,7 +27,7 @@
 //! at once.
 
 mod index;
-mod key;
+pub(crate) mod key;
 mod ports;
 mod wheel;
 
