@@ -568,10 +568,50 @@ fn up(args: UpArgs) -> Result<ExitCode> {
         let cp = cp.clone();
         async move { cp.run_timers().await }
     });
+    // What to type next, with this lab's own names (flags only where they differ from the
+    // defaults).
+    let endpoint = if listen.to_string() == "127.0.0.1:8700" {
+        String::new()
+    } else {
+        format!(" --endpoint {listen}")
+    };
+    let mut next = Vec::new();
+    if backend == Backend::Netns {
+        // An instance with an EIP of its own shows the EIP to the echo service.
+        let with_eip = file.association.iter().find_map(|a| {
+            file.instance
+                .iter()
+                .find(|i| i.id == a.instance_id)
+                .map(|i| i.id.as_str())
+        });
+        if let Some(i) = with_eip.or(file.instance.first().map(|i| i.id.as_str())) {
+            let p = if prefix == DEFAULT_PREFIX {
+                String::new()
+            } else {
+                format!(" --prefix {prefix}")
+            };
+            next.push(format!(
+                "eiplab exec{p} {i} -- curl -s http://{}/      # the echo service: who the internet sees",
+                file.internet.echo_address()
+            ));
+        }
+    } else {
+        next.push(format!(
+            "eiplab api AllocateEipAddress Bandwidth=5{endpoint}"
+        ));
+    }
+    next.push(format!("eiplab status{endpoint}"));
+    next.push(format!("eiplab api DescribeEipAddresses{endpoint}"));
+    let ready = move || {
+        println!("eiplab: ready");
+        for n in &next {
+            println!("  try: {n}");
+        }
+        let _ = std::io::stdout().flush();
+    };
     if backend == Backend::None {
         eprintln!("eiplab: backend none: control plane and engine table only (no namespaces)");
-        println!("eiplab: ready");
-        std::io::stdout().flush()?;
+        ready();
         rt.block_on(eiplab::api::server::serve_on(api, listener, stop.wait()))
             .map_err(|e| anyhow::anyhow!(e))?;
         timers.abort();
@@ -609,8 +649,7 @@ fn up(args: UpArgs) -> Result<ExitCode> {
             "eiplab: lab up: namespaces {prefix}internet, {prefix}cloud, {}",
             shown.join(", ")
         );
-        println!("eiplab: ready");
-        let _ = std::io::stdout().flush();
+        ready();
         let r = eiplab::api::server::serve_on(api, listener, stop.wait()).await;
         echo.abort();
         meta.abort();

@@ -866,6 +866,41 @@ fn nat_mode_curl_reaches_guest_and_guest_sees_no_eip() {
     let lab = Lab::up("one-eip.toml");
     let _server = lab.http_server("i-web", "0.0.0.0", 8080);
 
+    // `up` says what to try next, with this lab's prefix and endpoint; the first one works
+    // as printed (the guest reaches the echo service, which sees the EIP).
+    let out = text(&lab.out);
+    let tries: Vec<&str> = out
+        .lines()
+        .filter_map(|l| l.trim().strip_prefix("try: "))
+        .collect();
+    let ep = lab.endpoint();
+    assert_eq!(tries.len(), 3, "{out}");
+    assert!(
+        tries[0].starts_with(&format!(
+            "eiplab exec --prefix {} i-web -- curl -s http://203.0.113.1/",
+            lab.prefix
+        )),
+        "{out}"
+    );
+    assert_eq!(tries[1], format!("eiplab status --endpoint {ep}"), "{out}");
+    assert_eq!(
+        tries[2],
+        format!("eiplab api DescribeEipAddresses --endpoint {ep}"),
+        "{out}"
+    );
+    let cmdline: Vec<&str> = tries[0]
+        .split("  #")
+        .next()
+        .unwrap()
+        .split_whitespace()
+        .collect();
+    let seen = retry_ok(
+        Duration::from_secs(10),
+        "the first command `up` suggests",
+        || run(cmd(BIN, &cmdline[1..]), CMD_LIMIT),
+    );
+    assert_eq!(seen.out(), "198.51.100.10", "{seen}");
+
     // From the Internet, the EIP reaches the guest's server, which sees the client's address.
     let seen = retry_ok(
         Duration::from_secs(10),
