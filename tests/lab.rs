@@ -3151,6 +3151,44 @@ fn havip_follows_keepalived_failover_within_5s_and_nothing_reaches_the_old_maste
         "{lines}"
     );
     ka2.stop();
+
+    // A HaVip the API creates moves the same way: a guest adds its address by hand.
+    let v = lab.api_ok(
+        "CreateHaVip",
+        &[
+            ("RegionId", "cn-shanghai"),
+            ("VSwitchId", "vsw-a"),
+            ("IpAddress", "10.0.1.101"),
+        ],
+    );
+    let id = v["HaVipId"].as_str().expect("HaVipId").to_string();
+    for i in ["i-ka1", "i-ka2"] {
+        lab.api_ok(
+            "AssociateHaVip",
+            &[
+                ("RegionId", "cn-shanghai"),
+                ("HaVipId", &id),
+                ("InstanceId", i),
+            ],
+        );
+    }
+    assert_eq!(lab.havip_holder(&id), "i-ka1");
+    lab.exec(
+        "i-ka2",
+        &["ip", "addr", "add", "10.0.1.101/32", "dev", "eth0"],
+    )
+    .expect_ok("ip addr add in i-ka2");
+    lab.wait_status(
+        Duration::from_secs(3),
+        "the API's HaVip held by i-ka2",
+        |s| {
+            s["HaVips"]
+                .as_array()
+                .into_iter()
+                .flatten()
+                .any(|h| h["HaVipId"] == id.as_str() && h["MasterInstanceId"] == "i-ka2")
+        },
+    );
 }
 
 // ---------------------------------------------------------------------------------------------

@@ -493,12 +493,14 @@ impl Lab {
         for i in &file.instance {
             let ns = format!("{}{}", opts.prefix, i.id);
             let settings = [NO_IPV6[0], NO_IPV6[1], LOOSE_RP_FILTER];
-            let h = make_namespace(&ns, &settings, |_| NetnsHandle::current());
-            lab.made(&ns, &h);
-            let h = h?;
-            if !file.havip.is_empty() {
-                watches.push((i.id.clone(), AddrWatch::open_in(&h)?));
-            }
+            // Every instance's addresses are watched: HaVips may come from the file or, later,
+            // from CreateHaVip.
+            let made = make_namespace(&ns, &settings, |_| {
+                Ok((NetnsHandle::current()?, AddrWatch::open()?))
+            });
+            lab.made(&ns, &made);
+            let (h, w) = made?;
+            watches.push((i.id.clone(), w));
             handles.insert(ns, h);
         }
         if !watches.is_empty() {
