@@ -23,6 +23,8 @@ pub mod io;
 #[cfg(feature = "runtime")]
 pub mod lab;
 #[cfg(feature = "runtime")]
+pub mod sim;
+#[cfg(feature = "runtime")]
 pub mod sys;
 #[cfg(feature = "runtime")]
 pub mod telemetry;

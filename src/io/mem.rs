@@ -138,6 +138,11 @@ impl MemHost {
         }
     }
 
+    /// The next packet the gateway sent, if one is waiting (never blocks).
+    pub fn try_recv(&self) -> Option<Packet> {
+        lock(&self.s.to_host).pop_front()
+    }
+
     /// Waits until `n` packets have arrived (or `limit` passed), then takes everything there.
     pub fn recv_n(&self, n: usize, limit: Duration) -> Vec<Packet> {
         let deadline = Instant::now() + limit;

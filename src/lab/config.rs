@@ -750,6 +750,21 @@ fn default_hc_threshold() -> u8 {
     3
 }
 
+impl LabFile {
+    /// The ENIs whose guest configuration the file turns off (`configure = false`).
+    pub fn unconfigured_enis(&self) -> std::collections::BTreeSet<String> {
+        let enis = self.eni.iter().map(|e| (&e.id, e.configure));
+        let inst = self
+            .instance
+            .iter()
+            .flat_map(|i| i.enis.iter().map(|e| (&e.id, e.configure)));
+        enis.chain(inst)
+            .filter(|&(_, configure)| !configure)
+            .map(|(id, _)| id.clone())
+            .collect()
+    }
+}
+
 impl LoadBalancer {
     /// Every backend with its weight: `backends` (100 each), then `backend`.
     pub fn weighted_backends(&self) -> Vec<(String, u16)> {
@@ -3516,6 +3531,10 @@ created = 2022-09-19
         );
         assert_eq!((i.max_enis, i.max_private_ips_per_eni), (Some(3), Some(6)));
         assert!(!i.enis[0].configure);
+        assert_eq!(
+            lab.unconfigured_enis().into_iter().collect::<Vec<_>>(),
+            [i.enis[0].id.clone()]
+        );
         // A bare TOML date works as well as a string; the cut-off day itself counts ("since"
         // includes it), the day before does not.
         assert_eq!(

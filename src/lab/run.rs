@@ -513,15 +513,7 @@ impl Lab {
             );
         }
 
-        let mut unconfigured: BTreeSet<String> = file
-            .eni
-            .iter()
-            .filter(|e| !e.configure)
-            .map(|e| e.id.clone())
-            .collect();
-        for i in &file.instance {
-            unconfigured.extend(i.enis.iter().filter(|e| !e.configure).map(|e| e.id.clone()));
-        }
+        let unconfigured = file.unconfigured_enis();
         let mut rec = Reconciler {
             prefix: opts.prefix.clone(),
             pcap: opts.pcap.clone(),
