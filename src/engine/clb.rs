@@ -22,22 +22,11 @@
 //! A CLB carries whole datagrams only (`clb_fragment`): it would have to reassemble them to
 //! find the ports of the later fragments.
 
-use super::natgw::{rewrite_query, sock};
-use super::table::{EipSlot, SharedClb, Table, NONE};
+use super::natgw::{rewrite_query, sock, take};
+use super::table::{EipSlot, Table, NONE};
 use super::{Blame, DropReason, EniId, Headers, PacketFlags, Side, State, Verdict};
-use crate::clb::{Clb, ClbDrop, ListenerProtocol};
+use crate::clb::{ClbDrop, ListenerProtocol};
 use crate::wire::ipv4::protocol;
-use std::sync::{MutexGuard, PoisonError};
-
-/// Takes a CLB's state, ending the connections that have timed out first. A worker that
-/// panicked while holding it left it consistent (the CLB changes nothing before it may fail).
-fn take(clb: &SharedClb, now: u64) -> MutexGuard<'_, Clb> {
-    let mut c = clb.lock().unwrap_or_else(PoisonError::into_inner);
-    if c.poll_timeout().is_some_and(|t| now >= t) {
-        c.handle_timeout(now);
-    }
-    c
-}
 
 fn clb_reason(d: ClbDrop) -> DropReason {
     match d {

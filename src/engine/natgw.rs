@@ -20,7 +20,7 @@
 //! bandwidth, and does not carry fragmented datagrams (it would need to reassemble them to
 //! find the ports of the later fragments): those are dropped as `nat_gateway_fragment`.
 
-use super::table::{EipSlot, SharedNapt, Table, NONE};
+use super::table::{EipSlot, Table, NONE};
 use super::{checksum, deliverable, from_internet, in_cloud_services, martian, Blame, DropReason};
 use super::{finish_ip_header, EniId, Headers, PacketBuf, PacketFlags, Side, State, Verdict, L4};
 use crate::napt::{Napt, NaptDrop, Proto, Protocol, TcpFlags, Translation};
@@ -28,12 +28,38 @@ use crate::wire::checksum::Delta;
 use crate::wire::icmp;
 use crate::wire::ipv4::protocol;
 use core::net::{Ipv4Addr, SocketAddrV4};
-use std::sync::{MutexGuard, PoisonError};
+use std::sync::{Mutex, MutexGuard, PoisonError};
 
-/// Takes a gateway's NAPT, reclaiming the sessions that have timed out first. A worker that
-/// panicked while holding it left it consistent (the NAPT changes nothing before it may fail).
-fn take(napt: &SharedNapt, now: u64) -> MutexGuard<'_, Napt> {
-    let mut n = napt.lock().unwrap_or_else(PoisonError::into_inner);
+/// A state shared by the workers behind a lock whose entries expire (a NAT gateway's NAPT,
+/// a CLB's connections): [`take`] ends what timed out before handing it over.
+pub(super) trait Expiring {
+    fn poll_timeout(&self) -> Option<u64>;
+    fn handle_timeout(&mut self, now: u64);
+}
+
+impl Expiring for Napt {
+    fn poll_timeout(&self) -> Option<u64> {
+        Napt::poll_timeout(self)
+    }
+    fn handle_timeout(&mut self, now: u64) {
+        Napt::handle_timeout(self, now)
+    }
+}
+
+impl Expiring for crate::clb::Clb {
+    fn poll_timeout(&self) -> Option<u64> {
+        crate::clb::Clb::poll_timeout(self)
+    }
+    fn handle_timeout(&mut self, now: u64) {
+        crate::clb::Clb::handle_timeout(self, now)
+    }
+}
+
+/// Takes a shared state, ending what has timed out first. A worker that panicked while
+/// holding it left it consistent (neither the NAPT nor the CLB changes anything before it
+/// may fail).
+pub(super) fn take<T: Expiring>(shared: &Mutex<T>, now: u64) -> MutexGuard<'_, T> {
+    let mut n = shared.lock().unwrap_or_else(PoisonError::into_inner);
     if n.poll_timeout().is_some_and(|t| now >= t) {
         n.handle_timeout(now);
     }

@@ -153,6 +153,31 @@ fn dst_of(p: &[u8]) -> Ipv4Addr {
     Ipv4Addr::new(p[16], p[17], p[18], p[19])
 }
 
+/// No verdict the engine gives: a packet still carrying it was not decided.
+const UNDECIDED: Verdict = Verdict::Reply {
+    to: Side::CloudServices,
+    len: usize::MAX,
+};
+
+/// Runs `pkts` (side, bytes) through `e` as one batch at `now`; the verdicts (`UNDECIDED`
+/// where the engine gave none) and bytes after.
+fn run_batch_at(e: &mut Engine, now: u64, pkts: &[(Side, Vec<u8>)]) -> Vec<(Verdict, Vec<u8>)> {
+    let mut bufs: Vec<PacketBuf> = pkts
+        .iter()
+        .map(|(side, p)| {
+            let mut b = PacketBuf::with_capacity(p.len().max(576) + 64);
+            b.set(p);
+            b.ingress = *side;
+            b.verdict = UNDECIDED;
+            b
+        })
+        .collect();
+    e.process_batch(now, &mut bufs);
+    bufs.iter()
+        .map(|b| (b.verdict, b.packet().to_vec()))
+        .collect()
+}
+
 /// For the property tests: sets a packet's TTL (fixing its header checksum) unless it is
 /// 64, the builders' own, then flips the bits `mask` of byte `at` (modulo the length), if any.
 fn mangle(b: &mut [u8], ttl: u8, flip: Option<(usize, u8)>) {

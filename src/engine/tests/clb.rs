@@ -291,21 +291,12 @@ fn d13_a_batch_decides_as_one_at_a_time() {
             _ => build::udp(client(), 43000 + k, a(LB), 99, b"q"),
         })
         .collect();
-    let mut bufs: Vec<PacketBuf> = pkts
-        .iter()
-        .map(|p| {
-            let mut b = PacketBuf::with_capacity(2048);
-            b.set(p);
-            b.ingress = Side::Internet;
-            b
-        })
-        .collect();
-    batch.process_batch(T0, &mut bufs);
-    for (p, b) in pkts.iter().zip(&bufs) {
+    let sided: Vec<(Side, Vec<u8>)> = pkts.iter().map(|p| (Side::Internet, p.clone())).collect();
+    for (p, (bv, bout)) in pkts.iter().zip(run_batch_at(&mut batch, T0, &sided)) {
         let (v, out) = run(&mut one, Side::Internet, p);
-        assert_eq!(b.verdict, v);
+        assert_eq!(bv, v);
         if let Verdict::Forward(_) = v {
-            assert_eq!(b.packet(), &out[..]);
+            assert_eq!(bout, out[..p.len()]);
         }
     }
 }
@@ -423,12 +414,6 @@ mod properties {
     use proptest::prelude::*;
 
     const SEC: u64 = 1_000_000_000;
-
-    /// No verdict the engine gives: a packet still carrying it was not decided.
-    const UNDECIDED: Verdict = Verdict::Reply {
-        to: Side::CloudServices,
-        len: usize::MAX,
-    };
 
     /// Addresses a packet may carry: clients, the backends and the bystander, i-b2's own
     /// EIP, an instance of the base lab, the CLB's EIP, the VPC's gateway, the CLB's
@@ -713,21 +698,7 @@ mod properties {
         pending: &mut Vec<(Side, Vec<u8>)>,
         want: &mut Vec<(Verdict, Vec<u8>)>,
     ) -> Result<(), TestCaseError> {
-        let mut bufs: Vec<PacketBuf> = pending
-            .iter()
-            .map(|(side, p)| {
-                let mut b = PacketBuf::with_capacity(p.len().max(576) + 64);
-                b.set(p);
-                b.ingress = *side;
-                b.verdict = UNDECIDED;
-                b
-            })
-            .collect();
-        batch.process_batch(now, &mut bufs);
-        let mut got: Vec<(Verdict, Vec<u8>)> = bufs
-            .iter()
-            .map(|b| (b.verdict, b.packet().to_vec()))
-            .collect();
+        let mut got = run_batch_at(batch, now, pending);
         got.extend(released(batch, now));
         prop_assert_eq!(got.len(), want.len());
         for (k, ((gv, gb), (wv, wb))) in got.iter().zip(want.iter()).enumerate() {

@@ -410,28 +410,8 @@ fn d9_ttl_one_is_answered_with_time_exceeded_and_makes_no_session() {
     assert_eq!(napt.lock().unwrap().sessions(), 0);
 }
 
-/// No verdict the engine gives: a packet still carrying it was not decided.
-const UNDECIDED: Verdict = Verdict::Reply {
-    to: Side::CloudServices,
-    len: usize::MAX,
-};
-
-/// Runs `pkts` (side, bytes) through `e` as one batch; the verdicts and bytes after.
 fn run_batch(e: &mut Engine, pkts: &[(Side, Vec<u8>)]) -> Vec<(Verdict, Vec<u8>)> {
-    let mut bufs: Vec<PacketBuf> = pkts
-        .iter()
-        .map(|(side, p)| {
-            let mut b = PacketBuf::with_capacity(p.len().max(576) + 64);
-            b.set(p);
-            b.ingress = *side;
-            b.verdict = UNDECIDED;
-            b
-        })
-        .collect();
-    e.process_batch(T0, &mut bufs);
-    bufs.iter()
-        .map(|b| (b.verdict, b.packet().to_vec()))
-        .collect()
+    run_batch_at(e, T0, pkts)
 }
 
 #[test]
