@@ -27,11 +27,13 @@ struct Cli {
 
 #[derive(Clone, Copy, PartialEq, Eq, ValueEnum)]
 enum Backend {
+    /// netns where this process can create network namespaces and TUN devices, else sim.
+    Auto,
     /// Control plane, API and engine table only: no hosts (needs no root).
     None,
     /// Network namespaces joined by TUN devices to the gateway (needs root).
     Netns,
-    /// In-process hosts (not built yet).
+    /// In-process hosts (smoltcp) on the same gateway, in this process (needs no root).
     Sim,
 }
 
@@ -46,7 +48,7 @@ enum Signature {
 #[derive(clap::Args)]
 struct UpArgs {
     lab: PathBuf,
-    #[arg(long, value_enum, default_value = "netns")]
+    #[arg(long, value_enum, default_value = "auto")]
     backend: Backend,
     /// Keep the control plane's state here; a restart with the same directory restores it.
     #[arg(long)]
@@ -85,12 +87,17 @@ enum Command {
         #[arg(long, default_value = DEFAULT_PREFIX)]
         prefix: String,
     },
-    /// Run a command inside a lab namespace: `eiplab exec i-web -- ip addr`.
+    /// Run a command inside a lab host: `eiplab exec i-web -- ip addr`. A netns lab runs any
+    /// program in the namespace; a sim lab runs its built-in commands (`eiplab exec i-web --
+    /// help` lists them) through the API.
     Exec {
         /// An instance id, `internet` or `cloud`.
         name: String,
         #[arg(long, default_value = DEFAULT_PREFIX)]
         prefix: String,
+        /// The API of a sim lab (used when no namespace of that name exists).
+        #[arg(long, default_value = "127.0.0.1:8700")]
+        endpoint: String,
         #[arg(last = true, required = true)]
         command: Vec<String>,
     },
@@ -217,18 +224,22 @@ fn run(cmd: Command) -> Result<ExitCode> {
         Command::Exec {
             name,
             prefix,
+            endpoint,
             command,
         } => {
             use std::os::unix::process::CommandExt;
             let ns = format!("{prefix}{name}");
             if !eiplab::sys::netns::exists(&ns) {
+                if let Some(code) = exec_sim(&endpoint, &name, &command)? {
+                    return Ok(code);
+                }
                 let labs: Vec<String> = eiplab::sys::netns::list()
                     .unwrap_or_default()
                     .into_iter()
                     .filter(|n| n.starts_with(&prefix))
                     .collect();
                 bail!(
-                    "no namespace {ns}: is the lab up with --prefix {prefix:?}? namespaces with that prefix: {}",
+                    "no namespace {ns} and no sim lab at {endpoint}: is the lab up (with --prefix {prefix:?}, or --endpoint for a sim lab)? namespaces with that prefix: {}",
                     if labs.is_empty() { "none".to_string() } else { labs.join(", ") }
                 );
             }
@@ -352,6 +363,44 @@ fn run(cmd: Command) -> Result<ExitCode> {
             Ok(ExitCode::SUCCESS)
         }
     }
+}
+
+/// `eiplab exec` on a sim lab: the command goes to the lab's API. `None` when nothing
+/// answers there or the lab there is not a sim lab (the caller then explains).
+fn exec_sim(endpoint: &str, host: &str, argv: &[String]) -> Result<Option<ExitCode>> {
+    let url = format!("http://{endpoint}/_eiplab/exec");
+    let body = serde_json::json!({ "host": host, "argv": argv }).to_string();
+    let resp = ureq::post(&url)
+        .config()
+        .http_status_as_error(false)
+        .timeout_global(Some(std::time::Duration::from_secs(3700)))
+        .build()
+        .header("content-type", "application/json")
+        .send(body.as_bytes());
+    let Ok(resp) = resp else {
+        return Ok(None);
+    };
+    if resp.status() == 404 {
+        return Ok(None);
+    }
+    let status = resp.status();
+    let v: serde_json::Value = serde_json::from_str(&resp.into_body().read_to_string()?)
+        .with_context(|| format!("{url}: not an eiplab answer"))?;
+    if !status.is_success() {
+        bail!(
+            "{}: {}",
+            v["Code"].as_str().unwrap_or("error"),
+            v["Message"].as_str().unwrap_or("")
+        );
+    }
+    let _ = std::io::stdout()
+        .lock()
+        .write_all(v["stdout"].as_str().unwrap_or_default().as_bytes());
+    let _ = std::io::stderr()
+        .lock()
+        .write_all(v["stderr"].as_str().unwrap_or_default().as_bytes());
+    let code = v["code"].as_i64().unwrap_or(1).clamp(0, 255) as u8;
+    Ok(Some(ExitCode::from(code)))
 }
 
 fn send(endpoint: &str, req: &sign::OutgoingRequest) -> Result<(u16, String)> {
@@ -522,13 +571,35 @@ fn up(args: UpArgs) -> Result<ExitCode> {
         busy_poll_us,
         no_udp_coalesce,
     } = args;
-    if backend == Backend::Sim {
-        bail!(
-            "--backend sim is not built yet: use --backend netns (root) or --backend none \
-             (control plane only); see README, \"Status\""
-        );
-    }
     let file = eiplab::lab::config::load(&lab).map_err(|e| anyhow::anyhow!("{e}"))?;
+    // The first line says which backend, and why.
+    let backend = match backend {
+        Backend::Auto => match eiplab::lab::run::can_build_namespaces() {
+            Ok(()) => {
+                eprintln!(
+                    "eiplab: backend netns: this process can create network namespaces and TUN \
+                     devices (--backend sim for in-process hosts)"
+                );
+                Backend::Netns
+            }
+            Err(why) => {
+                eprintln!(
+                    "eiplab: backend sim: in-process hosts, because {why} (run as root for \
+                     network namespaces, where real tools run)"
+                );
+                Backend::Sim
+            }
+        },
+        b => {
+            let what = match b {
+                Backend::Netns => "netns: network namespaces joined by TUN devices",
+                Backend::Sim => "sim: in-process hosts",
+                _ => "none: control plane and engine table only (no hosts)",
+            };
+            eprintln!("eiplab: backend {what} (--backend)");
+            b
+        }
+    };
     let now = std::time::SystemTime::now()
         .duration_since(std::time::UNIX_EPOCH)?
         .as_nanos() as u64;
@@ -576,7 +647,7 @@ fn up(args: UpArgs) -> Result<ExitCode> {
         format!(" --endpoint {listen}")
     };
     let mut next = Vec::new();
-    if backend == Backend::Netns {
+    if backend != Backend::None {
         // An instance with an EIP of its own shows the EIP to the echo service.
         let with_eip = file.association.iter().find_map(|a| {
             file.instance
@@ -585,7 +656,9 @@ fn up(args: UpArgs) -> Result<ExitCode> {
                 .map(|i| i.id.as_str())
         });
         if let Some(i) = with_eip.or(file.instance.first().map(|i| i.id.as_str())) {
-            let p = if prefix == DEFAULT_PREFIX {
+            let p = if backend == Backend::Sim {
+                endpoint.clone()
+            } else if prefix == DEFAULT_PREFIX {
                 String::new()
             } else {
                 format!(" --prefix {prefix}")
@@ -610,11 +683,38 @@ fn up(args: UpArgs) -> Result<ExitCode> {
         let _ = std::io::stdout().flush();
     };
     if backend == Backend::None {
-        eprintln!("eiplab: backend none: control plane and engine table only (no namespaces)");
         ready();
         rt.block_on(eiplab::api::server::serve_on(api, listener, stop.wait()))
             .map_err(|e| anyhow::anyhow!(e))?;
         timers.abort();
+        eprintln!("eiplab: stopped");
+        return Ok(ExitCode::SUCCESS);
+    }
+    if backend == Backend::Sim {
+        let opts = eiplab::sim::lab::Options {
+            workers: workers.map_or(1, usize::from),
+        };
+        let started = std::time::Instant::now();
+        let sim = eiplab::sim::SimLab::build_with(&file, cp.clone(), &opts)
+            .map_err(|e| anyhow::anyhow!("{}: {e}", lab.display()))?;
+        let dp = sim.dp.clone();
+        cp.set_live_counters(std::sync::Arc::new(move || dp.snapshot()));
+        let (world, ecp) = (sim.world.clone(), cp.clone());
+        api.set_exec(std::sync::Arc::new(move |host, argv| {
+            serde_json::to_value(eiplab::sim::exec::run(&world, &ecp, host, argv))
+                .unwrap_or_default()
+        }));
+        eprintln!(
+            "eiplab: lab up (sim) in {} ms: hosts internet, cloud and {} instance(s); \
+             nothing outside this process",
+            started.elapsed().as_millis(),
+            file.instance.len()
+        );
+        ready();
+        let r = rt.block_on(eiplab::api::server::serve_on(api, listener, stop.wait()));
+        timers.abort();
+        drop(sim);
+        r.map_err(|e| anyhow::anyhow!(e))?;
         eprintln!("eiplab: stopped");
         return Ok(ExitCode::SUCCESS);
     }
@@ -629,6 +729,8 @@ fn up(args: UpArgs) -> Result<ExitCode> {
         .map_err(|e| anyhow::anyhow!("{}: {e}", lab.display()))?;
     let dp = running.dp.clone();
     cp.set_live_counters(std::sync::Arc::new(move || dp.snapshot()));
+    let dp = running.dp.clone();
+    cp.set_clock_follower(std::sync::Arc::new(move |d| dp.advance_clock(d)));
     let served = rt.block_on(async {
         let echo = tokio::spawn(eiplab::lab::services::echo(services.echo));
         let meta = tokio::spawn(eiplab::lab::services::metadata(

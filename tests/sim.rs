@@ -77,6 +77,7 @@ fn nat_guest_speaks_as_its_eip_and_the_internet_reaches_it() {
         .world
         .udp_exchange(
             "i-web",
+            None,
             SocketAddrV4::new(a("203.0.113.1"), 7),
             b"hello",
             WAIT,

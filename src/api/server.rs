@@ -76,7 +76,12 @@ pub struct Api {
     keys: HashMap<String, String>,
     nonces: Mutex<NonceCache>,
     metrics: Registry,
+    /// Runs `eiplab exec` commands in a sim lab's hosts (set by the sim backend only).
+    exec: std::sync::OnceLock<ExecFn>,
 }
+
+/// Runs one command (`argv`) in host `host` of a sim lab; answers `{code, stdout, stderr}`.
+pub type ExecFn = Arc<dyn Fn(&str, &[String]) -> Value + Send + Sync>;
 
 impl Api {
     /// The API of `cp`, accepting calls signed with `access_keys` (id, secret).
@@ -92,7 +97,13 @@ impl Api {
             cp,
             keys: access_keys.iter().cloned().collect(),
             nonces: Mutex::new(nonces),
+            exec: std::sync::OnceLock::new(),
         })
+    }
+
+    /// Serves `POST /_eiplab/exec` with `f` (once; later calls are ignored).
+    pub fn set_exec(&self, f: ExecFn) {
+        let _ = self.exec.set(f);
     }
 
     /// Runs one signed call: the signature, timestamp and nonce are checked first, then the
@@ -318,6 +329,37 @@ async fn havip_failover(
     }
 }
 
+/// `POST /_eiplab/exec` with `{"host": "i-web", "argv": ["ping", "203.0.113.1"]}`: a
+/// command in a sim lab's host (see `sim::exec`). 404 on a lab whose hosts are namespaces.
+async fn exec(State(api): State<Arc<Api>>, body: Bytes) -> Response {
+    let Some(f) = api.exec.get().cloned() else {
+        let e = ApiError {
+            code: "NotASimLab".into(),
+            status: 404,
+            message: "this lab's hosts are network namespaces (or there are none: --backend \
+                      none): run commands in them with `ip netns exec`, as `eiplab exec` does"
+                .into(),
+        };
+        return error_response(e, "");
+    };
+    let req: Value = match serde_json::from_slice(&body) {
+        Ok(v) => v,
+        Err(e) => return error_response(internal(&format!("exec: the body is not JSON: {e}")), ""),
+    };
+    let (Some(host), Some(argv)) = (req["host"].as_str(), req["argv"].as_array()) else {
+        return error_response(missing("host and argv"), "");
+    };
+    let host = host.to_string();
+    let argv: Vec<String> = argv
+        .iter()
+        .map(|a| a.as_str().unwrap_or_default().to_string())
+        .collect();
+    match tokio::task::spawn_blocking(move || f(&host, &argv)).await {
+        Ok(v) => axum::Json(v).into_response(),
+        Err(e) => error_response(internal(&format!("exec: {e}")), ""),
+    }
+}
+
 async fn clock(State(api): State<Arc<Api>>, Query(q): Query<HashMap<String, String>>) -> Response {
     let secs = q.get("advance_seconds").and_then(|s| s.parse::<u64>().ok());
     match secs {
@@ -358,6 +400,7 @@ pub async fn serve_on(
         .route("/_eiplab/dataplane", routing::get(dataplane))
         .route("/_eiplab/clock", post(clock))
         .route("/_eiplab/havip/failover", post(havip_failover))
+        .route("/_eiplab/exec", post(exec))
         .route("/metrics", routing::get(metrics_text))
         .fallback(any(rpc))
         .with_state(api);

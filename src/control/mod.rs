@@ -92,6 +92,9 @@ struct GatewayNapt {
 /// Reads a running dataplane's counters (summed over its workers).
 pub type LiveCounters = Arc<dyn Fn() -> Snapshot + Send + Sync>;
 
+/// What [`ControlPlane::set_clock_follower`] calls with each advance of the lab clock.
+pub type ClockFollower = Arc<dyn Fn(std::time::Duration) + Send + Sync>;
+
 struct Inner {
     cloud: Cloud,
     /// Lab clock minus the real clock, nanoseconds (moved by [`ControlPlane::advance_clock`]).
@@ -126,6 +129,9 @@ pub struct ControlPlane {
     cell: Arc<TableCell>,
     /// The running dataplane's counters, when one runs (`--backend netns`).
     live: OnceLock<LiveCounters>,
+    /// Told how far [`ControlPlane::advance_clock`] moved the lab clock (the running
+    /// dataplane's engines follow it).
+    clock_follower: OnceLock<ClockFollower>,
     /// Signalled by every change of state, so [`ControlPlane::run_timers`] looks at the next
     /// deadline again.
     changed: Notify,
@@ -230,6 +236,7 @@ impl ControlPlane {
             }),
             cell: Arc::new(TableCell::new(table)),
             live: OnceLock::new(),
+            clock_follower: OnceLock::new(),
             changed: Notify::new(),
             wakeups: AtomicU64::new(0),
         });
@@ -418,7 +425,18 @@ impl ControlPlane {
         g.cloud.handle_timeout(now);
         g.cloud.take_changes();
         self.commit(&mut g)?;
+        drop(g);
+        if let Some(f) = self.clock_follower.get() {
+            f(std::time::Duration::from_secs(seconds));
+        }
         Ok(now)
+    }
+
+    /// Makes every [`advance_clock`](Self::advance_clock) also call `f` (once; later calls
+    /// are ignored): the lab moves its dataplane's clock with it, so sessions and fragments
+    /// age with the EIPs' windows.
+    pub fn set_clock_follower(&self, f: ClockFollower) {
+        let _ = self.clock_follower.set(f);
     }
 
     /// Where the engines take their tables from.

@@ -12,7 +12,7 @@ use std::collections::VecDeque;
 use std::io;
 use std::os::fd::{AsRawFd, RawFd};
 use std::sync::atomic::{AtomicBool, Ordering};
-use std::sync::{Arc, Condvar, Mutex, PoisonError};
+use std::sync::{Arc, Condvar, Mutex, OnceLock, PoisonError};
 use std::time::{Duration, Instant};
 
 type Packet = (Vec<u8>, Offload);
@@ -27,7 +27,12 @@ struct Shared {
     capacity: usize,
     /// The gateway's end has been dropped (its port removed, the dataplane stopped).
     device_dropped: AtomicBool,
+    /// Called after the gateway queued packets for the host (see [`MemHost::on_arrival`]).
+    on_arrival: OnceLock<Arrival>,
 }
+
+/// What [`MemHost::on_arrival`] calls.
+pub type Arrival = Box<dyn Fn() + Send + Sync>;
 
 /// The gateway's end.
 pub struct MemDevice {
@@ -49,6 +54,7 @@ pub fn pair(capacity: usize) -> io::Result<(MemDevice, MemHost)> {
         to_host_cv: Condvar::new(),
         capacity,
         device_dropped: AtomicBool::new(false),
+        on_arrival: OnceLock::new(),
     });
     Ok((MemDevice { s: s.clone() }, MemHost { s }))
 }
@@ -88,6 +94,9 @@ impl Device for MemDevice {
         drop(q);
         if n > 0 {
             self.s.to_host_cv.notify_all();
+            if let Some(f) = self.s.on_arrival.get() {
+                f();
+            }
         }
         n
     }
@@ -164,6 +173,18 @@ impl MemHost {
     /// Everything the gateway sent so far.
     pub fn drain(&self) -> Vec<Packet> {
         lock(&self.s.to_host).drain(..).collect()
+    }
+
+    /// Packets the gateway sent that the host has not taken yet.
+    pub fn waiting(&self) -> usize {
+        lock(&self.s.to_host).len()
+    }
+
+    /// Calls `f` (outside the queue's lock) each time the gateway queues packets for this
+    /// host: how an in-process host learns it has something to read without polling. Set
+    /// once; later calls are ignored.
+    pub fn on_arrival(&self, f: Arrival) {
+        let _ = self.s.on_arrival.set(f);
     }
 
     /// Packets sent towards the gateway and not yet taken by it.

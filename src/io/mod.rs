@@ -176,6 +176,8 @@ struct Shared {
     /// ALG findings of every worker's engine (`inspect`), oldest first, at most
     /// [`ALG_REPORTS_KEPT`]; read by [`Dataplane::take_alg_reports`].
     alg_reports: Mutex<std::collections::VecDeque<AlgReport>>,
+    /// How far [`Dataplane::advance_clock`] moved the engines' clock ahead of the real one.
+    skew_ns: AtomicU64,
 }
 
 /// How many ALG findings the dataplane keeps for [`Dataplane::take_alg_reports`] (the oldest
@@ -184,7 +186,8 @@ pub const ALG_REPORTS_KEPT: usize = 4096;
 
 impl Shared {
     fn now(&self) -> u64 {
-        self.epoch.elapsed().as_nanos() as u64
+        (self.epoch.elapsed().as_nanos() as u64)
+            .saturating_add(self.skew_ns.load(Ordering::Acquire))
     }
 
     fn wake_all(&self) {
@@ -243,6 +246,7 @@ impl Dataplane {
             batch: opts.batch.max(1),
             busy_poll_ns: opts.busy_poll.as_nanos().min(u64::MAX as u128) as u64,
             alg_reports: Mutex::new(std::collections::VecDeque::new()),
+            skew_ns: AtomicU64::new(0),
         });
         let dp = Arc::new(Dataplane {
             sh: sh.clone(),
@@ -342,6 +346,15 @@ impl Dataplane {
         }
         tracing::debug!(port = %port.name, "port removed");
         true
+    }
+
+    /// Moves the engines' clock `by` ahead of the real one (it keeps running from there):
+    /// sessions, fragments and rate limits then age as if that time had passed, which lets a
+    /// test see an expiry without sleeping. Every worker wakes to handle what is now due.
+    pub fn advance_clock(&self, by: Duration) {
+        let ns = by.as_nanos().min(u64::MAX as u128) as u64;
+        self.sh.skew_ns.fetch_add(ns, Ordering::AcqRel);
+        self.sh.wake_all();
     }
 
     /// Takes an ENI's port away (detached).

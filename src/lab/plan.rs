@@ -379,6 +379,33 @@ fn left_to_guest(before: &EniFacts, now: &EniFacts, dev: &str) -> Vec<String> {
     v
 }
 
+/// Plans from `have` to `want` and applies each step with `apply`, recording what succeeded;
+/// returns the ids of the ENIs whose step failed (logged; the next change of the cloud
+/// retries them). Both backends converge through this.
+pub fn converge(
+    have: &mut BTreeMap<u16, Made>,
+    want: &[EniFacts],
+    prefix: &str,
+    internet_gateway: Ipv4Addr,
+    mut apply: impl FnMut(&Step) -> Result<(), String>,
+) -> Vec<String> {
+    let mut failed = Vec::new();
+    for s in plan(want, have, prefix, internet_gateway) {
+        match apply(&s) {
+            Ok(()) => record(have, &s, internet_gateway),
+            Err(e) => {
+                let id = match &s {
+                    Step::Remove { eni_id, .. } => eni_id.clone(),
+                    Step::Create { facts, .. } | Step::Update { facts, .. } => facts.eni_id.clone(),
+                };
+                tracing::error!(eni = %id, "{e}");
+                failed.push(id);
+            }
+        }
+    }
+    failed
+}
+
 /// The state after `step` was applied in full.
 pub fn record(have: &mut BTreeMap<u16, Made>, step: &Step, internet_gateway: Ipv4Addr) {
     match step {

@@ -65,6 +65,36 @@ pub fn check_prefix(p: &str) -> Result<(), String> {
     Ok(())
 }
 
+/// Whether this process can build a netns lab: it makes a network namespace (on a throwaway
+/// thread, so it is gone when the thread ends) and opens a TUN device in it. `Err` says what
+/// is missing, in words for `eiplab up`'s first line.
+pub fn can_build_namespaces() -> Result<(), String> {
+    if !std::path::Path::new("/dev/net/tun").exists() {
+        return Err("/dev/net/tun is missing".into());
+    }
+    std::thread::Builder::new()
+        .name("netns-probe".into())
+        .spawn(|| {
+            // SAFETY: unshare only changes this thread's network namespace; the thread ends
+            // right after, and its namespace with it.
+            if unsafe { libc::unshare(libc::CLONE_NEWNET) } != 0 {
+                let e = std::io::Error::last_os_error();
+                let who = if unsafe { libc::geteuid() } == 0 {
+                    "even as root"
+                } else {
+                    "not root"
+                };
+                return Err(format!("cannot create a network namespace ({who}: {e})"));
+            }
+            crate::io::tun::open_tun("eiplabprobe0", None)
+                .map(drop)
+                .map_err(|e| format!("cannot open a TUN device: {e}"))
+        })
+        .map_err(|e| e.to_string())?
+        .join()
+        .map_err(|_| "the namespace probe failed".to_string())?
+}
+
 /// Every namespace a lab of `file` with `prefix` makes.
 pub fn namespaces(file: &LabFile, prefix: &str) -> Vec<String> {
     let mut v = vec![format!("{prefix}internet"), format!("{prefix}cloud")];
@@ -164,23 +194,10 @@ impl Reconciler {
     /// made or changed (logged; the next change of the cloud retries them).
     fn step(&mut self, cp: &ControlPlane) -> Vec<String> {
         let want = cp.with_cloud(|c| plan::attached_enis(c, &self.unconfigured));
-        let steps = plan::plan(&want, &self.have, &self.prefix, self.internet_gateway);
-        let mut failed = Vec::new();
-        for s in steps {
-            match self.apply(&s) {
-                Ok(()) => plan::record(&mut self.have, &s, self.internet_gateway),
-                Err(e) => {
-                    let id = match &s {
-                        Step::Remove { eni_id, .. } => eni_id.clone(),
-                        Step::Create { facts, .. } | Step::Update { facts, .. } => {
-                            facts.eni_id.clone()
-                        }
-                    };
-                    tracing::error!(eni = %id, "{e}");
-                    failed.push(id);
-                }
-            }
-        }
+        let mut have = std::mem::take(&mut self.have);
+        let (prefix, gw) = (self.prefix.clone(), self.internet_gateway);
+        let failed = plan::converge(&mut have, &want, &prefix, gw, |s| self.apply(s));
+        self.have = have;
         failed
     }
 

@@ -1,22 +1,26 @@
-//! [`SimHost`]: one in-process host, with one smoltcp [`Interface`] and [`SocketSet`] per
-//! interface, and what it does: ping, an HTTP/1.0 GET, a UDP exchange, and the lab's echo
-//! service.
+//! [`SimHost`]: one in-process host: one smoltcp [`Interface`] holding every address of its
+//! devices, the devices behind a routing [`HostPhy`], and what the host does (ping, an HTTP/1.0
+//! GET, TCP and UDP sends and listens, the lab's echo service).
 //!
 //! Every operation is a [`Task`]: started and advanced by [`Task::step`] between polls of the
 //! host, so that the same operation runs on a lone host ([`SimHost::run`], which polls only
 //! this host) or inside a [`super::SimWorld`] (which polls every host between steps).
 //!
-//! Which interface an operation uses: the one holding the explicit `from` address, else the
-//! one with a default route of the lowest metric, else the first. Routing is per interface
-//! (smoltcp's); the secondary ENIs' policy routing (`from EIP lookup 100+N`) is not modelled.
+//! Source addresses are chosen as Linux chooses them: the explicit `from` (`curl --interface`,
+//! `ping -I`), else the first address of the device the main table routes the destination
+//! to. The packet then leaves by the device the host's rules and routes pick for that source
+//! ([`super::route`]), so the seeds' policy routing matters here as in a namespace.
 
-use super::phy::SimPhy;
+use super::phy::{HostPhy, PhyStats};
+use super::route::{Egress, RouteEntry, MAIN};
 use crate::io::mem::MemHost;
+use crate::lab::plan::GuestConfig;
 use smoltcp::iface::{Config, Interface, SocketHandle, SocketSet};
 use smoltcp::phy::ChecksumCapabilities;
 use smoltcp::socket::{icmp, tcp, udp};
 use smoltcp::wire::{
     HardwareAddress, Icmpv4Packet, Icmpv4Repr, IpAddress, IpCidr, IpEndpoint, IpListenEndpoint,
+    IpProtocol, Ipv4Packet, Ipv4Repr,
 };
 use std::net::{Ipv4Addr, SocketAddrV4};
 use std::time::{Duration, Instant};
@@ -27,17 +31,19 @@ pub use smoltcp::wire::Ipv4Cidr;
 const TCP_BUFFER: usize = 64 * 1024;
 /// First local port of outgoing connections (the Linux default range starts at 32768).
 const FIRST_PORT: u16 = 40_000;
+/// TTL of what the host sends (Linux's default).
+const TTL: u8 = 64;
 
-/// One interface of a host.
+/// One device of a host, as the lab configures it at creation.
 #[derive(Clone, Debug)]
 pub struct IfaceConfig {
     /// `eth0`, …
     pub name: String,
     pub addrs: Vec<Ipv4Cidr>,
-    /// The default route's next hop. On an IP medium the next hop is never resolved: any
-    /// address means "everything else leaves here".
+    /// A default route in the main table via this next hop (on an IP medium the next hop is
+    /// never resolved: it is shown, and means "everything else leaves here").
     pub gateway: Option<Ipv4Addr>,
-    /// The default route's metric (lower wins when choosing the interface of an operation).
+    /// That route's metric.
     pub metric: u32,
 }
 
@@ -47,28 +53,50 @@ struct HttpConn {
     answered: bool,
 }
 
-/// Serves one port on one interface: a listening socket is always there; connections are
-/// answered and closed.
+/// Answers an HTTP GET: the path (with its leading `/`) and the caller's address in, the
+/// body of a 200 out, or `None` for a 404.
+pub type Handler = Box<dyn Fn(&str, Ipv4Addr) -> Option<String> + Send>;
+
+/// Serves one port: a listening socket is always there; connections are answered and closed.
 struct HttpServer {
     port: u16,
+    handler: Handler,
     conns: Vec<HttpConn>,
 }
 
-struct Iface {
-    cfg: IfaceConfig,
+/// The lab's echo service: the caller's address and a newline, whatever the path.
+pub fn echo_handler() -> Handler {
+    Box::new(|_, who| Some(format!("{who}\n")))
+}
+
+/// The HTTP answer to `request` (the bytes up to the blank line) from `who`.
+fn http_answer(handler: &Handler, request: &[u8], who: Ipv4Addr) -> String {
+    let text = String::from_utf8_lossy(request);
+    let first = text.lines().next().unwrap_or_default();
+    let mut words = first.split_whitespace();
+    let (status, body) = match (words.next(), words.next()) {
+        (Some("GET"), Some(path)) => match handler(path, who) {
+            Some(body) => ("200 OK", body),
+            None => ("404 Not Found", "Not Found\n".to_string()),
+        },
+        _ => ("405 Method Not Allowed", "GET only\n".to_string()),
+    };
+    format!(
+        "HTTP/1.0 {status}\r\nContent-Type: text/plain\r\nContent-Length: {}\r\nConnection: close\r\n\r\n{body}",
+        body.len()
+    )
+}
+
+/// An in-process host: its devices, its sockets, and the services it runs.
+pub struct SimHost {
+    name: String,
     iface: Interface,
-    phy: SimPhy,
+    phy: HostPhy,
     sockets: SocketSet<'static>,
     http: Vec<HttpServer>,
     udp_echo: Vec<SocketHandle>,
     /// Sockets closed by a finished operation, removed once the close is done.
     closing: Vec<SocketHandle>,
-}
-
-/// An in-process host: its interfaces, their sockets, and the services it runs.
-pub struct SimHost {
-    name: String,
-    ifaces: Vec<Iface>,
     epoch: Instant,
     next_port: u16,
     next_ident: u16,
@@ -81,65 +109,239 @@ fn tcp_socket() -> tcp::Socket<'static> {
     )
 }
 
+fn udp_socket() -> udp::Socket<'static> {
+    udp::Socket::new(
+        udp::PacketBuffer::new(vec![udp::PacketMetadata::EMPTY; 16], vec![0; 16 * 2048]),
+        udp::PacketBuffer::new(vec![udp::PacketMetadata::EMPTY; 16], vec![0; 16 * 2048]),
+    )
+}
+
+fn icmp_socket() -> icmp::Socket<'static> {
+    icmp::Socket::new(
+        icmp::PacketBuffer::new(vec![icmp::PacketMetadata::EMPTY; 4], vec![0; 4 * 256]),
+        icmp::PacketBuffer::new(vec![icmp::PacketMetadata::EMPTY; 4], vec![0; 4 * 256]),
+    )
+}
+
+/// A name's bytes folded into a seed (each host its own TCP sequence numbers and ports).
+fn seed(name: &str) -> u64 {
+    name.bytes().fold(0xcbf2_9ce4_8422_2325u64, |h, b| {
+        (h ^ u64::from(b)).wrapping_mul(0x100_0000_01b3)
+    })
+}
+
 impl SimHost {
-    /// A host named `name` (for messages) with an interface per `(config, host end of its
-    /// in-memory device)`.
-    pub fn new(name: &str, ifaces: Vec<(IfaceConfig, MemHost)>) -> Result<SimHost, String> {
-        let epoch = Instant::now();
-        let mut v = Vec::new();
-        for (i, (cfg, mem)) in ifaces.into_iter().enumerate() {
-            let mut phy = SimPhy::new(mem);
-            let mut c = Config::new(HardwareAddress::Ip);
-            c.random_seed = (name.len() as u64) << 32 | i as u64 | 0x5eed_0000;
-            let mut iface = Interface::new(c, &mut phy, smoltcp::time::Instant::ZERO);
-            let mut full = false;
-            iface.update_ip_addrs(|a| {
-                for &cidr in &cfg.addrs {
-                    full |= a.push(IpCidr::Ipv4(cidr)).is_err();
-                }
-            });
-            if full {
-                return Err(format!("{name} {}: too many addresses", cfg.name));
-            }
-            if let Some(gw) = cfg.gateway {
-                iface
-                    .routes_mut()
-                    .add_default_ipv4_route(gw)
-                    .map_err(|_| format!("{name} {}: route table full", cfg.name))?;
-            }
-            v.push(Iface {
-                cfg,
-                iface,
-                phy,
-                sockets: SocketSet::new(Vec::new()),
-                http: Vec::new(),
-                udp_echo: Vec::new(),
-                closing: Vec::new(),
-            });
-        }
-        Ok(SimHost {
+    /// A host named `name` with a device per `(config, host end of its in-memory device)`.
+    pub fn new(name: &str, devs: Vec<(IfaceConfig, MemHost)>) -> Result<SimHost, String> {
+        let mut phy = HostPhy::new();
+        let mut c = Config::new(HardwareAddress::Ip);
+        c.random_seed = seed(name);
+        let mut iface = Interface::new(c, &mut phy, smoltcp::time::Instant::ZERO);
+        // Every destination is routable for smoltcp; the phy routes (or refuses) for real.
+        iface
+            .routes_mut()
+            .add_default_ipv4_route(Ipv4Addr::new(0, 0, 0, 1))
+            .map_err(|_| format!("{name}: route table full"))?;
+        let mut h = SimHost {
             name: name.to_string(),
-            ifaces: v,
-            epoch,
+            iface,
+            phy,
+            sockets: SocketSet::new(Vec::new()),
+            http: Vec::new(),
+            udp_echo: Vec::new(),
+            closing: Vec::new(),
+            epoch: Instant::now(),
             next_port: FIRST_PORT,
             next_ident: 1,
-        })
+        };
+        for (cfg, mem) in devs {
+            let d = h.add_dev(&cfg.name, mem);
+            for a in &cfg.addrs {
+                h.phy.routing.addr_add(d, *a);
+            }
+            if let Some(gw) = cfg.gateway {
+                h.phy.routing.route_add(RouteEntry {
+                    table: MAIN,
+                    dst: Ipv4Cidr::new(Ipv4Addr::UNSPECIFIED, 0),
+                    via: Some(gw),
+                    dev: d,
+                    metric: cfg.metric,
+                });
+            }
+        }
+        h.sync_addrs()?;
+        Ok(h)
     }
 
     pub fn name(&self) -> &str {
         &self.name
     }
 
-    /// Every address of every interface.
-    pub fn addrs(&self) -> Vec<(String, Ipv4Cidr)> {
-        let mut v = Vec::new();
-        for i in &self.ifaces {
-            for a in i.iface.ip_addrs() {
-                let IpCidr::Ipv4(c) = a;
-                v.push((i.cfg.name.clone(), *c));
+    /// Plugs in a device (no address yet); returns its index.
+    pub fn add_dev(&mut self, name: &str, mem: MemHost) -> usize {
+        self.phy.add_dev(name, mem)
+    }
+
+    /// Unplugs device `name`, with its addresses and routes (its rules stay, as in Linux).
+    pub fn remove_dev(&mut self, name: &str) -> Result<(), String> {
+        let d = self.dev(name)?;
+        self.phy.remove_dev(d);
+        self.sync_addrs()
+    }
+
+    fn dev(&self, name: &str) -> Result<usize, String> {
+        self.phy
+            .routing
+            .dev(name)
+            .ok_or_else(|| format!("{}: no device {name}", self.name))
+    }
+
+    /// Adds (or, with `add` false, removes) what `cfg` lists on device `dev`: addresses,
+    /// default routes, rules; as the netns backend does with netlink.
+    pub fn configure(&mut self, dev: &str, cfg: &GuestConfig, add: bool) -> Result<(), String> {
+        let d = self.dev(dev)?;
+        let r = &mut self.phy.routing;
+        for a in &cfg.addrs {
+            let c = Ipv4Cidr::new(a.ip, a.prefix_len);
+            if add {
+                r.addr_add(d, c);
+            } else {
+                r.addr_del(d, c);
             }
         }
-        v
+        for x in &cfg.routes {
+            let e = RouteEntry {
+                table: x.table.unwrap_or(MAIN),
+                dst: Ipv4Cidr::new(Ipv4Addr::UNSPECIFIED, 0),
+                via: Some(x.via),
+                dev: d,
+                metric: x.metric.unwrap_or(0),
+            };
+            if add {
+                r.route_add(e);
+            } else {
+                r.route_del(&e);
+            }
+        }
+        for x in &cfg.rules {
+            if add {
+                r.rule_add(x.from, x.table);
+            } else {
+                r.rule_del(x.from, x.table);
+            }
+        }
+        self.sync_addrs()
+    }
+
+    /// `ip addr add|del ADDR dev DEV` in the guest.
+    pub fn addr(&mut self, dev: &str, c: Ipv4Cidr, add: bool) -> Result<(), String> {
+        let d = self.dev(dev)?;
+        if add {
+            self.phy.routing.addr_add(d, c);
+        } else {
+            self.phy.routing.addr_del(d, c);
+        }
+        self.sync_addrs()
+    }
+
+    /// `ip route add|del default via VIA dev DEV table TABLE metric METRIC`.
+    pub fn route(
+        &mut self,
+        dev: &str,
+        via: Ipv4Addr,
+        table: u32,
+        metric: u32,
+        add: bool,
+    ) -> Result<(), String> {
+        let d = self.dev(dev)?;
+        let e = RouteEntry {
+            table,
+            dst: Ipv4Cidr::new(Ipv4Addr::UNSPECIFIED, 0),
+            via: Some(via),
+            dev: d,
+            metric,
+        };
+        if add {
+            self.phy.routing.route_add(e);
+        } else {
+            self.phy.routing.route_del(&e);
+        }
+        Ok(())
+    }
+
+    /// `ip rule add|del from FROM lookup TABLE`.
+    pub fn rule(&mut self, from: Ipv4Addr, table: u32, add: bool) {
+        if add {
+            self.phy.routing.rule_add(from, table);
+        } else {
+            self.phy.routing.rule_del(from, table);
+        }
+    }
+
+    /// Gives smoltcp the addresses the routing holds, in device order.
+    fn sync_addrs(&mut self) -> Result<(), String> {
+        let want: Vec<IpCidr> = self
+            .phy
+            .routing
+            .addrs()
+            .into_iter()
+            .map(|(_, c)| IpCidr::Ipv4(c))
+            .collect();
+        let mut full = false;
+        self.iface.update_ip_addrs(|a| {
+            a.clear();
+            for c in &want {
+                if !a.contains(c) {
+                    full |= a.push(*c).is_err();
+                }
+            }
+        });
+        if full {
+            return Err(format!(
+                "{}: more than {} addresses on one host",
+                self.name,
+                want.len().min(64)
+            ));
+        }
+        Ok(())
+    }
+
+    /// Every address of every device.
+    pub fn addrs(&self) -> Vec<(String, Ipv4Cidr)> {
+        self.phy.routing.addrs()
+    }
+
+    /// `ip addr`, in short lines.
+    pub fn addr_lines(&self) -> Vec<String> {
+        self.phy.routing.addr_lines()
+    }
+
+    /// `ip rule` and `ip route show table all`, in short lines.
+    pub fn route_lines(&self) -> Vec<String> {
+        self.phy.routing.route_lines()
+    }
+
+    /// What the host could not send.
+    pub fn phy_stats(&self) -> PhyStats {
+        self.phy.stats
+    }
+
+    /// The source address a packet to `dst` gets (`from` if given), as Linux would choose it,
+    /// or the error the socket call would return.
+    pub fn source_for(&self, from: Option<Ipv4Addr>, dst: Ipv4Addr) -> Result<Ipv4Addr, String> {
+        if let Some(f) = from {
+            if !self.phy.routing.is_local(f) {
+                return Err(format!(
+                    "{}: cannot assign requested address {f} (the host does not hold it)",
+                    self.name
+                ));
+            }
+        }
+        match self.phy.routing.route(from, dst) {
+            Some(Egress::Local) => Ok(from.unwrap_or(dst)),
+            Some(Egress::Dev { src, .. }) => Ok(src),
+            None => Err(format!("{}: network is unreachable ({dst})", self.name)),
+        }
     }
 
     fn clock(&self, now: Instant) -> smoltcp::time::Instant {
@@ -148,64 +350,62 @@ impl SimHost {
         )
     }
 
-    /// Moves packets between the interfaces and their sockets, and serves the services.
-    pub fn poll(&mut self, now: Instant) {
+    /// Moves packets between the devices and the sockets and serves the services; returns
+    /// when the host next needs a poll with nothing arriving (a retransmission, a timer).
+    pub fn poll(&mut self, now: Instant) -> Option<Instant> {
         let t = self.clock(now);
-        for i in &mut self.ifaces {
-            i.iface.poll(t, &mut i.phy, &mut i.sockets);
-            i.serve();
-            // What the services wrote leaves now rather than at the next poll.
-            i.iface.poll(t, &mut i.phy, &mut i.sockets);
+        self.iface.poll(t, &mut self.phy, &mut self.sockets);
+        self.serve();
+        // What the services wrote leaves now rather than at the next poll.
+        self.iface.poll(t, &mut self.phy, &mut self.sockets);
+        let at = self.iface.poll_at(t, &self.sockets)?;
+        let micros = (at - smoltcp::time::Instant::ZERO).total_micros();
+        Some(self.epoch + Duration::from_micros(micros))
+    }
+
+    /// Whether packets wait for the host.
+    pub fn has_input(&self) -> bool {
+        self.phy.has_input()
+    }
+
+    /// Sends `packet` out of device `dev` as it is (what a raw socket bound to the device
+    /// would send): for tests that forge what a guest should not send.
+    pub fn send_raw(&mut self, dev: &str, packet: Vec<u8>) -> Result<(), String> {
+        let d = self.dev(dev)?;
+        if self.phy.transmit_on(d, packet) {
+            Ok(())
+        } else {
+            Err(format!("{}: device {dev} is gone", self.name))
         }
     }
 
-    /// Answers every HTTP request on `port` (any interface, any address) with the caller's
-    /// address and a newline, as the lab's echo service does.
+    /// Answers every HTTP request on `port` (any address) with the caller's address and a
+    /// newline, as the lab's echo service does.
     pub fn serve_echo_http(&mut self, port: u16) {
-        for i in &mut self.ifaces {
-            if !i.http.iter().any(|s| s.port == port) {
-                i.http.push(HttpServer {
-                    port,
-                    conns: Vec::new(),
-                });
-            }
+        self.serve_http(port, echo_handler());
+    }
+
+    /// Answers HTTP GETs on `port` (any address) with `handler` (replacing the one there).
+    pub fn serve_http(&mut self, port: u16, handler: Handler) {
+        match self.http.iter_mut().find(|s| s.port == port) {
+            Some(s) => s.handler = handler,
+            None => self.http.push(HttpServer {
+                port,
+                handler,
+                conns: Vec::new(),
+            }),
         }
         self.poll(Instant::now());
     }
 
     /// Sends every UDP datagram to `port` back to where it came from.
     pub fn serve_udp_echo(&mut self, port: u16) -> Result<(), String> {
-        for i in &mut self.ifaces {
-            let mut s = udp_socket();
-            s.bind(port)
-                .map_err(|e| format!("{}: UDP port {port}: {e}", self.name))?;
-            let h = i.sockets.add(s);
-            i.udp_echo.push(h);
-        }
+        let mut s = udp_socket();
+        s.bind(port)
+            .map_err(|e| format!("{}: UDP port {port}: {e}", self.name))?;
+        let h = self.sockets.add(s);
+        self.udp_echo.push(h);
         Ok(())
-    }
-
-    /// The interface an operation from `from` uses (see the module comment).
-    fn pick(&self, from: Option<Ipv4Addr>) -> Result<usize, String> {
-        if let Some(a) = from {
-            return self
-                .ifaces
-                .iter()
-                .position(|i| i.cfg.addrs.iter().any(|c| c.address() == a))
-                .ok_or_else(|| format!("{} has no address {a}", self.name));
-        }
-        self.ifaces
-            .iter()
-            .enumerate()
-            .filter(|(_, i)| i.cfg.gateway.is_some())
-            .min_by_key(|(n, i)| (i.cfg.metric, *n))
-            .map(|(n, _)| n)
-            .or(if self.ifaces.is_empty() {
-                None
-            } else {
-                Some(0)
-            })
-            .ok_or_else(|| format!("{} has no interface", self.name))
     }
 
     fn local_port(&mut self) -> u16 {
@@ -231,47 +431,6 @@ impl SimHost {
         }
     }
 
-    /// An ICMP echo to `dst`; the round trip.
-    pub fn ping(&mut self, dst: Ipv4Addr, timeout: Duration) -> Result<Duration, String> {
-        self.run(Ping::new(dst, None), timeout)
-    }
-
-    /// `GET path` over HTTP/1.0 to `dst`; the body of a 200 answer.
-    pub fn http_get(
-        &mut self,
-        dst: SocketAddrV4,
-        path: &str,
-        timeout: Duration,
-    ) -> Result<String, String> {
-        self.run(HttpGet::new(dst, path, None), timeout)
-    }
-
-    /// Sends `payload` to `dst` over UDP; the first datagram that comes back from `dst`.
-    pub fn udp_exchange(
-        &mut self,
-        dst: SocketAddrV4,
-        payload: &[u8],
-        timeout: Duration,
-    ) -> Result<Vec<u8>, String> {
-        self.run(UdpExchange::new(dst, payload, None), timeout)
-    }
-}
-
-fn udp_socket() -> udp::Socket<'static> {
-    udp::Socket::new(
-        udp::PacketBuffer::new(vec![udp::PacketMetadata::EMPTY; 16], vec![0; 16 * 2048]),
-        udp::PacketBuffer::new(vec![udp::PacketMetadata::EMPTY; 16], vec![0; 16 * 2048]),
-    )
-}
-
-fn icmp_socket() -> icmp::Socket<'static> {
-    icmp::Socket::new(
-        icmp::PacketBuffer::new(vec![icmp::PacketMetadata::EMPTY; 4], vec![0; 4 * 256]),
-        icmp::PacketBuffer::new(vec![icmp::PacketMetadata::EMPTY; 4], vec![0; 4 * 256]),
-    )
-}
-
-impl Iface {
     /// One round of the services: read requests, answer them, keep a listener on each port,
     /// echo datagrams, and drop sockets whose close is done.
     fn serve(&mut self) {
@@ -293,12 +452,8 @@ impl Iface {
                 if !c.answered && complete && s.can_send() {
                     let who = s
                         .remote_endpoint()
-                        .map_or_else(String::new, |e| e.addr.to_string());
-                    let body = format!("{who}\n");
-                    let answer = format!(
-                        "HTTP/1.0 200 OK\r\nContent-Type: text/plain\r\nContent-Length: {}\r\nConnection: close\r\n\r\n{body}",
-                        body.len()
-                    );
+                        .map_or(Ipv4Addr::UNSPECIFIED, |e| v4(e).ip().to_owned());
+                    let answer = http_answer(&srv.handler, &c.request, who);
                     let _ = s.send_slice(answer.as_bytes());
                     s.close();
                     c.answered = true;
@@ -329,10 +484,16 @@ impl Iface {
             let s = sockets.get_mut::<udp::Socket>(h);
             let mut got = Vec::new();
             while let Ok((data, meta)) = s.recv() {
-                got.push((data.to_vec(), meta.endpoint));
+                got.push((data.to_vec(), meta.endpoint, meta.local_address));
             }
-            for (data, to) in got {
-                let _ = s.send_slice(&data, to);
+            for (data, to, local) in got {
+                // From the address it was sent to, as a socket bound to it would answer.
+                let meta = udp::UdpMetadata {
+                    endpoint: to,
+                    local_address: local,
+                    meta: Default::default(),
+                };
+                let _ = s.send_slice(&data, meta);
             }
         }
         self.closing.retain(|&h| {
@@ -359,24 +520,42 @@ pub trait Task {
     fn what(&self) -> String;
 }
 
-/// Where a started operation's socket is: interface and handle.
-type Held = Option<(usize, SocketHandle)>;
+/// What came back to a ping.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Pong {
+    pub rtt: Duration,
+    /// The source of the request (what the host chose).
+    pub from: Ipv4Addr,
+    /// The reply's TTL as it arrived.
+    pub ttl: u8,
+}
 
-/// An ICMP echo request and its reply.
+/// An ICMP echo request and its reply. The request is built here (so that `from` decides
+/// its source, as `ping -I` does) and routed by the host; the reply is taken by an ICMP
+/// socket bound to the request's identifier.
 pub struct Ping {
     dst: Ipv4Addr,
     from: Option<Ipv4Addr>,
+    seq: u16,
     ident: u16,
+    src: Ipv4Addr,
     sent: Option<Instant>,
-    held: Held,
+    held: Option<SocketHandle>,
 }
 
 impl Ping {
     pub fn new(dst: Ipv4Addr, from: Option<Ipv4Addr>) -> Ping {
+        Ping::seq(dst, from, 1)
+    }
+
+    /// Echo request number `seq`.
+    pub fn seq(dst: Ipv4Addr, from: Option<Ipv4Addr>, seq: u16) -> Ping {
         Ping {
             dst,
             from,
+            seq,
             ident: 0,
+            src: Ipv4Addr::UNSPECIFIED,
             sent: None,
             held: None,
         }
@@ -385,15 +564,32 @@ impl Ping {
 
 const PING_DATA: &[u8] = b"eiplab sim ping";
 
-impl Task for Ping {
-    type Output = Duration;
+/// A whole IPv4 packet: header (no options, DF clear) and `payload`.
+pub fn ipv4_packet(src: Ipv4Addr, dst: Ipv4Addr, proto: IpProtocol, payload: &[u8]) -> Vec<u8> {
+    let repr = Ipv4Repr {
+        src_addr: src,
+        dst_addr: dst,
+        next_header: proto,
+        payload_len: payload.len(),
+        hop_limit: TTL,
+    };
+    let mut buf = vec![0u8; repr.buffer_len() + payload.len()];
+    let mut p = Ipv4Packet::new_unchecked(&mut buf);
+    repr.emit(&mut p, &ChecksumCapabilities::default());
+    p.payload_mut().copy_from_slice(payload);
+    buf
+}
 
-    fn step(&mut self, h: &mut SimHost) -> Option<Result<Duration, String>> {
-        let Some((n, handle)) = self.held else {
-            let n = match h.pick(self.from) {
-                Ok(n) => n,
-                Err(e) => return Some(Err(e)),
+impl Task for Ping {
+    type Output = Pong;
+
+    fn step(&mut self, h: &mut SimHost) -> Option<Result<Pong, String>> {
+        let Some(handle) = self.held else {
+            let src = match h.source_for(self.from, self.dst) {
+                Ok(s) => s,
+                Err(e) => return Some(Err(format!("ping: {e}"))),
             };
+            self.src = src;
             self.ident = h.next_ident;
             h.next_ident = h.next_ident.wrapping_add(1).max(1);
             let mut s = icmp_socket();
@@ -402,23 +598,21 @@ impl Task for Ping {
             }
             let repr = Icmpv4Repr::EchoRequest {
                 ident: self.ident,
-                seq_no: 1,
+                seq_no: self.seq,
                 data: PING_DATA,
             };
-            let mut buf = vec![0u8; repr.buffer_len()];
+            let mut icmp = vec![0u8; repr.buffer_len()];
             repr.emit(
-                &mut Icmpv4Packet::new_unchecked(&mut buf),
+                &mut Icmpv4Packet::new_unchecked(&mut icmp),
                 &ChecksumCapabilities::default(),
             );
-            if let Err(e) = s.send_slice(&buf, IpAddress::Ipv4(self.dst)) {
-                return Some(Err(format!("ping: {e}")));
-            }
-            let i = &mut h.ifaces[n];
-            self.held = Some((n, i.sockets.add(s)));
+            self.held = Some(h.sockets.add(s));
+            h.phy
+                .transmit(ipv4_packet(src, self.dst, IpProtocol::Icmp, &icmp));
             self.sent = Some(Instant::now());
             return None;
         };
-        let s = h.ifaces[n].sockets.get_mut::<icmp::Socket>(handle);
+        let s = h.sockets.get_mut::<icmp::Socket>(handle);
         while let Ok((bytes, from)) = s.recv() {
             if from != IpAddress::Ipv4(self.dst) {
                 continue;
@@ -426,13 +620,23 @@ impl Task for Ping {
             let Ok(p) = Icmpv4Packet::new_checked(bytes) else {
                 continue;
             };
-            if let Ok(Icmpv4Repr::EchoReply { ident, data, .. }) =
-                Icmpv4Repr::parse(&p, &ChecksumCapabilities::default())
+            if let Ok(Icmpv4Repr::EchoReply {
+                ident,
+                seq_no,
+                data,
+                ..
+            }) = Icmpv4Repr::parse(&p, &ChecksumCapabilities::default())
             {
-                if ident == self.ident && data == PING_DATA {
+                if ident == self.ident && seq_no == self.seq && data == PING_DATA {
                     let rtt = self.sent.map_or(Duration::ZERO, |t| t.elapsed());
                     self.cancel(h);
-                    return Some(Ok(rtt));
+                    // smoltcp does not hand the TTL to ICMP sockets; the gateway's hop is
+                    // shown by the counters instead.
+                    return Some(Ok(Pong {
+                        rtt,
+                        from: self.src,
+                        ttl: 0,
+                    }));
                 }
             }
         }
@@ -440,8 +644,8 @@ impl Task for Ping {
     }
 
     fn cancel(&mut self, h: &mut SimHost) {
-        if let Some((n, handle)) = self.held.take() {
-            h.ifaces[n].sockets.remove(handle);
+        if let Some(handle) = self.held.take() {
+            h.sockets.remove(handle);
         }
     }
 
@@ -450,31 +654,49 @@ impl Task for Ping {
     }
 }
 
-/// A minimal HTTP/1.0 GET: connect, send the request, read until the server closes.
-pub struct HttpGet {
+/// A TCP client: connect (from `from`), send `payload`, close the sending side, read until
+/// the server closes; what the server sent. With `http_path`, the payload is an HTTP/1.0 GET
+/// and the output the body of a 200 answer.
+pub struct TcpSend {
     dst: SocketAddrV4,
-    path: String,
     from: Option<Ipv4Addr>,
-    held: Held,
-    sent: bool,
+    payload: Vec<u8>,
+    http_path: Option<String>,
+    held: Option<SocketHandle>,
+    sent: usize,
     established: bool,
     answer: Vec<u8>,
 }
 
-impl HttpGet {
-    pub fn new(dst: SocketAddrV4, path: &str, from: Option<Ipv4Addr>) -> HttpGet {
-        HttpGet {
+/// An HTTP/1.0 GET (see [`TcpSend`]).
+pub type HttpGet = TcpSend;
+
+impl TcpSend {
+    pub fn new(dst: SocketAddrV4, payload: &[u8], from: Option<Ipv4Addr>) -> TcpSend {
+        TcpSend {
             dst,
-            path: path.to_string(),
             from,
+            payload: payload.to_vec(),
+            http_path: None,
             held: None,
-            sent: false,
+            sent: 0,
             established: false,
             answer: Vec::new(),
         }
     }
 
-    fn body(&self) -> Result<String, String> {
+    /// `GET path` to `dst`.
+    pub fn get(dst: SocketAddrV4, path: &str, from: Option<Ipv4Addr>) -> TcpSend {
+        let req = format!("GET {path} HTTP/1.0\r\nHost: {dst}\r\nUser-Agent: eiplab-sim\r\n\r\n");
+        let mut t = TcpSend::new(dst, req.as_bytes(), from);
+        t.http_path = Some(path.to_string());
+        t
+    }
+
+    fn output(&self) -> Result<Vec<u8>, String> {
+        if self.http_path.is_none() {
+            return Ok(self.answer.clone());
+        }
         let text = String::from_utf8_lossy(&self.answer);
         let (head, body) = text
             .split_once("\r\n\r\n")
@@ -484,51 +706,45 @@ impl HttpGet {
         if code != "200" {
             return Err(format!("{}: {status}", self.what()));
         }
-        Ok(body.to_string())
+        Ok(body.as_bytes().to_vec())
     }
 }
 
-impl Task for HttpGet {
-    type Output = String;
+impl Task for TcpSend {
+    type Output = Vec<u8>;
 
-    fn step(&mut self, h: &mut SimHost) -> Option<Result<String, String>> {
-        let Some((n, handle)) = self.held else {
-            let n = match h.pick(self.from) {
-                Ok(n) => n,
-                Err(e) => return Some(Err(e)),
+    fn step(&mut self, h: &mut SimHost) -> Option<Result<Vec<u8>, String>> {
+        let Some(handle) = self.held else {
+            let src = match h.source_for(self.from, *self.dst.ip()) {
+                Ok(s) => s,
+                Err(e) => return Some(Err(format!("{}: {e}", self.what()))),
             };
             let port = h.local_port();
-            let i = &mut h.ifaces[n];
-            let src = self
-                .from
-                .or_else(|| i.cfg.addrs.first().map(|c| c.address()));
-            let Some(src) = src else {
-                return Some(Err(format!("{}: {} has no address", h.name, i.cfg.name)));
-            };
             let mut s = tcp_socket();
             let remote = IpEndpoint::new(IpAddress::Ipv4(*self.dst.ip()), self.dst.port());
             let local = IpListenEndpoint {
                 addr: Some(IpAddress::Ipv4(src)),
                 port,
             };
-            if let Err(e) = s.connect(i.iface.context(), remote, local) {
+            if let Err(e) = s.connect(h.iface.context(), remote, local) {
                 return Some(Err(format!("{}: connect: {e}", self.what())));
             }
-            self.held = Some((n, i.sockets.add(s)));
+            self.held = Some(h.sockets.add(s));
             return None;
         };
-        let i = &mut h.ifaces[n];
-        let s = i.sockets.get_mut::<tcp::Socket>(handle);
+        let s = h.sockets.get_mut::<tcp::Socket>(handle);
         if s.may_send() {
             self.established = true;
-            if !self.sent {
-                let req = format!(
-                    "GET {} HTTP/1.0\r\nHost: {}\r\nUser-Agent: eiplab-sim\r\n\r\n",
-                    self.path, self.dst
-                );
-                if s.send_slice(req.as_bytes()).is_ok() {
-                    self.sent = true;
+            if self.sent < self.payload.len() {
+                if let Ok(n) = s.send_slice(&self.payload[self.sent..]) {
+                    self.sent += n;
                 }
+                if self.sent == self.payload.len() && self.http_path.is_none() {
+                    // Done sending: the peer sees the end of the stream.
+                    s.close();
+                }
+            } else if self.payload.is_empty() && self.http_path.is_none() {
+                s.close();
             }
         }
         while s.can_recv() {
@@ -539,38 +755,43 @@ impl Task for HttpGet {
         }
         let state = s.state();
         if state == tcp::State::Closed && !self.established {
-            i.sockets.remove(handle);
+            h.sockets.remove(handle);
             self.held = None;
             return Some(Err(format!("{}: connection refused or reset", self.what())));
         }
         if self.established && !s.may_recv() && !s.can_recv() {
             // The server closed: the answer is whole.
             s.close();
-            i.closing.push(handle);
+            h.closing.push(handle);
             self.held = None;
-            return Some(self.body());
+            return Some(self.output());
         }
         None
     }
 
     fn cancel(&mut self, h: &mut SimHost) {
-        if let Some((n, handle)) = self.held.take() {
-            h.ifaces[n].sockets.get_mut::<tcp::Socket>(handle).abort();
-            h.ifaces[n].closing.push(handle);
+        if let Some(handle) = self.held.take() {
+            h.sockets.get_mut::<tcp::Socket>(handle).abort();
+            h.closing.push(handle);
         }
     }
 
     fn what(&self) -> String {
-        format!("GET http://{}{}", self.dst, self.path)
+        match &self.http_path {
+            Some(p) => format!("GET http://{}{p}", self.dst),
+            None => format!("TCP to {}", self.dst),
+        }
     }
 }
 
-/// One UDP datagram out, the first one back from the same address and port.
+/// One UDP datagram out (from `from`), the first one back from the same address and port;
+/// with `wait` false, done once sent (an empty answer).
 pub struct UdpExchange {
     dst: SocketAddrV4,
     payload: Vec<u8>,
     from: Option<Ipv4Addr>,
-    held: Held,
+    wait: bool,
+    held: Option<SocketHandle>,
 }
 
 impl UdpExchange {
@@ -579,8 +800,15 @@ impl UdpExchange {
             dst,
             payload: payload.to_vec(),
             from,
+            wait: true,
             held: None,
         }
+    }
+
+    /// Sends without waiting for an answer.
+    pub fn no_answer(mut self) -> UdpExchange {
+        self.wait = false;
+        self
     }
 }
 
@@ -589,15 +817,15 @@ impl Task for UdpExchange {
 
     fn step(&mut self, h: &mut SimHost) -> Option<Result<Vec<u8>, String>> {
         let remote = IpEndpoint::new(IpAddress::Ipv4(*self.dst.ip()), self.dst.port());
-        let Some((n, handle)) = self.held else {
-            let n = match h.pick(self.from) {
-                Ok(n) => n,
-                Err(e) => return Some(Err(e)),
+        let Some(handle) = self.held else {
+            let src = match h.source_for(self.from, *self.dst.ip()) {
+                Ok(s) => s,
+                Err(e) => return Some(Err(format!("{}: {e}", self.what()))),
             };
             let port = h.local_port();
             let mut s = udp_socket();
             let local = IpListenEndpoint {
-                addr: self.from.map(IpAddress::Ipv4),
+                addr: Some(IpAddress::Ipv4(src)),
                 port,
             };
             if let Err(e) = s.bind(local) {
@@ -606,10 +834,17 @@ impl Task for UdpExchange {
             if let Err(e) = s.send_slice(&self.payload, remote) {
                 return Some(Err(format!("{}: {e}", self.what())));
             }
-            self.held = Some((n, h.ifaces[n].sockets.add(s)));
+            self.held = Some(h.sockets.add(s));
             return None;
         };
-        let s = h.ifaces[n].sockets.get_mut::<udp::Socket>(handle);
+        let s = h.sockets.get_mut::<udp::Socket>(handle);
+        if !self.wait {
+            if s.send_queue() == 0 {
+                self.cancel(h);
+                return Some(Ok(Vec::new()));
+            }
+            return None;
+        }
         while let Ok((data, meta)) = s.recv() {
             if meta.endpoint == remote {
                 let got = data.to_vec();
@@ -621,12 +856,157 @@ impl Task for UdpExchange {
     }
 
     fn cancel(&mut self, h: &mut SimHost) {
-        if let Some((n, handle)) = self.held.take() {
-            h.ifaces[n].sockets.remove(handle);
+        if let Some(handle) = self.held.take() {
+            h.sockets.remove(handle);
         }
     }
 
     fn what(&self) -> String {
         format!("UDP to {}", self.dst)
+    }
+}
+
+/// TCP or UDP.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Proto {
+    Tcp,
+    Udp,
+}
+
+/// What a [`Listen`] heard.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Heard {
+    /// The peer, as the host sees it.
+    pub from: SocketAddrV4,
+    /// The address and port it arrived at, as the host sees it (the EIP itself, or the
+    /// private IP it was translated to).
+    pub to: SocketAddrV4,
+    pub data: Vec<u8>,
+}
+
+/// Waits on `port` for one TCP connection (read until the peer closes its side) or one UDP
+/// datagram, sends what arrived back, and reports who sent it and to which address.
+pub struct Listen {
+    proto: Proto,
+    port: u16,
+    held: Option<SocketHandle>,
+    got: Vec<u8>,
+}
+
+impl Listen {
+    pub fn new(proto: Proto, port: u16) -> Listen {
+        Listen {
+            proto,
+            port,
+            held: None,
+            got: Vec::new(),
+        }
+    }
+}
+
+fn v4(e: IpEndpoint) -> SocketAddrV4 {
+    let IpAddress::Ipv4(a) = e.addr;
+    SocketAddrV4::new(a, e.port)
+}
+
+impl Task for Listen {
+    type Output = Heard;
+
+    fn step(&mut self, h: &mut SimHost) -> Option<Result<Heard, String>> {
+        let Some(handle) = self.held else {
+            let r = match self.proto {
+                Proto::Tcp => {
+                    let mut s = tcp_socket();
+                    s.listen(self.port)
+                        .map(|_| h.sockets.add(s))
+                        .map_err(|e| e.to_string())
+                }
+                Proto::Udp => {
+                    let mut s = udp_socket();
+                    s.bind(self.port)
+                        .map(|_| h.sockets.add(s))
+                        .map_err(|e| e.to_string())
+                }
+            };
+            return match r {
+                Ok(handle) => {
+                    self.held = Some(handle);
+                    None
+                }
+                Err(e) => Some(Err(format!("{}: {e}", self.what()))),
+            };
+        };
+        match self.proto {
+            Proto::Udp => {
+                let s = h.sockets.get_mut::<udp::Socket>(handle);
+                let (data, meta) = s.recv().ok()?;
+                let data = data.to_vec();
+                let local = meta.local_address.map_or(Ipv4Addr::UNSPECIFIED, |a| {
+                    let IpAddress::Ipv4(a) = a;
+                    a
+                });
+                let _ = s.send_slice(&data, meta);
+                let heard = Heard {
+                    from: v4(meta.endpoint),
+                    to: SocketAddrV4::new(local, self.port),
+                    data,
+                };
+                // The echo leaves at the next poll; the socket goes after it.
+                h.iface
+                    .poll(h.clock(Instant::now()), &mut h.phy, &mut h.sockets);
+                h.sockets.remove(handle);
+                self.held = None;
+                Some(Ok(heard))
+            }
+            Proto::Tcp => {
+                let s = h.sockets.get_mut::<tcp::Socket>(handle);
+                while s.can_recv() {
+                    let _ = s.recv(|b| {
+                        self.got.extend_from_slice(b);
+                        (b.len(), ())
+                    });
+                }
+                // Until the peer closes its side (not `!may_recv()`: that is also true
+                // while the connection is being set up).
+                if s.state() != tcp::State::CloseWait {
+                    return None;
+                }
+                let (Some(remote), Some(local)) = (s.remote_endpoint(), s.local_endpoint()) else {
+                    return None;
+                };
+                // The peer closed its side: answer with what it sent, and close.
+                let _ = s.send_slice(&self.got);
+                s.close();
+                h.closing.push(handle);
+                self.held = None;
+                Some(Ok(Heard {
+                    from: v4(remote),
+                    to: v4(local),
+                    data: std::mem::take(&mut self.got),
+                }))
+            }
+        }
+    }
+
+    fn cancel(&mut self, h: &mut SimHost) {
+        if let Some(handle) = self.held.take() {
+            match self.proto {
+                Proto::Tcp => {
+                    h.sockets.get_mut::<tcp::Socket>(handle).abort();
+                    h.closing.push(handle);
+                }
+                Proto::Udp => {
+                    h.sockets.remove(handle);
+                }
+            }
+        }
+    }
+
+    fn what(&self) -> String {
+        let p = match self.proto {
+            Proto::Tcp => "TCP",
+            Proto::Udp => "UDP",
+        };
+        format!("listen on {p} port {}", self.port)
     }
 }

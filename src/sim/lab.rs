@@ -2,16 +2,19 @@
 //!
 //! The gateway is the real [`Dataplane`] on the control plane's table, as the netns backend
 //! makes it ([`crate::lab::run::Lab::build`]); its ports are in-memory devices whose other
-//! ends are [`SimHost`]s: `internet` (the echo service on port 80 of the internet's first
-//! host, default route via the internet gateway), `cloud` (100.100.100.200) and one host per
-//! instance with an interface per attached ENI, configured as [`plan`] says (its managed
-//! configuration and the secondary private IPs).
+//! ends are [`SimHost`]s:
+//! - `internet`: the echo service on port 80 of the internet's first host, a default route via
+//!   the internet gateway;
+//! - `cloud`: the metadata service on 100.100.100.200:80 (the same answers as the netns
+//!   backend's), and the CLB health checks' source address;
+//! - one host per instance, with a device per attached ENI configured as [`plan`] says.
 //!
-//! Not yet (the rest of issue 15): re-planning when the control plane publishes (ENIs
-//! attached or detached, EIPs moved after the build are not followed), the policy routing of
-//! secondary and cut-through ENIs (`from EIP lookup 100+N`: each interface routes on its own,
-//! an operation leaves by the interface of its source address), the metadata service and the
-//! CLB health checks.
+//! A reconciler follows the control plane as the netns backend's does: every publication
+//! (an ENI attached or detached, an EIP associated in BINDED or MULTI_BINDED mode) is planned
+//! with [`plan::plan`] and applied to the hosts, while traffic flows.
+//!
+//! Not modelled: HaVip moves by a guest taking the address (use `eiplab failover`), the CLB
+//! health checks (backends stay in their first state), packet capture.
 
 use super::host::{IfaceConfig, Ipv4Cidr, SimHost};
 use super::world::SimWorld;
@@ -19,10 +22,14 @@ use crate::control::ControlPlane;
 use crate::engine::Side;
 use crate::io::{mem, Dataplane};
 use crate::lab::config::LabFile;
-use crate::lab::plan::{self, Step};
+use crate::lab::plan::{self, Made, Step};
 use crate::lab::run::{HEALTH_CHECK_SOURCE, METADATA};
-use std::collections::BTreeMap;
-use std::sync::Arc;
+use std::collections::{BTreeMap, BTreeSet};
+use std::net::Ipv4Addr;
+use std::sync::mpsc;
+use std::sync::{Arc, Mutex, PoisonError};
+use std::thread::JoinHandle;
+use std::time::Duration;
 
 /// The internet host's name in the world.
 pub const INTERNET: &str = "internet";
@@ -31,120 +38,327 @@ pub const CLOUD: &str = "cloud";
 /// Packets each in-memory device holds towards its host.
 const QUEUE: usize = 4096;
 
-/// A running simulated lab. Dropping it stops the hosts and the gateway.
-pub struct SimLab {
-    pub dp: Arc<Dataplane>,
-    pub world: SimWorld,
-    pub cp: Arc<ControlPlane>,
+/// How the sim lab runs.
+#[derive(Clone, Debug)]
+pub struct Options {
+    /// Gateway worker threads.
+    pub workers: usize,
 }
 
-fn cidr(ip: std::net::Ipv4Addr, len: u8) -> Ipv4Cidr {
+impl Default for Options {
+    fn default() -> Self {
+        Options { workers: 1 }
+    }
+}
+
+/// Keeps the hosts' devices in step with the cloud.
+struct Reconciler {
+    internet_gateway: Ipv4Addr,
+    unconfigured: BTreeSet<String>,
+    have: BTreeMap<u16, Made>,
+    dp: Arc<Dataplane>,
+    world: Arc<SimWorld>,
+}
+
+impl Reconciler {
+    /// Brings the hosts in line with the cloud; returns the ENIs that could not be applied.
+    fn step(&mut self, cp: &ControlPlane) -> Vec<String> {
+        let want = cp.with_cloud(|c| plan::attached_enis(c, &self.unconfigured));
+        let mut have = std::mem::take(&mut self.have);
+        let gw = self.internet_gateway;
+        let failed = plan::converge(&mut have, &want, "", gw, |s| self.apply(s));
+        self.have = have;
+        failed
+    }
+
+    fn apply(&mut self, s: &Step) -> Result<(), String> {
+        match s {
+            Step::Remove {
+                eni,
+                eni_id,
+                ns,
+                dev,
+                rules,
+            } => {
+                tracing::info!(eni = %eni_id, host = %ns, dev = %dev, "ENI detached: device removed");
+                self.dp.remove_eni(*eni);
+                self.world.with_host(ns, |h| {
+                    for r in rules {
+                        h.rule(r.from, r.table, false);
+                    }
+                    h.remove_dev(dev)
+                })?
+            }
+            Step::Create {
+                facts,
+                ns,
+                dev,
+                config,
+                ..
+            } => {
+                if !self.world.hosts().iter().any(|h| h == ns) {
+                    self.world.add_host(SimHost::new(ns, Vec::new())?)?;
+                }
+                let (device, host_end) =
+                    mem::pair(QUEUE).map_err(|e| format!("{ns}.{dev}: {e}"))?;
+                self.world.wire(ns, &host_end)?;
+                self.world.with_host(ns, |h| {
+                    h.add_dev(dev, host_end);
+                    h.configure(dev, config, true)
+                })??;
+                self.dp.add_port(
+                    format!("{ns}.{dev}"),
+                    Side::Eni(facts.index),
+                    Box::new(device),
+                );
+                tracing::info!(eni = %facts.eni_id, host = %ns, dev = %dev, mode = ?facts.mode, "ENI attached");
+                Ok(())
+            }
+            Step::Update {
+                facts,
+                ns,
+                dev,
+                add,
+                del,
+                left_to_guest,
+            } => {
+                for m in left_to_guest {
+                    tracing::info!(eni = %facts.eni_id, "{m}");
+                }
+                if add.is_empty() && del.is_empty() {
+                    return Ok(());
+                }
+                self.world.with_host(ns, |h| {
+                    h.configure(dev, del, false)?;
+                    h.configure(dev, add, true)
+                })??;
+                tracing::info!(eni = %facts.eni_id, host = %ns, dev = %dev, mode = ?facts.mode, "ENI changed in the guest");
+                Ok(())
+            }
+        }
+    }
+}
+
+enum Wake {
+    Changed,
+    Stop,
+}
+
+/// A running simulated lab. Dropping it stops the reconciler, the gateway and the hosts.
+pub struct SimLab {
+    pub dp: Arc<Dataplane>,
+    pub world: Arc<SimWorld>,
+    pub cp: Arc<ControlPlane>,
+    wake: Option<(mpsc::Sender<Wake>, crate::engine::WatchId)>,
+    reconciler: Option<JoinHandle<()>>,
+    /// ENIs the last reconciliation could not apply.
+    failed: Arc<Mutex<Vec<String>>>,
+}
+
+fn cidr(ip: Ipv4Addr, len: u8) -> Ipv4Cidr {
     Ipv4Cidr::new(ip, len)
 }
 
 impl SimLab {
-    /// Builds the lab of `file` around the control plane `cp`.
+    /// Builds the lab of `file` around the control plane `cp` with one gateway worker.
     pub fn build(file: &LabFile, cp: Arc<ControlPlane>) -> Result<SimLab, String> {
+        SimLab::build_with(file, cp, &Options::default())
+    }
+
+    /// Builds the lab of `file` around the control plane `cp`.
+    pub fn build_with(
+        file: &LabFile,
+        cp: Arc<ControlPlane>,
+        opts: &Options,
+    ) -> Result<SimLab, String> {
         let dp = Dataplane::new(
             cp.cell().clone(),
             crate::io::Options {
-                workers: 1,
+                workers: opts.workers.max(1),
                 ..crate::io::Options::default()
             },
         )
         .map_err(|e| format!("cannot start the gateway: {e}"))?;
-        let port = |name: &str, side: Side| -> Result<mem::MemHost, String> {
-            let (dev, host) = mem::pair(QUEUE).map_err(|e| format!("{name}: {e}"))?;
-            dp.add_port(name.to_string(), side, Box::new(dev));
-            Ok(host)
-        };
-        let mut hosts = Vec::new();
-
+        let world = Arc::new(SimWorld::new(Vec::new())?);
         let echo = file.internet.echo_address();
         let gateway = file.internet.gateway;
-        let mut internet = SimHost::new(
+
+        // A fixed host: its device, wired to wake it, then the gateway's port.
+        let fixed = |name: &str, cfg: IfaceConfig, side: Side| -> Result<(), String> {
+            let (device, host_end) = mem::pair(QUEUE).map_err(|e| format!("{name}: {e}"))?;
+            world.add_host(SimHost::new(name, Vec::new())?)?;
+            world.wire(name, &host_end)?;
+            let dev = cfg.name.clone();
+            world.with_host(name, |h| -> Result<(), String> {
+                h.add_dev(&dev, host_end);
+                for a in &cfg.addrs {
+                    h.addr(&dev, *a, true)?;
+                }
+                if let Some(gw) = cfg.gateway {
+                    h.route(&dev, gw, super::route::MAIN, cfg.metric, true)?;
+                }
+                Ok(())
+            })??;
+            dp.add_port(format!("{name}.{dev}"), side, Box::new(device));
+            Ok(())
+        };
+        fixed(
             INTERNET,
-            vec![(
-                IfaceConfig {
-                    name: "eth0".into(),
-                    addrs: vec![cidr(echo, file.internet.cidr.len)],
-                    gateway: Some(gateway),
-                    metric: 0,
-                },
-                port("internet.eth0", Side::Internet)?,
-            )],
+            IfaceConfig {
+                name: "eth0".into(),
+                addrs: vec![cidr(echo, file.internet.cidr.len)],
+                gateway: Some(gateway),
+                metric: 0,
+            },
+            Side::Internet,
         )?;
-        internet.serve_echo_http(80);
-        hosts.push(internet);
-
-        hosts.push(SimHost::new(
+        world.with_host(INTERNET, |h| h.serve_echo_http(80))?;
+        fixed(
             CLOUD,
-            vec![(
-                IfaceConfig {
-                    name: "eth0".into(),
-                    addrs: vec![cidr(METADATA, 32), cidr(HEALTH_CHECK_SOURCE, 32)],
-                    // A device route (everything leaves by eth0).
-                    gateway: Some(METADATA),
-                    metric: 0,
-                },
-                port("cloud.eth0", Side::CloudServices)?,
-            )],
-        )?);
+            IfaceConfig {
+                name: "eth0".into(),
+                addrs: vec![cidr(METADATA, 32), cidr(HEALTH_CHECK_SOURCE, 32)],
+                // Everything leaves by eth0 (a device route).
+                gateway: Some(METADATA),
+                metric: 0,
+            },
+            Side::CloudServices,
+        )?;
+        let (mcp, vpc) = (cp.clone(), file.vpc.id.clone());
+        world.with_host(CLOUD, |h| {
+            h.serve_http(
+                80,
+                Box::new(move |path, who| metadata(&mcp, &vpc, path, who)),
+            )
+        })?;
+        // Every instance has a host, even one whose ENIs are all detached for now.
+        for i in &file.instance {
+            world.add_host(SimHost::new(&i.id, Vec::new())?)?;
+        }
 
-        let unconfigured = file.unconfigured_enis();
-        let want = cp.with_cloud(|c| plan::attached_enis(c, &unconfigured));
-        let mut by_instance: BTreeMap<String, Vec<(u32, IfaceConfig, mem::MemHost)>> =
-            BTreeMap::new();
-        for s in plan::plan(&want, &BTreeMap::new(), "", gateway) {
-            let Step::Create {
-                facts,
-                dev,
-                n,
-                config,
-                ..
-            } = s
-            else {
-                continue;
-            };
-            // The main table's default route of the lowest metric picks the interface.
-            let main = config
-                .routes
-                .iter()
-                .filter(|r| r.table.is_none())
-                .min_by_key(|r| r.metric.unwrap_or(0));
-            let iface = IfaceConfig {
-                name: dev.clone(),
-                addrs: config
-                    .addrs
-                    .iter()
-                    .map(|a| cidr(a.ip, a.prefix_len))
-                    .collect(),
-                gateway: main.map(|r| r.via),
-                metric: main.and_then(|r| r.metric).unwrap_or(0),
-            };
-            let mem = port(&format!("{}.{dev}", facts.instance), Side::Eni(facts.index))?;
-            by_instance
-                .entry(facts.instance)
-                .or_default()
-                .push((n, iface, mem));
+        let mut rec = Reconciler {
+            internet_gateway: gateway,
+            unconfigured: file.unconfigured_enis(),
+            have: BTreeMap::new(),
+            dp: dp.clone(),
+            world: world.clone(),
+        };
+        // Watch before the first step: a change made meanwhile wakes the reconciler at once.
+        let (tx, rx) = mpsc::channel();
+        let t = tx.clone();
+        let id = cp.cell().watch(Box::new(move || {
+            let _ = t.send(Wake::Changed);
+        }));
+        let failed = Arc::new(Mutex::new(rec.step(&cp)));
+        let mut lab = SimLab {
+            dp: dp.clone(),
+            world,
+            cp: cp.clone(),
+            wake: Some((tx, id)),
+            reconciler: None,
+            failed: failed.clone(),
+        };
+        {
+            let f = failed.lock().unwrap_or_else(PoisonError::into_inner);
+            if !f.is_empty() {
+                return Err(format!(
+                    "could not make devices for {} (see the log above)",
+                    f.join(", ")
+                ));
+            }
         }
-        for (instance, mut ifaces) in by_instance {
-            ifaces.sort_by_key(|(n, _, _)| *n);
-            hosts.push(SimHost::new(
-                &instance,
-                ifaces.into_iter().map(|(_, c, m)| (c, m)).collect(),
-            )?);
-        }
-        Ok(SimLab {
-            dp,
-            world: SimWorld::new(hosts)?,
-            cp,
-        })
+        let rcp = cp.clone();
+        lab.reconciler = Some(
+            std::thread::Builder::new()
+                .name("sim-reconcile".into())
+                .spawn(move || {
+                    // Several publications that arrive together make one step.
+                    while let Ok(Wake::Changed) = rx.recv() {
+                        let mut stop = false;
+                        while let Ok(w) = rx.try_recv() {
+                            stop |= matches!(w, Wake::Stop);
+                        }
+                        if stop {
+                            break;
+                        }
+                        let f = rec.step(&rcp);
+                        *failed.lock().unwrap_or_else(PoisonError::into_inner) = f;
+                    }
+                })
+                .map_err(|e| e.to_string())?,
+        );
+        let dpc = dp.clone();
+        cp.set_clock_follower(Arc::new(move |d| dpc.advance_clock(d)));
+        Ok(lab)
     }
+
+    /// Waits until the hosts match the cloud's current state (the reconciler applies a change
+    /// right after it is published; an API call returns before that).
+    pub fn settle(&self, limit: Duration) -> Result<(), String> {
+        let deadline = std::time::Instant::now() + limit;
+        loop {
+            let want = self
+                .cp
+                .with_cloud(|c| plan::attached_enis(c, &BTreeSet::new()));
+            let done = want.iter().all(|f| {
+                let got = self.world.with_host(&f.instance, |h| h.addrs());
+                let Ok(got) = got else { return false };
+                match &f.mode {
+                    plan::GuestMode::Binded(e) => got.iter().any(|(_, c)| c.address() == *e),
+                    plan::GuestMode::MultiBinded { eips, dhcp: true } => eips
+                        .iter()
+                        .all(|e| got.iter().any(|(_, c)| c.address() == *e)),
+                    _ => true,
+                }
+            });
+            if done {
+                return Ok(());
+            }
+            if std::time::Instant::now() >= deadline {
+                return Err("the hosts did not follow the cloud in time".into());
+            }
+            std::thread::sleep(Duration::from_millis(2));
+        }
+    }
+
+    /// ENIs the last reconciliation could not apply (logged as they fail).
+    pub fn failed(&self) -> Vec<String> {
+        self.failed
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .clone()
+    }
+
+    /// Moves the lab clock forward: the control plane's (the EIPs' windows) and, through its
+    /// follower, the gateway's (sessions, fragments). Nothing sleeps.
+    pub fn advance(&self, seconds: u64) -> Result<u64, String> {
+        self.cp.advance_clock(seconds).map_err(|e| e.to_string())
+    }
+}
+
+/// The metadata service's answer to `path` for the instance that owns `who`.
+fn metadata(cp: &ControlPlane, vpc: &str, path: &str, who: Ipv4Addr) -> Option<String> {
+    let p = path.trim_end_matches('/');
+    match p {
+        "" => return Some("latest\n".into()),
+        "/latest" => return Some("meta-data\n".into()),
+        _ => {}
+    }
+    let rest = p.strip_prefix("/latest/meta-data")?;
+    let rest = rest.strip_prefix('/').unwrap_or(rest);
+    cp.with_cloud(|c| crate::lab::services::lookup(c, vpc, who, rest))
 }
 
 impl Drop for SimLab {
     fn drop(&mut self) {
+        if let Some((tx, id)) = self.wake.take() {
+            self.cp.cell().unwatch(id);
+            let _ = tx.send(Wake::Stop);
+            let _ = tx.send(Wake::Changed);
+        }
+        if let Some(t) = self.reconciler.take() {
+            let _ = t.join();
+        }
         self.dp.shutdown();
     }
 }

@@ -12,11 +12,13 @@
 //! - [`lab`]: [`SimLab`], the lab of a lab file: the gateway with a host for the internet,
 //!   the cloud's services and each instance.
 
+pub mod exec;
 pub mod host;
 pub mod lab;
 pub mod phy;
+pub mod route;
 pub mod world;
 
-pub use host::{IfaceConfig, SimHost};
+pub use host::{Heard, IfaceConfig, Pong, Proto, SimHost};
 pub use lab::SimLab;
 pub use world::SimWorld;
