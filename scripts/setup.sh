@@ -40,6 +40,8 @@ command -v python3 >/dev/null || need_apt+=(python3)
 { [ -x /usr/bin/turnserver ] && [ -x /usr/bin/turnutils_natdiscovery ]; } || need_apt+=(coturn)
 # HaVip failover (tests/lab.rs): keepalived's VRRP in unicast mode moves the HaVip's address.
 [ -x /usr/sbin/keepalived ] || need_apt+=(keepalived)
+# The unprivileged run (scripts/unprivileged.sh) drops root with util-linux's setpriv.
+command -v setpriv >/dev/null || need_apt+=(util-linux)
 if [ ${#need_apt[@]} -gt 0 ]; then
   echo "setup: apt-get install ${need_apt[*]}" >&2
   as_root apt-get update -qq

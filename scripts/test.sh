@@ -40,6 +40,17 @@ rm -f "$log.sdk"
 passed=$((passed + ${sdk_passed:-0}))
 failed=$((failed + ${sdk_failed:-0}))
 if [ "$sdk_rc" != 0 ] && [ "${sdk_failed:-0}" = 0 ]; then failed=$((failed + 1)); fi
+
+echo "== the first minute without root (eiplab demo, eiplab up choosing sim, eiplab exec)"
+set +e
+./scripts/unprivileged.sh "${CARGO_TARGET_DIR:-$PWD/target}/release/eiplab" 2>&1 | tee "$log.unpriv"
+unpriv_rc=${PIPESTATUS[0]}
+set -e
+read -r u_passed u_failed < <(awk '/^unprivileged: / { print $2 + 0, $4 + 0 }' "$log.unpriv")
+rm -f "$log.unpriv"
+passed=$((passed + ${u_passed:-0}))
+failed=$((failed + ${u_failed:-0}))
+if [ "$unpriv_rc" != 0 ] && [ "${u_failed:-0}" = 0 ]; then failed=$((failed + 1)); fi
 echo
 echo "tests: ${passed} passed, ${failed} failed"
 [ "$failed" = 0 ]

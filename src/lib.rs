@@ -19,6 +19,8 @@ pub mod compat;
 #[cfg(feature = "runtime")]
 pub mod control;
 #[cfg(feature = "runtime")]
+pub mod demo;
+#[cfg(feature = "runtime")]
 pub mod io;
 #[cfg(feature = "runtime")]
 pub mod lab;

@@ -137,6 +137,11 @@ enum Command {
     },
     /// List the engine's drop reasons with the rule each stands for.
     Reasons,
+    /// A narrated tour, no arguments and no root: EIPs allocated through the API and
+    /// associated in NAT, BINDED and MULTI_BINDED modes on in-process hosts, with what the
+    /// internet saw, what the guest saw and what was dropped and why; exits 1 if any step
+    /// did not behave as SPEC §2 says.
+    Demo,
     /// Which protocols survive each way an EIP reaches a guest: real servers and clients
     /// across the lab's EIPs (NAT with each ALG policy, BINDED, MULTI_BINDED, both
     /// placements), printed as a matrix with the reason and evidence of every cell (root).
@@ -187,7 +192,7 @@ fn main() -> ExitCode {
     let cli = Cli::parse();
     // compat prints a matrix: the lab's own progress notes would only bury it.
     let default_log = match cli.command {
-        Command::Compat(_) => "eiplab=warn",
+        Command::Compat(_) | Command::Demo => "eiplab=warn",
         _ => "eiplab=info",
     };
     tracing_subscriber::fmt()
@@ -356,6 +361,14 @@ fn run(cmd: Command) -> Result<ExitCode> {
             Ok(ExitCode::SUCCESS)
         }
         Command::Compat(args) => compat(args),
+        Command::Demo => {
+            let mut out = std::io::stdout().lock();
+            match eiplab::demo::run(&mut out) {
+                Ok(true) => Ok(ExitCode::SUCCESS),
+                Ok(false) => Ok(ExitCode::from(1)),
+                Err(e) => bail!("demo: {e}"),
+            }
+        }
         Command::Reasons => {
             for r in eiplab::engine::DropReason::ALL {
                 println!("{}", r.name());

@@ -159,7 +159,15 @@ impl Api {
             .collect();
         let nonce = format!("{:032x}", rand::random::<u128>());
         let req = sign::sign_acs3(
-            "POST", "localhost", action, version, &map, id, secret, &nonce, unix_now(),
+            "POST",
+            "localhost",
+            action,
+            version,
+            &map,
+            id,
+            secret,
+            &nonce,
+            unix_now(),
         );
         let (path, query) = req
             .path_and_query

@@ -172,9 +172,20 @@ impl SimWorld {
         }
     }
 
-    /// An ICMP echo from host `name` (from `from`, else the address it picks).
+    /// An ICMP echo from host `name` (from the address it picks).
     pub fn ping(&self, name: &str, dst: Ipv4Addr, timeout: Duration) -> Result<Pong, String> {
-        self.run(name, Ping::new(dst, None), timeout)
+        self.ping_from(name, None, dst, timeout)
+    }
+
+    /// An ICMP echo from host `name`, from `from` (`ping -I`), else the address it picks.
+    pub fn ping_from(
+        &self,
+        name: &str,
+        from: Option<Ipv4Addr>,
+        dst: Ipv4Addr,
+        timeout: Duration,
+    ) -> Result<Pong, String> {
+        self.run(name, Ping::new(dst, from), timeout)
     }
 
     /// `GET path` from host `name`; `from` picks the source address. The body of a 200.
