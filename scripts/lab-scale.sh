@@ -3,6 +3,7 @@
 #
 #   sudo scripts/lab-scale.sh [N ...]            (default: 10 100 400 1000)
 #   IDLE_SECONDS=20 sudo scripts/lab-scale.sh 1  (also: CPU of an idle lab over that long)
+#   BACKEND=sim scripts/lab-scale.sh 1000        (the in-process backend; no root needed)
 #
 # For each N: a lab file with N instances (one ENI each, one EIP each in NAT mode, on vSwitches
 # of 10.0.0.0/8 and an EIP pool in 198.18.0.0/15, the benchmarking range of RFC 2544) is
@@ -15,7 +16,10 @@
 # IDLE_SECONDS set, it also counts the CPU time
 # (user + system ticks of the `eiplab up` process) the ready lab uses while nothing is sent.
 # Everything lives in namespaces under the prefix `sc$$-`, removed on success and failure;
-# every wait has a deadline.
+# every wait has a deadline. Once ready, the last instance fetches the echo service
+# (`eiplab exec i-LAST -- curl -s http://203.0.113.1/`) and must be answered with its own EIP:
+# a lab that started but forwards nothing does not count. With BACKEND=sim there are no
+# namespaces: teardown_s is the time to exit, kernel_s is not measured.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 sizes=("$@")
@@ -23,6 +27,7 @@ sizes=("$@")
 bin=${EIPLAB_BIN:-target/release/eiplab}
 [ -n "${EIPLAB_BIN:-}" ] || cargo build --release -q
 idle=${IDLE_SECONDS:-0}
+backend=${BACKEND:-netns}
 work=$(mktemp -d)
 p="sc$$-"
 up_pid=""
@@ -32,7 +37,7 @@ cleanup() {
     for _ in $(seq 300); do kill -0 "$up_pid" 2>/dev/null || break; sleep 0.1; done
     kill -KILL "$up_pid" 2>/dev/null || true
   fi
-  [ -f "$work/lab.toml" ] && "$bin" down "$work/lab.toml" --prefix "$p" >/dev/null 2>&1 || true
+  [ "$backend" = netns ] && [ -f "$work/lab.toml" ] && "$bin" down "$work/lab.toml" --prefix "$p" >/dev/null 2>&1 || true
   rm -rf "$work"
 }
 trap cleanup EXIT
@@ -64,14 +69,15 @@ EOF
 now() { date +%s.%N; }
 field() { awk -v k="$1" '$1 == k":" { print $2 }' "/proc/$up_pid/status"; }
 count_ns() { ls /run/netns 2>/dev/null | grep -c "^$p" || true; }
-kernel_ns() { awk '$1 == "net_namespace" { print $2 }' /proc/slabinfo; }
+kernel_ns() { awk '$1 == "net_namespace" { print $2 }' /proc/slabinfo 2>/dev/null || echo 0; }
 
 printf '%-10s %8s %8s %8s %11s %10s\n' instances ready_s rss_MB threads teardown_s kernel_s
 for n in "${sizes[@]}"; do
   make_lab "$n"
   : >"$work/out"
   t0=$(now)
-  "$bin" up "$work/lab.toml" --prefix "$p" --api-listen 127.0.0.1:0 >"$work/out" 2>"$work/err" &
+  "$bin" up "$work/lab.toml" --backend "$backend" --prefix "$p" --api-listen 127.0.0.1:0 \
+    >"$work/out" 2>"$work/err" &
   up_pid=$!
   deadline=$(( $(date +%s) + 300 ))
   until grep -q 'eiplab: ready' "$work/out"; do
@@ -81,6 +87,13 @@ for n in "${sizes[@]}"; do
     sleep 0.01
   done
   t1=$(now)
+  # It forwards: the last instance is seen as its EIP.
+  endpoint=$(sed -n 's|^eiplab: api listening on http://||p' "$work/err" | head -n 1)
+  want=$(python3 -c "import ipaddress; print(ipaddress.ip_network('198.18.0.0/15')[$n])")
+  got=$("$bin" exec --prefix "$p" --endpoint "$endpoint" "i-$((n - 1))" -- curl -s -m 5 http://203.0.113.1/ || true)
+  if [ "$got" != "$want" ]; then
+    echo "lab of $n instances: i-$((n - 1)) was seen as '${got}', not its EIP $want" >&2; exit 1
+  fi
   sleep 1
   rss=$(( $(field VmRSS) / 1024 ))
   threads=$(field Threads)
@@ -107,11 +120,13 @@ for n in "${sizes[@]}"; do
   wait "$up_pid" 2>/dev/null || true
   up_pid=""
   last=$(kernel_ns); t4=$t3; still=0
+  [ "$backend" = netns ] || still=30
   while [ "$still" -lt 30 ] && [ "$(date +%s)" -lt "$deadline" ]; do
     sleep 0.05
     c=$(kernel_ns)
     if [ "$c" -lt "$last" ]; then t4=$(now); still=0; else still=$((still + 1)); fi
     last=$c
   done
-  python3 -c "print('%-10d %8.2f %8d %8d %11.2f %10.2f' % ($n, $t1 - $t0, $rss, $threads, $t3 - $t2, $t4 - $t2))"
+  k=$(python3 -c "print('%.2f' % ($t4 - $t2))"); [ "$backend" = netns ] || k=-
+  python3 -c "print('%-10d %8.2f %8d %8d %11.2f %10s' % ($n, $t1 - $t0, $rss, $threads, $t3 - $t2, '$k'))"
 done
