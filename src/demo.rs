@@ -174,17 +174,6 @@ fn lab() -> Result<Demo, String> {
 pub fn run(out: &mut dyn Write) -> Result<bool, String> {
     let started = Instant::now();
     let d = lab()?;
-    // Associating and Unassociating end on time.
-    let tcp = d.lab.cp.clone();
-    let rt = tokio::runtime::Builder::new_current_thread()
-        .enable_time()
-        .build()
-        .map_err(|e| e.to_string())?;
-    let timers = std::thread::Builder::new()
-        .name("demo-timers".into())
-        .spawn(move || rt.block_on(async move { tcp.run_timers().await }))
-        .map_err(|e| e.to_string())?;
-    drop(timers); // runs until the process ends
     let mut t = Tour {
         out,
         passed: 0,

@@ -706,12 +706,12 @@ fn up(args: UpArgs) -> Result<ExitCode> {
     if backend == Backend::Sim {
         let opts = eiplab::sim::lab::Options {
             workers: workers.map_or(1, usize::from),
+            // The API's runtime runs them.
+            timers: false,
         };
         let started = std::time::Instant::now();
         let sim = eiplab::sim::SimLab::build_with(&file, cp.clone(), &opts)
             .map_err(|e| anyhow::anyhow!("{}: {e}", lab.display()))?;
-        let dp = sim.dp.clone();
-        cp.set_live_counters(std::sync::Arc::new(move || dp.snapshot()));
         let (world, ecp) = (sim.world.clone(), cp.clone());
         api.set_exec(std::sync::Arc::new(move |host, argv| {
             serde_json::to_value(eiplab::sim::exec::run(&world, &ecp, host, argv))

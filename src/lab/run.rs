@@ -15,6 +15,7 @@
 //! (it sleeps until then).
 
 use super::config::LabFile;
+use super::health::{ProbeKind, ProbeTarget, Prober};
 use super::plan::{self, GuestConfig, Made, Step};
 use crate::control::ControlPlane;
 use crate::engine::Side;
@@ -698,19 +699,12 @@ fn watch_addresses(cp: &ControlPlane, mut watches: Vec<(String, AddrWatch)>, lea
     }
 }
 
-/// Starts the CLBs' health checks in the cloud's namespace (from [`HEALTH_CHECK_SOURCE`]);
-/// each result goes into its CLB's state. `None` when no CLB has a listener. The CLBs are the
-/// lab file's, so the set is fixed for the lab's life.
-fn start_health_checks(
-    cp: &ControlPlane,
-    cloud_ns: &str,
-) -> Result<Option<super::health::Prober>, String> {
-    use super::health::{ProbeKind, ProbeTarget, Prober};
+/// What the CLBs' health checks probe, and what to do with each result (it goes into its CLB's
+/// state, logged when the health changes); `None` when no CLB has a checked listener. The
+/// CLBs are the lab file's, so the set is fixed for the lab's life. Both backends run these.
+pub(crate) fn health_checks(cp: &ControlPlane) -> Option<(Vec<ProbeTarget>, HealthReport)> {
     use std::time::Duration;
     let lbs = cp.load_balancers();
-    if lbs.is_empty() {
-        return Ok(None);
-    }
     // A target's key: the CLB's position, the listener's and the backend's.
     let key = |i: usize, l: usize, b: usize| ((i as u64) << 40) | ((l as u64) << 20) | b as u64;
     let mut targets = Vec::new();
@@ -732,7 +726,10 @@ fn start_health_checks(
             });
         }
     }
-    let report = Box::new(move |k: u64, ok: bool| {
+    if targets.is_empty() {
+        return None;
+    }
+    let report = Arc::new(move |k: u64, ok: bool| {
         let (i, l, b) = (
             (k >> 40) as usize,
             ((k >> 20) & 0xfffff) as usize,
@@ -753,7 +750,25 @@ fn start_health_checks(
             );
         }
     });
-    let prober = Prober::start(cloud_ns, Some(HEALTH_CHECK_SOURCE), report)?;
+    Some((targets, report))
+}
+
+/// Where a health check's result goes: the target's key and whether it passed.
+pub(crate) type HealthReport = Arc<dyn Fn(u64, bool) + Send + Sync>;
+
+/// Starts the CLBs' health checks in the cloud's namespace (from [`HEALTH_CHECK_SOURCE`]).
+fn start_health_checks(
+    cp: &ControlPlane,
+    cloud_ns: &str,
+) -> Result<Option<super::health::Prober>, String> {
+    let Some((targets, report)) = health_checks(cp) else {
+        return Ok(None);
+    };
+    let prober = Prober::start(
+        cloud_ns,
+        Some(HEALTH_CHECK_SOURCE),
+        Box::new(move |k, ok| report(k, ok)),
+    )?;
     prober.set_targets(targets);
     Ok(Some(prober))
 }

@@ -103,10 +103,14 @@ pub struct SimHost {
 }
 
 fn tcp_socket() -> tcp::Socket<'static> {
-    tcp::Socket::new(
+    let mut s = tcp::Socket::new(
         tcp::SocketBuffer::new(vec![0; TCP_BUFFER]),
         tcp::SocketBuffer::new(vec![0; TCP_BUFFER]),
-    )
+    );
+    // ACK at once: a closed socket is dropped after the poll that follows its close (see
+    // `closing`), which must carry its last ACK rather than leave it to a timer.
+    s.set_ack_delay(None);
+    s
 }
 
 fn udp_socket() -> udp::Socket<'static> {
@@ -891,6 +895,8 @@ pub struct Listen {
     port: u16,
     held: Option<SocketHandle>,
     got: Vec<u8>,
+    /// What was heard and answered, while the connection closes.
+    heard: Option<Heard>,
 }
 
 impl Listen {
@@ -900,6 +906,7 @@ impl Listen {
             port,
             held: None,
             got: Vec::new(),
+            heard: None,
         }
     }
 }
@@ -960,6 +967,17 @@ impl Task for Listen {
             }
             Proto::Tcp => {
                 let s = h.sockets.get_mut::<tcp::Socket>(handle);
+                if let Some(heard) = &self.heard {
+                    // Answered: done once the close is, as `nc -l` exits when the
+                    // connection has ended.
+                    if matches!(s.state(), tcp::State::Closed | tcp::State::TimeWait) {
+                        let heard = heard.clone();
+                        h.sockets.remove(handle);
+                        self.held = None;
+                        return Some(Ok(heard));
+                    }
+                    return None;
+                }
                 while s.can_recv() {
                     let _ = s.recv(|b| {
                         self.got.extend_from_slice(b);
@@ -977,13 +995,12 @@ impl Task for Listen {
                 // The peer closed its side: answer with what it sent, and close.
                 let _ = s.send_slice(&self.got);
                 s.close();
-                h.closing.push(handle);
-                self.held = None;
-                Some(Ok(Heard {
+                self.heard = Some(Heard {
                     from: v4(remote),
                     to: v4(local),
                     data: std::mem::take(&mut self.got),
-                }))
+                });
+                None
             }
         }
     }
@@ -1008,5 +1025,114 @@ impl Task for Listen {
             Proto::Udp => "UDP",
         };
         format!("listen on {p} port {}", self.port)
+    }
+}
+
+/// A load balancer's health check of one backend, as the netns backend's prober makes it
+/// (`lab::health`): TCP passes when the handshake completes and fails on a refusal; UDP fails
+/// when an ICMP port unreachable comes back and passes on an answer. Silence until the
+/// timeout is the caller's to judge (a failed TCP check, a passed UDP one).
+pub struct HealthProbe {
+    proto: Proto,
+    dst: SocketAddrV4,
+    from: Option<Ipv4Addr>,
+    /// The socket, and for UDP the ICMP socket that hears about its datagram.
+    held: Option<(SocketHandle, Option<SocketHandle>)>,
+}
+
+/// What a UDP health check sends.
+const UDP_CHECK: &[u8] = b"eiplab health check\n";
+
+impl HealthProbe {
+    pub fn new(proto: Proto, dst: SocketAddrV4, from: Option<Ipv4Addr>) -> HealthProbe {
+        HealthProbe {
+            proto,
+            dst,
+            from,
+            held: None,
+        }
+    }
+}
+
+impl Task for HealthProbe {
+    type Output = bool;
+
+    fn step(&mut self, h: &mut SimHost) -> Option<Result<bool, String>> {
+        let remote = IpEndpoint::new(IpAddress::Ipv4(*self.dst.ip()), self.dst.port());
+        let Some((sock, icmp_sock)) = self.held else {
+            let src = match h.source_for(self.from, *self.dst.ip()) {
+                Ok(s) => s,
+                Err(e) => return Some(Err(e)),
+            };
+            let port = h.local_port();
+            let local = IpListenEndpoint {
+                addr: Some(IpAddress::Ipv4(src)),
+                port,
+            };
+            match self.proto {
+                Proto::Tcp => {
+                    let mut s = tcp_socket();
+                    if let Err(e) = s.connect(h.iface.context(), remote, local) {
+                        return Some(Err(format!("health check {}: {e}", self.dst)));
+                    }
+                    self.held = Some((h.sockets.add(s), None));
+                }
+                Proto::Udp => {
+                    let mut i = icmp_socket();
+                    if i.bind(icmp::Endpoint::Udp(local)).is_err() {
+                        return Some(Err(format!("health check {}: ICMP bind", self.dst)));
+                    }
+                    let mut s = udp_socket();
+                    if s.bind(local).is_err() || s.send_slice(UDP_CHECK, remote).is_err() {
+                        return Some(Err(format!("health check {}: UDP send", self.dst)));
+                    }
+                    self.held = Some((h.sockets.add(s), Some(h.sockets.add(i))));
+                }
+            }
+            return None;
+        };
+        let verdict = match self.proto {
+            Proto::Tcp => match h.sockets.get::<tcp::Socket>(sock).state() {
+                tcp::State::Established => Some(true),
+                tcp::State::Closed => Some(false),
+                _ => None,
+            },
+            Proto::Udp => {
+                let icmp_sock = icmp_sock.expect("a UDP check holds an ICMP socket");
+                let refused = h.sockets.get_mut::<icmp::Socket>(icmp_sock).recv().is_ok();
+                let answered = h.sockets.get_mut::<udp::Socket>(sock).recv().is_ok();
+                if refused {
+                    Some(false)
+                } else if answered {
+                    Some(true)
+                } else {
+                    None
+                }
+            }
+        };
+        let v = verdict?;
+        self.cancel(h);
+        Some(Ok(v))
+    }
+
+    fn cancel(&mut self, h: &mut SimHost) {
+        if let Some((sock, icmp_sock)) = self.held.take() {
+            match self.proto {
+                Proto::Tcp => {
+                    h.sockets.get_mut::<tcp::Socket>(sock).abort();
+                    h.closing.push(sock);
+                }
+                Proto::Udp => {
+                    h.sockets.remove(sock);
+                }
+            }
+            if let Some(i) = icmp_sock {
+                h.sockets.remove(i);
+            }
+        }
+    }
+
+    fn what(&self) -> String {
+        format!("health check of {}", self.dst)
     }
 }

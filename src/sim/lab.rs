@@ -13,10 +13,12 @@
 //! (an ENI attached or detached, an EIP associated in BINDED or MULTI_BINDED mode) is planned
 //! with [`plan::plan`] and applied to the hosts, while traffic flows.
 //!
-//! Not modelled: HaVip moves by a guest taking the address (use `eiplab failover`), the CLB
-//! health checks (backends stay in their first state), packet capture.
+//! The CLBs' health checks run from the cloud host, one thread per backend checked.
+//!
+//! Not modelled: packet capture; a HaVip moves when a guest takes its address through
+//! `eiplab exec … ip addr add` ([`super::exec`]), or by `eiplab failover`.
 
-use super::host::{IfaceConfig, Ipv4Cidr, SimHost};
+use super::host::{HealthProbe, IfaceConfig, Ipv4Cidr, Proto, SimHost};
 use super::world::SimWorld;
 use crate::control::ControlPlane;
 use crate::engine::Side;
@@ -26,6 +28,7 @@ use crate::lab::plan::{self, Made, Step};
 use crate::lab::run::{HEALTH_CHECK_SOURCE, METADATA};
 use std::collections::{BTreeMap, BTreeSet};
 use std::net::Ipv4Addr;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::mpsc;
 use std::sync::{Arc, Mutex, PoisonError};
 use std::thread::JoinHandle;
@@ -43,11 +46,17 @@ const QUEUE: usize = 4096;
 pub struct Options {
     /// Gateway worker threads.
     pub workers: usize,
+    /// Run the control plane's timers (Associating and Unassociating end on time) on a thread
+    /// of the lab; off where the caller runs [`ControlPlane::run_timers`] itself.
+    pub timers: bool,
 }
 
 impl Default for Options {
     fn default() -> Self {
-        Options { workers: 1 }
+        Options {
+            workers: 1,
+            timers: true,
+        }
     }
 }
 
@@ -151,8 +160,17 @@ pub struct SimLab {
     pub cp: Arc<ControlPlane>,
     wake: Option<(mpsc::Sender<Wake>, crate::engine::WatchId)>,
     reconciler: Option<JoinHandle<()>>,
+    /// The CLBs' health checks (one thread per target, stopped by `stop`) and the timers'
+    /// thread.
+    probers: Vec<JoinHandle<()>>,
+    stop: Arc<std::sync::atomic::AtomicBool>,
     /// ENIs the last reconciliation could not apply.
     failed: Arc<Mutex<Vec<String>>>,
+    /// Publications of the control plane seen, and applied to the hosts.
+    published: Arc<AtomicU64>,
+    applied: Arc<AtomicU64>,
+    /// Ends the timers' thread.
+    timers_stop: Arc<tokio::sync::Notify>,
 }
 
 fn cidr(ip: Ipv4Addr, len: u8) -> Ipv4Cidr {
@@ -246,7 +264,12 @@ impl SimLab {
         // Watch before the first step: a change made meanwhile wakes the reconciler at once.
         let (tx, rx) = mpsc::channel();
         let t = tx.clone();
+        // Publications seen, and the count as of the last step that finished (see `settle`).
+        let published = Arc::new(AtomicU64::new(0));
+        let applied = Arc::new(AtomicU64::new(0));
+        let p = published.clone();
         let id = cp.cell().watch(Box::new(move || {
+            p.fetch_add(1, Ordering::AcqRel);
             let _ = t.send(Wake::Changed);
         }));
         let failed = Arc::new(Mutex::new(rec.step(&cp)));
@@ -256,7 +279,12 @@ impl SimLab {
             cp: cp.clone(),
             wake: Some((tx, id)),
             reconciler: None,
+            probers: Vec::new(),
+            stop: Arc::new(std::sync::atomic::AtomicBool::new(false)),
             failed: failed.clone(),
+            published: published.clone(),
+            applied: applied.clone(),
+            timers_stop: Arc::new(tokio::sync::Notify::new()),
         };
         {
             let f = failed.lock().unwrap_or_else(PoisonError::into_inner);
@@ -281,7 +309,10 @@ impl SimLab {
                         if stop {
                             break;
                         }
+                        // Every publication counted so far is in the state this step reads.
+                        let seen = published.load(Ordering::Acquire);
                         let f = rec.step(&rcp);
+                        applied.store(seen, Ordering::Release);
                         *failed.lock().unwrap_or_else(PoisonError::into_inner) = f;
                     }
                 })
@@ -289,36 +320,91 @@ impl SimLab {
         );
         let dpc = dp.clone();
         cp.set_clock_follower(Arc::new(move |d| dpc.advance_clock(d)));
+        // `status` and `/metrics` show this gateway's counters.
+        let dpc = dp.clone();
+        cp.set_live_counters(Arc::new(move || dpc.snapshot()));
+        lab.start_health_checks()?;
+        if opts.timers {
+            lab.start_timers()?;
+        }
         Ok(lab)
     }
 
-    /// Waits until the hosts match the cloud's current state (the reconciler applies a change
-    /// right after it is published; an API call returns before that).
+    /// [`ControlPlane::run_timers`] on a thread of its own until the lab is dropped.
+    fn start_timers(&mut self) -> Result<(), String> {
+        let rt = tokio::runtime::Builder::new_current_thread()
+            .enable_time()
+            .build()
+            .map_err(|e| e.to_string())?;
+        let (cp, stop) = (self.cp.clone(), self.timers_stop.clone());
+        let t = std::thread::Builder::new()
+            .name("sim-timers".into())
+            .spawn(move || {
+                rt.block_on(async move {
+                    tokio::select! {
+                        _ = cp.run_timers() => {}
+                        _ = stop.notified() => {}
+                    }
+                })
+            })
+            .map_err(|e| e.to_string())?;
+        self.probers.push(t);
+        Ok(())
+    }
+
+    /// The CLBs' health checks from the cloud host's [`HEALTH_CHECK_SOURCE`], each target on
+    /// its own thread and interval, results into the CLBs as the netns backend's prober does.
+    fn start_health_checks(&mut self) -> Result<(), String> {
+        use crate::lab::health::ProbeKind;
+        use std::sync::atomic::Ordering;
+        let Some((targets, report)) = crate::lab::run::health_checks(&self.cp) else {
+            return Ok(());
+        };
+        for t in targets {
+            let (world, stop, report) = (self.world.clone(), self.stop.clone(), report.clone());
+            let proto = match t.kind {
+                ProbeKind::Tcp => Proto::Tcp,
+                ProbeKind::Udp => Proto::Udp,
+            };
+            let interval = t.interval.max(crate::lab::health::MIN_INTERVAL);
+            let h = std::thread::Builder::new()
+                .name("sim-health".into())
+                .spawn(move || {
+                    while !stop.load(Ordering::Acquire) {
+                        let started = std::time::Instant::now();
+                        let probe = HealthProbe::new(proto, t.addr, Some(HEALTH_CHECK_SOURCE));
+                        let ok = match world.run(CLOUD, probe, t.timeout) {
+                            Ok(v) => v,
+                            // Silence: a TCP check fails, a UDP one passes.
+                            Err(e) if e.contains("timed out") => proto == Proto::Udp,
+                            Err(_) => false,
+                        };
+                        report(t.key, ok);
+                        let next = started + interval;
+                        while !stop.load(Ordering::Acquire) && std::time::Instant::now() < next {
+                            std::thread::sleep(Duration::from_millis(5).min(interval));
+                        }
+                    }
+                })
+                .map_err(|e| e.to_string())?;
+            self.probers.push(h);
+        }
+        Ok(())
+    }
+
+    /// Waits until the hosts match the cloud as of this call: every publication made before
+    /// it has been applied (the reconciler applies a change right after it is published; an
+    /// API call returns before that).
     pub fn settle(&self, limit: Duration) -> Result<(), String> {
+        let want = self.published.load(Ordering::Acquire);
         let deadline = std::time::Instant::now() + limit;
-        loop {
-            let want = self
-                .cp
-                .with_cloud(|c| plan::attached_enis(c, &BTreeSet::new()));
-            let done = want.iter().all(|f| {
-                let got = self.world.with_host(&f.instance, |h| h.addrs());
-                let Ok(got) = got else { return false };
-                match &f.mode {
-                    plan::GuestMode::Binded(e) => got.iter().any(|(_, c)| c.address() == *e),
-                    plan::GuestMode::MultiBinded { eips, dhcp: true } => eips
-                        .iter()
-                        .all(|e| got.iter().any(|(_, c)| c.address() == *e)),
-                    _ => true,
-                }
-            });
-            if done {
-                return Ok(());
-            }
+        while self.applied.load(Ordering::Acquire) < want {
             if std::time::Instant::now() >= deadline {
                 return Err("the hosts did not follow the cloud in time".into());
             }
-            std::thread::sleep(Duration::from_millis(2));
+            std::thread::sleep(Duration::from_millis(1));
         }
+        Ok(())
     }
 
     /// ENIs the last reconciliation could not apply (logged as they fail).
@@ -351,6 +437,11 @@ fn metadata(cp: &ControlPlane, vpc: &str, path: &str, who: Ipv4Addr) -> Option<S
 
 impl Drop for SimLab {
     fn drop(&mut self) {
+        self.stop.store(true, std::sync::atomic::Ordering::Release);
+        self.timers_stop.notify_one();
+        for p in self.probers.drain(..) {
+            let _ = p.join();
+        }
         if let Some((tx, id)) = self.wake.take() {
             self.cp.cell().unwatch(id);
             let _ = tx.send(Wake::Stop);
