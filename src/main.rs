@@ -495,7 +495,11 @@ fn compat(args: CompatArgs) -> Result<ExitCode> {
     };
     eiplab::lab::run::check_prefix(&args.prefix).map_err(|e| anyhow::anyhow!(e))?;
     if unsafe { libc::geteuid() } != 0 {
-        bail!("eiplab compat builds network namespaces and TUN devices: run it as root");
+        bail!(
+            "eiplab compat builds network namespaces and TUN devices: run it as root (its peers \
+             are real programs, which the sim backend cannot run; `eiplab demo` shows the ALG \
+             drop under NAT without root)"
+        );
     }
     let progress = !args.json && std::io::IsTerminal::is_terminal(&std::io::stderr());
     runner::catch_signals();
