@@ -712,6 +712,7 @@ fn up(args: UpArgs) -> Result<ExitCode> {
             workers: workers.map_or(1, usize::from),
             // The API's runtime runs them.
             timers: false,
+            pcap: pcap.clone(),
         };
         let started = std::time::Instant::now();
         let sim = eiplab::sim::SimLab::build_with(&file, cp.clone(), &opts)

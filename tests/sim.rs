@@ -1293,3 +1293,66 @@ fn a_clb_spreads_by_weight_over_the_backends_its_health_checks_find_up() {
         [("i-web1".to_string(), 6), ("i-web2".to_string(), 4)].into();
     assert_eq!(got, want);
 }
+
+/// The IPv4 (source, destination) of every packet in a pcap file of raw IPv4.
+fn pcap_addresses(path: &Path) -> Vec<(Ipv4Addr, Ipv4Addr)> {
+    let f = std::fs::File::open(path).unwrap_or_else(|e| panic!("{}: {e}", path.display()));
+    let mut r = pcap_file::pcap::PcapReader::new(f).unwrap();
+    assert_eq!(r.header().datalink, pcap_file::DataLink::RAW);
+    let mut v = Vec::new();
+    while let Some(p) = r.next_packet() {
+        let d = p.unwrap().data;
+        v.push((
+            Ipv4Addr::new(d[12], d[13], d[14], d[15]),
+            Ipv4Addr::new(d[16], d[17], d[18], d[19]),
+        ));
+    }
+    v
+}
+
+#[test]
+fn pcap_shows_each_side_of_the_translation() {
+    let dir = std::env::temp_dir().join(format!("eiplab-sim-pcap-{}", std::process::id()));
+    let path = Path::new(env!("CARGO_MANIFEST_DIR")).join("examples/one-eip.toml");
+    let file = config::load(&path).unwrap();
+    let cp = ControlPlane::new(
+        cloud::build(&file, 1_700_000_000_000_000_000).unwrap(),
+        &Options {
+            state_dir: None,
+            table: cloud::table_extras(&file),
+        },
+    )
+    .unwrap();
+    let opts = eiplab::sim::lab::Options {
+        pcap: Some(dir.clone()),
+        ..Default::default()
+    };
+    let lab = SimLab::build_with(&file, cp, &opts).unwrap();
+    let body = lab
+        .world
+        .http_get("i-web", None, echo(), "/", WAIT)
+        .unwrap();
+    assert_eq!(body, "198.51.100.10\n");
+    drop(lab);
+    // The guest's side carries the private IP, the internet's the EIP: both directions.
+    let guest = pcap_addresses(&dir.join("i-web.eth0.pcap"));
+    let internet = pcap_addresses(&dir.join("internet.eth0.pcap"));
+    let _ = std::fs::remove_dir_all(&dir);
+    let (private, eip) = (a("10.0.1.10"), a("198.51.100.10"));
+    assert!(
+        guest.contains(&(private, a(ECHO))) && guest.contains(&(a(ECHO), private)),
+        "{guest:?}"
+    );
+    assert!(
+        !guest.iter().any(|(s, d)| *s == eip || *d == eip),
+        "{guest:?}"
+    );
+    assert!(
+        internet.contains(&(eip, a(ECHO))) && internet.contains(&(a(ECHO), eip)),
+        "{internet:?}"
+    );
+    assert!(
+        !internet.iter().any(|(s, d)| *s == private || *d == private),
+        "{internet:?}"
+    );
+}

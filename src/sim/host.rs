@@ -530,8 +530,6 @@ pub struct Pong {
     pub rtt: Duration,
     /// The source of the request (what the host chose).
     pub from: Ipv4Addr,
-    /// The reply's TTL as it arrived.
-    pub ttl: u8,
 }
 
 /// An ICMP echo request and its reply. The request is built here (so that `from` decides
@@ -634,12 +632,10 @@ impl Task for Ping {
                 if ident == self.ident && seq_no == self.seq && data == PING_DATA {
                     let rtt = self.sent.map_or(Duration::ZERO, |t| t.elapsed());
                     self.cancel(h);
-                    // smoltcp does not hand the TTL to ICMP sockets; the gateway's hop is
-                    // shown by the counters instead.
+                    // (smoltcp does not hand ICMP sockets the TTL: no TTL to show.)
                     return Some(Ok(Pong {
                         rtt,
                         from: self.src,
-                        ttl: 0,
                     }));
                 }
             }

@@ -15,19 +15,22 @@
 //!
 //! The CLBs' health checks run from the cloud host, one thread per backend checked.
 //!
-//! Not modelled: packet capture; a HaVip moves when a guest takes its address through
-//! `eiplab exec … ip addr add` ([`super::exec`]), or by `eiplab failover`.
+//! With `--pcap DIR`, every device is captured as in the netns backend. A HaVip moves when a
+//! guest takes its address through `eiplab exec … ip addr add` ([`super::exec`]), or by
+//! `eiplab failover`.
 
 use super::host::{HealthProbe, IfaceConfig, Ipv4Cidr, Proto, SimHost};
 use super::world::SimWorld;
 use crate::control::ControlPlane;
 use crate::engine::Side;
-use crate::io::{mem, Dataplane};
+use crate::io::pcap::{Capture, Tap};
+use crate::io::{mem, Dataplane, Device};
 use crate::lab::config::LabFile;
 use crate::lab::plan::{self, Made, Step};
 use crate::lab::run::{HEALTH_CHECK_SOURCE, METADATA};
 use std::collections::{BTreeMap, BTreeSet};
 use std::net::Ipv4Addr;
+use std::path::PathBuf;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::mpsc;
 use std::sync::{Arc, Mutex, PoisonError};
@@ -49,6 +52,22 @@ pub struct Options {
     /// Run the control plane's timers (Associating and Unassociating end on time) on a thread
     /// of the lab; off where the caller runs [`ControlPlane::run_timers`] itself.
     pub timers: bool,
+    /// `--pcap DIR`: one pcap file per device (`i-web.eth0.pcap`, …), as the netns backend
+    /// writes them.
+    pub pcap: Option<PathBuf>,
+}
+
+/// The gateway's end of a host's device: the in-memory device, behind a pcap tap with
+/// `--pcap`.
+fn gateway_end(
+    pcap: &Option<PathBuf>,
+    name: &str,
+    dev: mem::MemDevice,
+) -> Result<Box<dyn Device>, String> {
+    Ok(match pcap {
+        Some(d) => Box::new(Tap::new(dev, Capture::create(d, name)?)),
+        None => Box::new(dev),
+    })
 }
 
 impl Default for Options {
@@ -56,6 +75,7 @@ impl Default for Options {
         Options {
             workers: 1,
             timers: true,
+            pcap: None,
         }
     }
 }
@@ -63,6 +83,7 @@ impl Default for Options {
 /// Keeps the hosts' devices in step with the cloud.
 struct Reconciler {
     internet_gateway: Ipv4Addr,
+    pcap: Option<PathBuf>,
     unconfigured: BTreeSet<String>,
     have: BTreeMap<u16, Made>,
     dp: Arc<Dataplane>,
@@ -115,11 +136,9 @@ impl Reconciler {
                     h.add_dev(dev, host_end);
                     h.configure(dev, config, true)
                 })??;
-                self.dp.add_port(
-                    format!("{ns}.{dev}"),
-                    Side::Eni(facts.index),
-                    Box::new(device),
-                );
+                let name = format!("{ns}.{dev}");
+                let device = gateway_end(&self.pcap, &name, device)?;
+                self.dp.add_port(name, Side::Eni(facts.index), device);
                 tracing::info!(eni = %facts.eni_id, host = %ns, dev = %dev, mode = ?facts.mode, "ENI attached");
                 Ok(())
             }
@@ -197,6 +216,10 @@ impl SimLab {
             },
         )
         .map_err(|e| format!("cannot start the gateway: {e}"))?;
+        if let Some(d) = &opts.pcap {
+            std::fs::create_dir_all(d)
+                .map_err(|e| format!("--pcap {}: cannot create it: {e}", d.display()))?;
+        }
         let world = Arc::new(SimWorld::new(Vec::new())?);
         let echo = file.internet.echo_address();
         let gateway = file.internet.gateway;
@@ -217,7 +240,8 @@ impl SimLab {
                 }
                 Ok(())
             })??;
-            dp.add_port(format!("{name}.{dev}"), side, Box::new(device));
+            let port = format!("{name}.{dev}");
+            dp.add_port(port.clone(), side, gateway_end(&opts.pcap, &port, device)?);
             Ok(())
         };
         fixed(
@@ -256,6 +280,7 @@ impl SimLab {
 
         let mut rec = Reconciler {
             internet_gateway: gateway,
+            pcap: opts.pcap.clone(),
             unconfigured: file.unconfigured_enis(),
             have: BTreeMap::new(),
             dp: dp.clone(),
