@@ -144,7 +144,8 @@ enum Command {
     Demo,
     /// Which protocols survive each way an EIP reaches a guest: real servers and clients
     /// across the lab's EIPs (NAT with each ALG policy, BINDED, MULTI_BINDED, both
-    /// placements), printed as a matrix with the reason and evidence of every cell (root).
+    /// placements), printed as a matrix with the reason and evidence of every cell (root;
+    /// `--backend sim`: DNS and TFTP with in-process peers, no root).
     Compat(CompatArgs),
 }
 
@@ -184,6 +185,11 @@ struct CompatArgs {
     /// Gateway worker threads.
     #[arg(long, default_value_t = 1, value_parser = clap::value_parser!(u16).range(1..=64))]
     workers: u16,
+    /// netns: namespaces and the real peers (root); sim: the lab in this process, no root,
+    /// with in-process DNS (UDP) and TFTP peers (the other protocols and --scenario are "not
+    /// tested" there).
+    #[arg(long, default_value = "netns")]
+    backend: String,
 }
 
 const DEFAULT_PREFIX: &str = "eiplab-";
@@ -494,11 +500,12 @@ fn compat(args: CompatArgs) -> Result<ExitCode> {
         ),
     };
     eiplab::lab::run::check_prefix(&args.prefix).map_err(|e| anyhow::anyhow!(e))?;
-    if unsafe { libc::geteuid() } != 0 {
+    let backend = runner::Backend::parse(&args.backend).map_err(|e| anyhow::anyhow!(e))?;
+    if backend == runner::Backend::Netns && unsafe { libc::geteuid() } != 0 {
         bail!(
             "eiplab compat builds network namespaces and TUN devices: run it as root (its peers \
-             are real programs, which the sim backend cannot run; `eiplab demo` shows the ALG \
-             drop under NAT without root)"
+             are real programs; `--backend sim` runs DNS and TFTP with in-process peers without \
+             root, and `eiplab demo` shows the ALG drop under NAT)"
         );
     }
     let progress = !args.json && std::io::IsTerminal::is_terminal(&std::io::stderr());
@@ -513,6 +520,7 @@ fn compat(args: CompatArgs) -> Result<ExitCode> {
         python: args.python.clone(),
         workers: args.workers.into(),
         progress,
+        backend,
     });
     let rows = match rows {
         Ok(r) => r,

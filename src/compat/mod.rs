@@ -16,6 +16,7 @@ pub mod judge;
 pub mod report;
 pub mod runner;
 pub mod scenario;
+pub mod simpeers;
 
 use crate::alg::{AlgAction, AlgProtocol};
 use serde::{Deserialize, Serialize};

@@ -2,6 +2,11 @@
 //! namespaces (every process in its own process group, ended by its id), reads the gateway's
 //! counters and `inspect` findings around each run, and hands it all to [`super::judge`].
 //!
+//! Two backends share everything but the peers ([`Session`]: the plan, the targets, the ALG
+//! policy, the counters, the judge): [`NetnsPeers`] runs the probe scripts as processes in
+//! the netns lab (root); [`SimPeers`] runs the in-process peers of [`super::simpeers`] on the
+//! hosts of a [`crate::sim::SimLab`] (`--backend sim`, no root; DNS and TFTP only).
+//!
 //! Bounded: a server that is not ready in [`READY_LIMIT`] is ended, a client past its limit is
 //! ended, a server is given [`STOP_GRACE`] to end on SIGTERM before SIGKILL, and on SIGINT or
 //! SIGTERM the run stops between two checks (at most 50 ms), ends what it started and removes
@@ -86,7 +91,37 @@ pub struct Options {
     pub workers: usize,
     /// Show progress on stderr.
     pub progress: bool,
+    /// Where the lab runs.
+    pub backend: Backend,
 }
+
+/// Where `eiplab compat` builds its lab and runs its peers.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub enum Backend {
+    /// Network namespaces and TUN devices, real peers (root).
+    #[default]
+    Netns,
+    /// In-process hosts on the same gateway ([`crate::sim`]), no root: only the probes with an
+    /// in-process peer ([`super::simpeers`]: DNS, TFTP) run; the others, and a scenario, are
+    /// "not tested".
+    Sim,
+}
+
+impl Backend {
+    pub fn parse(s: &str) -> Result<Backend, String> {
+        match s.trim().to_ascii_lowercase().as_str() {
+            "netns" => Ok(Backend::Netns),
+            "sim" => Ok(Backend::Sim),
+            _ => Err(format!(
+                "--backend: unknown backend {s:?}; use netns or sim"
+            )),
+        }
+    }
+}
+
+/// Why a row is not tested on the sim backend.
+pub const SIM_REAL_PEERS: &str =
+    "its peers are real programs: run eiplab compat as root (netns backend)";
 
 /// Where a mode's rows run: the instance, its namespace and addresses.
 #[derive(Clone, Debug)]
@@ -107,6 +142,64 @@ pub(super) struct Target {
 pub fn run(opts: &Options) -> Result<Vec<Row>, String> {
     let file: LabFile =
         crate::lab::config::parse(&opts.lab.0).map_err(|e| format!("{}: {e}", opts.lab.1))?;
+    match opts.backend {
+        Backend::Netns => run_netns(opts, &file),
+        Backend::Sim => run_sim(opts, &file),
+    }
+}
+
+/// The lab's control plane, on a clock of now.
+fn control_plane(opts: &Options, file: &LabFile) -> Result<Arc<ControlPlane>, String> {
+    let now = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| d.as_nanos() as u64);
+    let cloud = crate::lab::cloud::build(file, now).map_err(|e| format!("{}: {e}", opts.lab.1))?;
+    ControlPlane::new(
+        cloud,
+        &crate::control::Options {
+            state_dir: None,
+            table: crate::lab::cloud::table_extras(file),
+        },
+    )
+}
+
+/// Each NAT gateway's filtering, by id (from the lab file).
+fn filtering(file: &LabFile) -> Vec<(String, Behaviour)> {
+    file.nat_gateway
+        .iter()
+        .map(|g| (g.id.clone(), g.napt_config().filtering))
+        .collect()
+}
+
+/// The sim backend: the lab in this process, the in-process peers.
+fn run_sim(opts: &Options, file: &LabFile) -> Result<Vec<Row>, String> {
+    let cp = control_plane(opts, file)?;
+    let lab = crate::sim::SimLab::build_with(
+        file,
+        cp.clone(),
+        &crate::sim::lab::Options {
+            workers: opts.workers,
+            timers: true,
+            pcap: None,
+        },
+    )
+    .map_err(|e| format!("{}: {e}", opts.lab.1))?;
+    wait_settled(&cp)?;
+    lab.settle(Duration::from_secs(10))?;
+    let mut peers = SimPeers { world: &lab.world };
+    Session {
+        opts,
+        cp: &cp,
+        dp: &lab.dp,
+        peers: &mut peers,
+        internet_host: file.internet.echo_address(),
+        filtering: filtering(file),
+    }
+    .run_all()
+}
+
+/// The netns backend: namespaces, TUN devices, real peers.
+fn run_netns(opts: &Options, file: &LabFile) -> Result<Vec<Row>, String> {
     let work = Scratch::new()?;
     let peers = work.path.join("peers");
     std::fs::create_dir_all(&peers).map_err(|e| format!("{}: {e}", peers.display()))?;
@@ -114,17 +207,7 @@ pub fn run(opts: &Options) -> Result<Vec<Row>, String> {
         let p = peers.join(name);
         std::fs::write(&p, text).map_err(|e| format!("{}: {e}", p.display()))?;
     }
-    let now = std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .map_or(0, |d| d.as_nanos() as u64);
-    let cloud = crate::lab::cloud::build(&file, now).map_err(|e| format!("{}: {e}", opts.lab.1))?;
-    let cp = ControlPlane::new(
-        cloud,
-        &crate::control::Options {
-            state_dir: None,
-            table: crate::lab::cloud::table_extras(&file),
-        },
-    )?;
+    let cp = control_plane(opts, file)?;
     let rt = tokio::runtime::Builder::new_multi_thread()
         .worker_threads(1)
         .enable_all()
@@ -144,7 +227,7 @@ pub fn run(opts: &Options) -> Result<Vec<Row>, String> {
         busy_poll: crate::io::DEFAULT_BUSY_POLL,
         udp_coalesce: true,
     };
-    let (mut lab, services) = crate::lab::run::Lab::build(&file, cp.clone(), &lab_opts)
+    let (mut lab, services) = crate::lab::run::Lab::build(file, cp.clone(), &lab_opts)
         .map_err(|e| format!("{}: {e}", opts.lab.1))?;
     let echo = rt.spawn(crate::lab::services::echo(services.echo));
     let meta = rt.spawn(crate::lab::services::metadata(
@@ -152,21 +235,24 @@ pub fn run(opts: &Options) -> Result<Vec<Row>, String> {
         cp.clone(),
         file.vpc.id.clone(),
     ));
-    let result = Session {
-        opts,
-        cp: &cp,
-        dp: &lab.dp,
+    let mut netns = NetnsPeers {
+        python: &opts.python,
         peers: &peers,
         work: &work.path,
         internet_ns: format!("{}internet", opts.prefix),
         internet_host: file.internet.echo_address(),
-        filtering: file
-            .nat_gateway
-            .iter()
-            .map(|g| (g.id.clone(), g.napt_config().filtering))
-            .collect(),
+        route: None,
+    };
+    let result = Session {
+        opts,
+        cp: &cp,
+        dp: &lab.dp,
+        peers: &mut netns,
+        internet_host: file.internet.echo_address(),
+        filtering: filtering(file),
     }
     .run_all();
+    netns.finish();
     echo.abort();
     meta.abort();
     timers.abort();
@@ -208,13 +294,13 @@ fn open_up(p: &Path) -> Result<(), String> {
         .map_err(|e| format!("{}: {e}", p.display()))
 }
 
+/// What the backends share: the plan, the rows, their targets, the ALG policy, the gateway's
+/// counters around each run and the judge; a backend's [`Peers`] runs the server and client.
 struct Session<'a> {
     opts: &'a Options,
     cp: &'a Arc<ControlPlane>,
     dp: &'a Arc<crate::io::Dataplane>,
-    peers: &'a Path,
-    work: &'a Path,
-    internet_ns: String,
+    peers: &'a mut dyn Peers,
     internet_host: Ipv4Addr,
     /// Each NAT gateway's filtering, by id (from the lab file).
     filtering: Vec<(String, Behaviour)>,
@@ -251,7 +337,7 @@ impl What<'_> {
 }
 
 impl Session<'_> {
-    fn run_all(&self) -> Result<Vec<Row>, String> {
+    fn run_all(&mut self) -> Result<Vec<Row>, String> {
         let mut plan: Vec<(What<'_>, Placement, Mode)> = Vec::new();
         let mut whats: Vec<What<'_>> = self.opts.probes.iter().map(|p| What::Probe(*p)).collect();
         if let Some(s) = &self.opts.scenario {
@@ -269,7 +355,7 @@ impl Session<'_> {
                 }
             }
         }
-        self.wait_settled()?;
+        wait_settled(self.cp)?;
         let mut targets: Vec<((Mode, Placement), Option<Target>)> = Vec::new();
         for &m in &self.opts.modes {
             for &pl in &self.opts.placements {
@@ -279,7 +365,6 @@ impl Session<'_> {
         }
         let started = Instant::now();
         let mut rows = Vec::with_capacity(plan.len());
-        let mut route: Option<RouteOverride> = None;
         for (i, (what, placement, mode)) in plan.iter().enumerate() {
             if stopping() {
                 return Err(INTERRUPTED.into());
@@ -322,20 +407,7 @@ impl Session<'_> {
             };
             row.eip = Some(t.eip.to_string());
             row.instance = Some(t.instance.clone());
-            // A cut-through guest's own clients leave from the EIP only if its routes say so;
-            // some clients (tftp-hpa, GStreamer's RTSP control connection) cannot be told a
-            // source address.
-            let cut_through = matches!(mode, Mode::Binded | Mode::MultiBinded);
-            let want = (*placement == Placement::ClientInInstance && cut_through)
-                .then(|| (t.ns.clone(), t.eip));
-            if route.as_ref().map(|r| (r.ns.clone(), r.src)) != want {
-                if let Some(r) = route.take() {
-                    r.restore();
-                }
-                if let Some((ns, src)) = want {
-                    route = Some(RouteOverride::set(&ns, src, self.internet_host)?);
-                }
-            }
+            self.peers.prepare(*mode, *placement, &t)?;
             match mode {
                 Mode::Nat(a) => self.cp.set_alg_policy(AlgPolicy::all(*a)),
                 // A NAT gateway has no ALG: under the strictest NAT-mode policy, a gateway that
@@ -349,9 +421,6 @@ impl Session<'_> {
             row.evidence = evidence;
             rows.push(row);
         }
-        if let Some(r) = route.take() {
-            r.restore();
-        }
         if self.opts.progress {
             eprintln!(
                 "\r\x1b[K{} rows in {} s",
@@ -362,62 +431,187 @@ impl Session<'_> {
         Ok(rows)
     }
 
-    /// Waits (up to 10 s) until no EIP of the lab is still associating.
-    fn wait_settled(&self) -> Result<(), String> {
-        let until = Instant::now() + Duration::from_secs(10);
-        while Instant::now() < until {
-            if stopping() {
-                return Err(INTERRUPTED.into());
-            }
-            let busy = self.cp.with_cloud(|c| {
-                c.eips
-                    .values()
-                    .any(|e| matches!(e.status, EipStatus::Associating | EipStatus::Unassociating))
-            });
-            if !busy {
-                return Ok(());
-            }
-            std::thread::sleep(Duration::from_millis(50));
-        }
-        Ok(())
-    }
-
     fn run_one(
-        &self,
+        &mut self,
         what: &What<'_>,
         placement: Placement,
         mode: Mode,
         t: &Target,
         index: usize,
     ) -> Result<(Outcome, String, Vec<String>), String> {
-        let dir = self.work.join(format!("row{index}"));
+        // The server's bind address, the client's own address, the address the client dials.
+        let (listen, bind, dial) = match placement {
+            Placement::ServerInInstance => (t.local, self.internet_host, t.eip),
+            Placement::ClientInInstance => (self.internet_host, t.local, self.internet_host),
+        };
+        let row = PeerRow {
+            what: *what,
+            placement,
+            target: t,
+            index,
+            listen,
+            bind,
+            dial,
+        };
+        let _ = self.dp.take_alg_reports();
+        let before = self.dp.snapshot();
+        let ran = self.peers.run(&row)?;
+        if stopping() {
+            return Err(INTERRUPTED.into());
+        }
+        let (end, server) = match ran {
+            PeerRun::NotTested(why) => return Ok((Outcome::NotTested, why, Vec::new())),
+            PeerRun::Ran { client, server } => (client, server),
+        };
+        let after = self.dp.snapshot();
+        let findings: Vec<_> = self
+            .dp
+            .take_alg_reports()
+            .into_iter()
+            .filter(|r| r.eip == t.eip)
+            .collect();
+        let alg_passed = what.alg().map_or(0, |p| {
+            after.global.alg_passed[p.index()].saturating_sub(before.global.alg_passed[p.index()])
+        });
+        let facts = Facts {
+            alg: what.alg(),
+            mode,
+            eip: t.eip,
+            private_ip: t.private_ip,
+            filtering: t.gateway.as_ref().and_then(|g| {
+                self.filtering
+                    .iter()
+                    .find(|(id, _)| id == g)
+                    .map(|(_, b)| *b)
+            }),
+            eip_drops: eip_drops(&before, &after, t.slot),
+            global_drops: global_drops(&before, &after),
+            findings,
+            alg_passed,
+            server,
+            server_failed: None,
+            client: end,
+            signalling_only: matches!(what, What::Probe(p) if p.signalling_only),
+        };
+        Ok(judge::judge(&facts))
+    }
+}
+
+/// Waits (up to 10 s) until no EIP of the lab is still associating.
+fn wait_settled(cp: &ControlPlane) -> Result<(), String> {
+    let until = Instant::now() + Duration::from_secs(10);
+    while Instant::now() < until {
+        if stopping() {
+            return Err(INTERRUPTED.into());
+        }
+        let busy = cp.with_cloud(|c| {
+            c.eips
+                .values()
+                .any(|e| matches!(e.status, EipStatus::Associating | EipStatus::Unassociating))
+        });
+        if !busy {
+            return Ok(());
+        }
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    Ok(())
+}
+
+/// One row as its peers see it.
+struct PeerRow<'r> {
+    what: What<'r>,
+    placement: Placement,
+    target: &'r Target,
+    index: usize,
+    /// The server's bind address.
+    listen: Ipv4Addr,
+    /// The client's own address.
+    bind: Ipv4Addr,
+    /// The address the client dials.
+    dial: Ipv4Addr,
+}
+
+/// What a row's peers left behind.
+enum PeerRun {
+    /// They could not run (the server did not start, a missing tool, a probe the backend has
+    /// no peer for): why.
+    NotTested(String),
+    /// How the client ended, and the server's summary (compact JSON without `event`).
+    Ran {
+        client: ClientEnd,
+        server: Option<String>,
+    },
+}
+
+/// The seam between the backends: starting a row's server and client and collecting their
+/// reports. Everything else (the plan, targets, ALG policy, counters, judge) is [`Session`]'s.
+trait Peers {
+    /// Before each row: what the row's peers need of their hosts.
+    fn prepare(&mut self, _mode: Mode, _placement: Placement, _t: &Target) -> Result<(), String> {
+        Ok(())
+    }
+    /// Runs the row's server, then its client against it, and ends both.
+    fn run(&mut self, row: &PeerRow<'_>) -> Result<PeerRun, String>;
+}
+
+/// The netns backend's peers: the probe scripts (or a scenario's commands) as processes in the
+/// namespaces.
+struct NetnsPeers<'a> {
+    python: &'a Path,
+    peers: &'a Path,
+    work: &'a Path,
+    internet_ns: String,
+    internet_host: Ipv4Addr,
+    /// A cut-through guest's default route, while its rows need it.
+    route: Option<RouteOverride>,
+}
+
+impl NetnsPeers<'_> {
+    /// Puts back what `prepare` changed.
+    fn finish(&mut self) {
+        if let Some(r) = self.route.take() {
+            r.restore();
+        }
+    }
+}
+
+impl Peers for NetnsPeers<'_> {
+    fn prepare(&mut self, mode: Mode, placement: Placement, t: &Target) -> Result<(), String> {
+        // A cut-through guest's own clients leave from the EIP only if its routes say so;
+        // some clients (tftp-hpa, GStreamer's RTSP control connection) cannot be told a
+        // source address.
+        let cut_through = matches!(mode, Mode::Binded | Mode::MultiBinded);
+        let want = (placement == Placement::ClientInInstance && cut_through)
+            .then(|| (t.ns.clone(), t.eip));
+        if self.route.as_ref().map(|r| (r.ns.clone(), r.src)) != want {
+            if let Some(r) = self.route.take() {
+                r.restore();
+            }
+            if let Some((ns, src)) = want {
+                self.route = Some(RouteOverride::set(&ns, src, self.internet_host)?);
+            }
+        }
+        Ok(())
+    }
+
+    fn run(&mut self, row: &PeerRow<'_>) -> Result<PeerRun, String> {
+        let t = row.target;
+        let dir = self.work.join(format!("row{}", row.index));
         let (sdir, cdir) = (dir.join("server"), dir.join("client"));
         for d in [&dir, &sdir, &cdir] {
             std::fs::create_dir_all(d).map_err(|e| format!("{}: {e}", d.display()))?;
             open_up(d)?;
         }
-        // Server side, client side: (namespace, the server's bind address, the client's own
-        // address, the address the client dials).
-        let (server_ns, client_ns, listen, bind, dial) = match placement {
-            Placement::ServerInInstance => (
-                t.ns.clone(),
-                self.internet_ns.clone(),
-                t.local,
-                self.internet_host,
-                t.eip,
-            ),
-            Placement::ClientInInstance => (
-                self.internet_ns.clone(),
-                t.ns.clone(),
-                self.internet_host,
-                t.local,
-                self.internet_host,
-            ),
+        let (listen, bind, dial) = (row.listen, row.bind, row.dial);
+        let (server_ns, client_ns) = match row.placement {
+            Placement::ServerInInstance => (t.ns.clone(), self.internet_ns.clone()),
+            Placement::ClientInInstance => (self.internet_ns.clone(), t.ns.clone()),
         };
+        let what = &row.what;
         let (port, server_argv, client_argv, limit) = match what {
             What::Probe(p) => {
                 let script = |name: &str| self.peers.join(format!("{name}.py"));
-                let py = self.opts.python.display().to_string();
+                let py = self.python.display().to_string();
                 let s = script(p.protocol).display().to_string();
                 let server = vec![
                     py.clone(),
@@ -467,8 +661,6 @@ impl Session<'_> {
                 (s.port, server, client, s.timeout)
             }
         };
-        let _ = self.dp.take_alg_reports();
-        let before = self.dp.snapshot();
         let mut server = Proc::spawn(&server_ns, &server_argv)?;
         let ready = match what {
             What::Probe(_) => server.wait_ready_line(READY_LIMIT),
@@ -482,14 +674,12 @@ impl Session<'_> {
             // A probe that cannot find its tool says so in a JSON line.
             if let Ok(r) = judge::parse_client(&server.stdout()) {
                 if let Some(n) = r.not_tested {
-                    return Ok((Outcome::NotTested, n, Vec::new()));
+                    return Ok(PeerRun::NotTested(n));
                 }
             }
-            return Ok((
-                Outcome::NotTested,
-                format!("the server did not start: {why}"),
-                Vec::new(),
-            ));
+            return Ok(PeerRun::NotTested(format!(
+                "the server did not start: {why}"
+            )));
         }
         let mut client = Proc::spawn(&client_ns, &client_argv)?;
         let status = client.wait(Duration::from_secs(limit));
@@ -498,13 +688,6 @@ impl Session<'_> {
         if stopping() {
             return Err(INTERRUPTED.into());
         }
-        let after = self.dp.snapshot();
-        let findings: Vec<_> = self
-            .dp
-            .take_alg_reports()
-            .into_iter()
-            .filter(|r| r.eip == t.eip)
-            .collect();
         let end = match (what, status) {
             (_, None) => ClientEnd::TimedOut { seconds: limit },
             (What::Probe(_), Some(code)) => match judge::parse_client(&client.stdout()) {
@@ -516,30 +699,72 @@ impl Session<'_> {
             },
             (What::Scenario(s), Some(code)) => scenario_end(s, code, &client),
         };
-        let alg_passed = what.alg().map_or(0, |p| {
-            after.global.alg_passed[p.index()].saturating_sub(before.global.alg_passed[p.index()])
-        });
-        let facts = Facts {
-            alg: what.alg(),
-            mode,
-            eip: t.eip,
-            private_ip: t.private_ip,
-            filtering: t.gateway.as_ref().and_then(|g| {
-                self.filtering
-                    .iter()
-                    .find(|(id, _)| id == g)
-                    .map(|(_, b)| *b)
-            }),
-            eip_drops: eip_drops(&before, &after, t.slot),
-            global_drops: global_drops(&before, &after),
-            findings,
-            alg_passed,
-            server: server_summary(&server.stdout()),
-            server_failed: None,
+        Ok(PeerRun::Ran {
             client: end,
-            signalling_only: matches!(what, What::Probe(p) if p.signalling_only),
+            server: server_summary(&server.stdout()),
+        })
+    }
+}
+
+/// The sim backend's peers: the in-process DNS and TFTP peers ([`super::simpeers`]) on the
+/// sim hosts; a host sends from any address it holds, so a cut-through guest's client simply
+/// binds the EIP.
+struct SimPeers<'a> {
+    world: &'a crate::sim::SimWorld,
+}
+
+impl Peers for SimPeers<'_> {
+    fn run(&mut self, row: &PeerRow<'_>) -> Result<PeerRun, String> {
+        use super::simpeers::{self, DnsServer, Serve, Server, TftpServer};
+        let What::Probe(p) = row.what else {
+            return Ok(PeerRun::NotTested(SIM_REAL_PEERS.into()));
         };
-        Ok(judge::judge(&facts))
+        let mut server: Box<dyn Server> = match p.alg {
+            AlgProtocol::Dns => Box::new(DnsServer::new(row.listen, p.port)),
+            AlgProtocol::Tftp => Box::new(TftpServer::new(row.listen, p.port)),
+            _ => return Ok(PeerRun::NotTested(SIM_REAL_PEERS.into())),
+        };
+        let instance = row.target.instance.as_str();
+        let internet = crate::sim::lab::INTERNET;
+        let (server_host, client_host) = match row.placement {
+            Placement::ServerInInstance => (instance, internet),
+            Placement::ClientInInstance => (internet, instance),
+        };
+        if let Err(why) = self.world.with_host(server_host, |h| server.open(h))? {
+            return Ok(PeerRun::NotTested(format!(
+                "the server did not start: {why}"
+            )));
+        }
+        let stop = Arc::new(AtomicBool::new(false));
+        let dial = std::net::SocketAddrV4::new(row.dial, p.port);
+        let limit = Duration::from_secs(CLIENT_LIMIT_S + 5);
+        let world = self.world;
+        let (summary, report) = std::thread::scope(|s| {
+            let serving = s.spawn(|| {
+                world.run(
+                    server_host,
+                    Serve {
+                        server,
+                        stop: stop.clone(),
+                    },
+                    limit,
+                )
+            });
+            let report = match p.alg {
+                AlgProtocol::Dns => simpeers::dns_client(world, client_host, row.bind, dial),
+                _ => simpeers::tftp_client(world, client_host, row.bind, dial),
+            };
+            stop.store(true, Ordering::Release);
+            (serving.join(), report)
+        });
+        let server = match summary {
+            Ok(Ok(v)) => Some(serde_json::to_string(&v).unwrap_or_default()),
+            _ => None,
+        };
+        Ok(PeerRun::Ran {
+            client: ClientEnd::Report(report),
+            server,
+        })
     }
 }
 

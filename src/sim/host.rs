@@ -57,10 +57,22 @@ struct HttpConn {
 /// body of a 200 out, or `None` for a 404.
 pub type Handler = Box<dyn Fn(&str, Ipv4Addr) -> Option<String> + Send>;
 
+/// A TCP service's answer to what a connection sent so far (all of it) from whom: `None`
+/// until the request is whole. The answer is sent and the connection closed.
+pub type TcpHandler = Box<dyn Fn(&[u8], SocketAddrV4) -> Option<Vec<u8>> + Send>;
+
+/// How a served port answers.
+enum Answerer {
+    /// HTTP GETs, by path.
+    Http(Handler),
+    /// One request and one answer per connection (see [`TcpHandler`]).
+    Raw(TcpHandler),
+}
+
 /// Serves one port: a listening socket is always there; connections are answered and closed.
 struct HttpServer {
     port: u16,
-    handler: Handler,
+    handler: Answerer,
     conns: Vec<HttpConn>,
 }
 
@@ -86,6 +98,10 @@ fn http_answer(handler: &Handler, request: &[u8], who: Ipv4Addr) -> String {
         body.len()
     )
 }
+
+/// A UDP socket opened by [`SimHost::udp_open`].
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct UdpSock(SocketHandle);
 
 /// An in-process host: its devices, its sockets, and the services it runs.
 pub struct SimHost {
@@ -391,6 +407,30 @@ impl SimHost {
 
     /// Answers HTTP GETs on `port` (any address) with `handler` (replacing the one there).
     pub fn serve_http(&mut self, port: u16, handler: Handler) {
+        self.serve_answerer(port, Answerer::Http(handler));
+    }
+
+    /// Answers every TCP connection on `port` (any address) with `handler` (replacing what
+    /// answered there): one request, one answer, then the close.
+    pub fn serve_tcp(&mut self, port: u16, handler: TcpHandler) {
+        self.serve_answerer(port, Answerer::Raw(handler));
+    }
+
+    /// Stops serving TCP `port` (HTTP or [`SimHost::serve_tcp`]): its listener and open
+    /// connections are aborted.
+    pub fn stop_tcp(&mut self, port: u16) {
+        let Some(i) = self.http.iter().position(|s| s.port == port) else {
+            return;
+        };
+        let srv = self.http.remove(i);
+        for c in srv.conns {
+            self.sockets.get_mut::<tcp::Socket>(c.handle).abort();
+            self.closing.push(c.handle);
+        }
+        self.poll(Instant::now());
+    }
+
+    fn serve_answerer(&mut self, port: u16, handler: Answerer) {
         match self.http.iter_mut().find(|s| s.port == port) {
             Some(s) => s.handler = handler,
             None => self.http.push(HttpServer {
@@ -410,6 +450,54 @@ impl SimHost {
         let h = self.sockets.add(s);
         self.udp_echo.push(h);
         Ok(())
+    }
+
+    /// A UDP socket of the caller's (an in-process peer's), bound to `addr` (any address of
+    /// the host when `None`, else one it must hold) and `port` (a fresh local port when 0):
+    /// the socket and its port. Served by [`SimHost::udp_recv`] and [`SimHost::udp_send`]
+    /// while the caller polls; freed by [`SimHost::udp_close`].
+    pub fn udp_open(
+        &mut self,
+        addr: Option<Ipv4Addr>,
+        port: u16,
+    ) -> Result<(UdpSock, u16), String> {
+        if let Some(a) = addr {
+            if !self.phy.routing.is_local(a) {
+                return Err(format!(
+                    "{}: cannot assign requested address {a} (the host does not hold it)",
+                    self.name
+                ));
+            }
+        }
+        let port = if port == 0 { self.local_port() } else { port };
+        let mut s = udp_socket();
+        s.bind(IpListenEndpoint {
+            addr: addr.map(IpAddress::Ipv4),
+            port,
+        })
+        .map_err(|e| format!("{}: UDP port {port}: {e}", self.name))?;
+        Ok((UdpSock(self.sockets.add(s)), port))
+    }
+
+    /// The next datagram waiting on `s`: its bytes, who sent it, and the address it was sent
+    /// to.
+    pub fn udp_recv(&mut self, s: UdpSock) -> Option<(Vec<u8>, SocketAddrV4, Option<Ipv4Addr>)> {
+        let sock = self.sockets.get_mut::<udp::Socket>(s.0);
+        let (data, meta) = sock.recv().ok()?;
+        let to = meta.local_address.map(|IpAddress::Ipv4(a)| a);
+        Some((data.to_vec(), v4(meta.endpoint), to))
+    }
+
+    /// Sends `data` from `s` to `to` (it leaves at the next poll).
+    pub fn udp_send(&mut self, s: UdpSock, data: &[u8], to: SocketAddrV4) -> Result<(), String> {
+        let sock = self.sockets.get_mut::<udp::Socket>(s.0);
+        sock.send_slice(data, IpEndpoint::new(IpAddress::Ipv4(*to.ip()), to.port()))
+            .map_err(|e| format!("{}: UDP to {to}: {e}", self.name))
+    }
+
+    /// Frees `s`.
+    pub fn udp_close(&mut self, s: UdpSock) {
+        self.sockets.remove(s.0);
     }
 
     fn local_port(&mut self) -> u16 {
@@ -452,13 +540,23 @@ impl SimHost {
                         (b.len(), ())
                     });
                 }
-                let complete = c.request.windows(4).any(|w| w == b"\r\n\r\n");
-                if !c.answered && complete && s.can_send() {
+                let answer = if !c.answered && s.can_send() {
                     let who = s
                         .remote_endpoint()
-                        .map_or(Ipv4Addr::UNSPECIFIED, |e| v4(e).ip().to_owned());
-                    let answer = http_answer(&srv.handler, &c.request, who);
-                    let _ = s.send_slice(answer.as_bytes());
+                        .map_or(SocketAddrV4::new(Ipv4Addr::UNSPECIFIED, 0), v4);
+                    match &srv.handler {
+                        Answerer::Http(handler) => c
+                            .request
+                            .windows(4)
+                            .any(|w| w == b"\r\n\r\n")
+                            .then(|| http_answer(handler, &c.request, *who.ip()).into_bytes()),
+                        Answerer::Raw(handler) => handler(&c.request, who),
+                    }
+                } else {
+                    None
+                };
+                if let Some(answer) = answer {
+                    let _ = s.send_slice(&answer);
                     s.close();
                     c.answered = true;
                 } else if !c.answered && s.state() == tcp::State::CloseWait {
