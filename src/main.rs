@@ -38,6 +38,14 @@ enum Backend {
 }
 
 #[derive(Clone, Copy, PartialEq, Eq, ValueEnum)]
+enum CompatBackend {
+    /// Network namespaces and the real peers (root).
+    Netns,
+    /// The lab in this process; DNS and TFTP with in-process peers (no root).
+    Sim,
+}
+
+#[derive(Clone, Copy, PartialEq, Eq, ValueEnum)]
 enum Signature {
     /// ACS3-HMAC-SHA256 in the Authorization header (the new SDKs).
     Acs3,
@@ -186,10 +194,10 @@ struct CompatArgs {
     #[arg(long, default_value_t = 1, value_parser = clap::value_parser!(u16).range(1..=64))]
     workers: u16,
     /// netns: namespaces and the real peers (root); sim: the lab in this process, no root,
-    /// with in-process DNS (UDP) and TFTP peers (the other protocols and --scenario are "not
+    /// with in-process DNS and TFTP peers (the other protocols and --scenario are "not
     /// tested" there).
-    #[arg(long, default_value = "netns")]
-    backend: String,
+    #[arg(long, value_enum, default_value = "netns")]
+    backend: CompatBackend,
 }
 
 const DEFAULT_PREFIX: &str = "eiplab-";
@@ -500,7 +508,10 @@ fn compat(args: CompatArgs) -> Result<ExitCode> {
         ),
     };
     eiplab::lab::run::check_prefix(&args.prefix).map_err(|e| anyhow::anyhow!(e))?;
-    let backend = runner::Backend::parse(&args.backend).map_err(|e| anyhow::anyhow!(e))?;
+    let backend = match args.backend {
+        CompatBackend::Netns => runner::Backend::Netns,
+        CompatBackend::Sim => runner::Backend::Sim,
+    };
     if backend == runner::Backend::Netns && unsafe { libc::geteuid() } != 0 {
         bail!(
             "eiplab compat builds network namespaces and TUN devices: run it as root (its peers \

@@ -107,18 +107,6 @@ pub enum Backend {
     Sim,
 }
 
-impl Backend {
-    pub fn parse(s: &str) -> Result<Backend, String> {
-        match s.trim().to_ascii_lowercase().as_str() {
-            "netns" => Ok(Backend::Netns),
-            "sim" => Ok(Backend::Sim),
-            _ => Err(format!(
-                "--backend: unknown backend {s:?}; use netns or sim"
-            )),
-        }
-    }
-}
-
 /// Why a row is not tested on the sim backend.
 pub const SIM_REAL_PEERS: &str =
     "its peers are real programs: run eiplab compat as root (netns backend)";
