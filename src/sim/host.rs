@@ -34,7 +34,7 @@ const FIRST_PORT: u16 = 40_000;
 /// TTL of what the host sends (Linux's default).
 const TTL: u8 = 64;
 
-/// One device of a host, as the lab configures it at creation.
+/// One device of a fixed host (the internet, the cloud), as the sim lab configures it.
 #[derive(Clone, Debug)]
 pub struct IfaceConfig {
     /// `eth0`, …
@@ -151,8 +151,8 @@ fn seed(name: &str) -> u64 {
 }
 
 impl SimHost {
-    /// A host named `name` with a device per `(config, host end of its in-memory device)`.
-    pub fn new(name: &str, devs: Vec<(IfaceConfig, MemHost)>) -> Result<SimHost, String> {
+    /// A host named `name`, with no device yet ([`SimHost::add_dev`] plugs them in).
+    pub fn new(name: &str) -> Result<SimHost, String> {
         let mut phy = HostPhy::new();
         let mut c = Config::new(HardwareAddress::Ip);
         c.random_seed = seed(name);
@@ -162,7 +162,7 @@ impl SimHost {
             .routes_mut()
             .add_default_ipv4_route(Ipv4Addr::new(0, 0, 0, 1))
             .map_err(|_| format!("{name}: route table full"))?;
-        let mut h = SimHost {
+        Ok(SimHost {
             name: name.to_string(),
             iface,
             phy,
@@ -173,24 +173,7 @@ impl SimHost {
             epoch: Instant::now(),
             next_port: FIRST_PORT,
             next_ident: 1,
-        };
-        for (cfg, mem) in devs {
-            let d = h.add_dev(&cfg.name, mem);
-            for a in &cfg.addrs {
-                h.phy.routing.addr_add(d, *a);
-            }
-            if let Some(gw) = cfg.gateway {
-                h.phy.routing.route_add(RouteEntry {
-                    table: MAIN,
-                    dst: Ipv4Cidr::new(Ipv4Addr::UNSPECIFIED, 0),
-                    via: Some(gw),
-                    dev: d,
-                    metric: cfg.metric,
-                });
-            }
-        }
-        h.sync_addrs()?;
-        Ok(h)
+        })
     }
 
     pub fn name(&self) -> &str {
@@ -381,11 +364,6 @@ impl SimHost {
         let at = self.iface.poll_at(t, &self.sockets)?;
         let micros = (at - smoltcp::time::Instant::ZERO).total_micros();
         Some(self.epoch + Duration::from_micros(micros))
-    }
-
-    /// Whether packets wait for the host.
-    pub fn has_input(&self) -> bool {
-        self.phy.has_input()
     }
 
     /// Sends `packet` out of device `dev` as it is (what a raw socket bound to the device

@@ -127,7 +127,7 @@ impl Reconciler {
                 ..
             } => {
                 if !self.world.hosts().iter().any(|h| h == ns) {
-                    self.world.add_host(SimHost::new(ns, Vec::new())?)?;
+                    self.world.add_host(SimHost::new(ns)?)?;
                 }
                 let (device, host_end) =
                     mem::pair(QUEUE).map_err(|e| format!("{ns}.{dev}: {e}"))?;
@@ -227,7 +227,7 @@ impl SimLab {
         // A fixed host: its device, wired to wake it, then the gateway's port.
         let fixed = |name: &str, cfg: IfaceConfig, side: Side| -> Result<(), String> {
             let (device, host_end) = mem::pair(QUEUE).map_err(|e| format!("{name}: {e}"))?;
-            world.add_host(SimHost::new(name, Vec::new())?)?;
+            world.add_host(SimHost::new(name)?)?;
             world.wire(name, &host_end)?;
             let dev = cfg.name.clone();
             world.with_host(name, |h| -> Result<(), String> {
@@ -275,7 +275,7 @@ impl SimLab {
         })?;
         // Every instance has a host, even one whose ENIs are all detached for now.
         for i in &file.instance {
-            world.add_host(SimHost::new(&i.id, Vec::new())?)?;
+            world.add_host(SimHost::new(&i.id)?)?;
         }
 
         let mut rec = Reconciler {

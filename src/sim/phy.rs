@@ -97,11 +97,6 @@ impl HostPhy {
         }
     }
 
-    /// Whether a packet is waiting for the host.
-    pub fn has_input(&self) -> bool {
-        !self.looped.is_empty() || self.devs.iter().flatten().any(|m| m.waiting() > 0)
-    }
-
     fn take(&mut self) -> Option<Vec<u8>> {
         if let Some(p) = self.looped.pop_front() {
             return Some(p);

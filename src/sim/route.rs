@@ -53,15 +53,6 @@ pub struct Routing {
     pub rules: Vec<(Ipv4Addr, u32)>,
 }
 
-fn contains(c: &Ipv4Cidr, a: Ipv4Addr) -> bool {
-    c.contains_addr(&a)
-}
-
-/// The network of `c` (address bits beyond the prefix cleared).
-pub fn network(c: &Ipv4Cidr) -> Ipv4Cidr {
-    c.network()
-}
-
 impl Routing {
     /// The index of device `name`, if present.
     pub fn dev(&self, name: &str) -> Option<usize> {
@@ -170,14 +161,14 @@ impl Routing {
             for (i, d) in self.devs.iter().enumerate() {
                 let Some(d) = d else { continue };
                 for a in &d.addrs {
-                    if contains(&network(a), dst) {
+                    if a.contains_addr(&dst) {
                         offer(i, a.prefix_len(), 0);
                     }
                 }
             }
         }
         for r in &self.routes {
-            if r.table == table && contains(&r.dst, dst) {
+            if r.table == table && r.dst.contains_addr(&dst) {
                 offer(r.dev, r.dst.prefix_len(), r.metric);
             }
         }
@@ -276,7 +267,7 @@ impl Routing {
                         if a.prefix_len() < 32 {
                             v.push(format!(
                                 "{} dev {} proto kernel scope link src {}",
-                                network(a),
+                                a.network(),
                                 d.name,
                                 a.address()
                             ));
